@@ -1,0 +1,33 @@
+"""alignlab: align small language models with human feedback and rules.
+
+The public API is imported lazily, so `import alignlab` stays cheap and does nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_API = {
+    "GPT": "alignlab.model.gpt",
+    "from_hf": "alignlab.model.hf",
+    "load_model": "alignlab.model.checkpoint",
+    "to_hf": "alignlab.model.checkpoint",
+    "generate": "alignlab.generation.engine",
+    "Rollout": "alignlab.generation.engine",
+    "load_tokenizer": "alignlab.data.tokenizer",
+    "train_bpe": "alignlab.data.tokenizer",
+    "byte_tokenizer": "alignlab.data.tokenizer",
+    "pretrain": "alignlab.trainers.pretrain",
+    "load_config": "alignlab.config",
+    "UserError": "alignlab.errors",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'alignlab' has no attribute {name!r}")
+    return getattr(importlib.import_module(_API[name]), name)

@@ -1,0 +1,181 @@
+"""Run configuration: frozen dataclasses, one per concern, built from a YAML recipe plus overrides.
+
+`load_config(PretrainConfig, "recipe.yaml", ["optim.lr=3e-4", "steps=150"])` reads the recipe
+(nested mappings mirror nested dataclasses), applies `key=value` overrides (a dotted path, or a
+bare leaf name when only one field has it), coerces every value by its annotation, and builds the
+frozen tree. Mistakes become a one-line `UserError` naming the file, line and key. The loading
+machinery lives in `config_io.py`; this module holds the configs and re-exports it.
+
+Left out on purpose: environment-variable overrides, recipe includes/inheritance, and any
+derived value stored as a field (derived values are properties). Each class's `__post_init__`
+only validates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from alignlab.config_io import (
+    config_from_dict,
+    config_hash,
+    config_to_dict,
+    describe_config,
+    dump_yaml,
+    load_config,
+)
+
+__all__ = ["GPTConfig", "GenerationConfig", "ModelConfig", "OptimConfig", "PretrainConfig", "RunConfig",
+           "TokenizerConfig", "config_from_dict", "config_hash", "config_to_dict", "describe_config",
+           "dump_yaml", "knob", "load_config"]
+
+
+def knob(default: Any, why: str) -> Any:
+    """A config field: its default and a one-line reason, shown by `describe_config`."""
+    if dataclasses.is_dataclass(default) and not isinstance(default, type):
+        # A section's default is a frozen instance; a factory keeps dataclasses from rejecting it.
+        return dataclasses.field(default_factory=lambda: default, metadata={"why": why})
+    return dataclasses.field(default=default, metadata={"why": why})
+
+
+def _check(cfg: Any, rule: str, test: Any, *names: str) -> None:
+    """ValueError naming the first field in `names` whose value fails `test`."""
+    for name in names:
+        if not test(getattr(cfg, name)):
+            raise ValueError(f"{name} must be {rule}, got {getattr(cfg, name)}")
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """The Qwen2 architecture of the native model; names match transformers' `Qwen2Config`."""
+
+    vocab_size: int = knob(2048, "token ids the embedding holds (set from the tokenizer when training)")
+    hidden_size: int = knob(128, "width of the residual stream")
+    intermediate_size: int = knob(384, "width of the SwiGLU MLP")
+    num_hidden_layers: int = knob(4, "decoder blocks")
+    num_attention_heads: int = knob(4, "query heads")
+    num_key_value_heads: int = knob(2, "key/value heads (grouped-query attention)")
+    max_position_embeddings: int = knob(1024, "longest sequence the model is meant for")
+    rope_theta: float = knob(10000.0, "RoPE base frequency")
+    rms_norm_eps: float = knob(1e-6, "RMSNorm epsilon")
+    tie_word_embeddings: bool = knob(True, "share the input embedding with the output head")
+
+    def __post_init__(self):
+        _check(self, "positive", lambda v: v > 0,
+               *(f.name for f in dataclasses.fields(self) if f.name != "tie_word_embeddings"))
+        _check(self, f"a multiple of num_attention_heads ({self.num_attention_heads})",
+               lambda v: v % self.num_attention_heads == 0, "hidden_size")
+        _check(self, f"a multiple of num_key_value_heads ({self.num_key_value_heads})",
+               lambda v: v % self.num_key_value_heads == 0, "num_attention_heads")
+        _check(self, "even for rotary embeddings (head_dim = hidden_size // num_attention_heads)",
+               lambda v: v % 2 == 0, "head_dim")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model to train: an existing checkpoint, or a new native GPT."""
+
+    path: str = knob("", 'alignlab checkpoint dir, HF model dir or hub id; "" = a new native GPT from arch')
+    arch: GPTConfig = knob(GPTConfig(), "architecture of a new native GPT (ignored when path is set)")
+    engine: Literal["auto", "native", "hf"] = knob(
+        "auto", "auto: native fast path for Qwen2-architecture weights, transformers otherwise")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = knob(
+        "auto", "weight dtype; auto keeps the checkpoint's own (float32 for a new model)")
+    trust_remote_code: bool = knob(False, "let transformers run model code shipped with the weights")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """The tokenizer for a new model (ignored when model.path brings one)."""
+
+    kind: Literal["bpe", "byte"] = knob("bpe", "bpe: trained on the corpus; byte: 256 byte ids, no training")
+    vocab_size: int = knob(2048, "BPE vocabulary size, special tokens included")
+    path: str = knob("", "a tokenizer dir to load instead of training one")
+
+    def __post_init__(self):
+        _check(self, "positive", lambda v: v > 0, "vocab_size")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW and its learning-rate schedule."""
+
+    lr: float = knob(3e-4, "peak learning rate")
+    weight_decay: float = knob(0.1, "AdamW decoupled weight decay")
+    beta1: float = knob(0.9, "AdamW first-moment decay")
+    beta2: float = knob(0.95, "AdamW second-moment decay (0.95 is steadier than 0.999 for small LMs)")
+    eps: float = knob(1e-8, "AdamW denominator epsilon")
+    schedule: Literal["cosine", "linear", "constant"] = knob("cosine", "decay after warmup")
+    warmup_steps: int = knob(10, "optimizer steps of linear warmup from 0")
+    min_lr_ratio: float = knob(0.1, "final learning rate as a fraction of lr")
+    grad_clip: float = knob(1.0, "max global gradient norm; 0 disables")
+    grad_accum: int = knob(1, "micro-batches per optimizer step")
+
+    def __post_init__(self):
+        _check(self, "positive", lambda v: v > 0, "lr", "eps")
+        _check(self, ">= 0", lambda v: v >= 0, "weight_decay", "warmup_steps", "grad_clip")
+        _check(self, "in [0, 1)", lambda v: 0 <= v < 1, "beta1", "beta2")
+        _check(self, "in [0, 1]", lambda v: 0 <= v <= 1, "min_lr_ratio")
+        _check(self, ">= 1", lambda v: v >= 1, "grad_accum")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where and how long a run goes."""
+
+    out_dir: str = knob("runs/run", "run directory: config, metrics, samples, checkpoints")
+    steps: int = knob(200, "optimizer steps")
+    batch_size: int = knob(16, "sequences per micro-batch")
+    seed: int = knob(0, "seeds initial weights, data order and sampling")
+    device: Literal["auto", "cpu", "cuda", "mps"] = knob("auto", "auto: cuda, then mps, then cpu")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = knob(
+        "auto", "auto: bf16 autocast on cuda, fp16 on mps, fp32 on cpu")
+    save_every: int = knob(100, "steps between checkpoints; 0 = only the final one")
+    keep_checkpoints: int = knob(2, "newest step_N checkpoints kept (final is always kept)")
+    log_every: int = knob(10, "steps between metric lines")
+    eval_every: int = knob(50, "steps between validation passes; 0 disables")
+    progress: bool = knob(True, "print a progress line while training")
+
+    def __post_init__(self):
+        _check(self, ">= 1", lambda v: v >= 1, "steps", "batch_size", "log_every")
+        _check(self, ">= 0", lambda v: v >= 0, "save_every", "keep_checkpoints", "eval_every")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How completions are sampled."""
+
+    max_new_tokens: int = knob(128, "tokens generated per completion at most")
+    temperature: float = knob(0.7, "softmax temperature; 0 = greedy")
+    top_p: float = knob(1.0, "nucleus sampling mass; 1 = off")
+    top_k: int = knob(0, "sample among the k likeliest tokens; 0 = off")
+    stop_strings: tuple[str, ...] = knob((), "generation stops after any of these strings")
+
+    def __post_init__(self):
+        _check(self, ">= 1", lambda v: v >= 1, "max_new_tokens")
+        _check(self, ">= 0 (0 = greedy / off)", lambda v: v >= 0, "temperature", "top_k")
+        _check(self, "in (0, 1]", lambda v: 0 < v <= 1, "top_p")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """`alignlab pretrain`: a causal LM trained on a text file."""
+
+    data: str = knob("", 'a UTF-8 text file; "" = the built-in corpus')
+    block_size: int = knob(128, "tokens per training sequence")
+    val_fraction: float = knob(0.05, "tail of the corpus held out for validation loss")
+    model: ModelConfig = knob(ModelConfig(), "the model to train")
+    tokenizer: TokenizerConfig = knob(TokenizerConfig(), "the tokenizer of a new model")
+    optim: OptimConfig = knob(OptimConfig(), "optimizer and schedule")
+    run: RunConfig = knob(RunConfig(), "run directory, length and cadence")
+    sample: GenerationConfig = knob(GenerationConfig(max_new_tokens=64), "samples printed at the end")
+    sample_prompts: tuple[str, ...] = knob(("The ", "ROMEO:"), "prompts for the final samples")
+
+    def __post_init__(self):
+        _check(self, ">= 1", lambda v: v >= 1, "block_size")
+        _check(self, "in [0, 1)", lambda v: 0 <= v < 1, "val_fraction")

@@ -1,0 +1,316 @@
+"""Building config dataclasses from YAML recipes and `key=value` overrides, and back.
+
+Generic over any tree of frozen dataclasses (the concrete ones live in `config.py`):
+`load_config(cls, "recipe.yaml", ["optim.lr=3e-4", "steps=150"])` reads the recipe, applies
+overrides (a dotted path, or a unique trailing part such as `steps`), coerces every value by
+its annotation and builds the frozen tree. Mistakes become a one-line `UserError` naming the
+file, line and key, with the closest valid key for typos.
+
+Left out on purpose: environment-variable overrides and recipe includes / inheritance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from alignlab.errors import UserError
+
+# Machinery: every value is first collected as an _Entry under its full dotted key, with where it
+# came from; values are coerced once the field's type is known, and the tree is built bottom-up.
+
+
+@dataclass(frozen=True)
+class _Entry:
+    value: Any
+    text: bool  # True: the raw text of a key=value override, parsed once the field type is known
+    file: str | None = None
+    line: int | None = None
+
+
+class _Schema:
+    """Every dotted key of a config class: leaves with their annotations, sections with classes."""
+
+    def __init__(self, cls: type):
+        self.leaves: dict[str, Any] = {}
+        self.sections: dict[str, type] = {}
+        self._walk(cls, "")
+
+    def _walk(self, cls: type, prefix: str) -> None:
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                self.sections[prefix + f.name] = tp
+                self._walk(tp, prefix + f.name + ".")
+            else:
+                self.leaves[prefix + f.name] = tp
+
+    def resolve(self, key: str, *, bare: bool, file: str | None = None, line: int | None = None) -> str:
+        """The full dotted key for `key`; with `bare`, a unique trailing part (`steps`) also works."""
+        if key in self.leaves:
+            return key
+        if key in self.sections:
+            example = next(p for p in self.leaves if p.startswith(key + "."))
+            raise UserError(f"is a section, not a value; set its keys, e.g. '{example}'",
+                            file=file, line=line, key=key)
+        hits = [p for p in self.leaves if p.endswith("." + key)] if bare else []
+        if len(hits) == 1:
+            return hits[0]
+        if hits:
+            raise UserError(f"ambiguous key; use one of {', '.join(map(repr, hits))}", file=file,
+                            line=line, key=key)
+        raise UserError("unknown key" + self._suggest(key), file=file, line=line, key=key)
+
+    def _suggest(self, key: str) -> str:
+        def paths_named(name: str) -> list[str]:
+            return [p for p in self.leaves if p == name or p.endswith("." + name)]
+
+        # A right name in the wrong section (`run.lr`) is the commonest slip; try it before difflib.
+        found = paths_named(key.rsplit(".", 1)[-1])
+        if not found:
+            names = {p.rsplit(".", 1)[-1] for p in self.leaves}
+            match = difflib.get_close_matches(key, [*self.leaves, *names], n=1)
+            found = paths_named(match[0]) if match else []
+        return f" (did you mean {' or '.join(map(repr, found))}?)" if found else ""
+
+
+def _parse_text(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+_TRUE, _FALSE, _NULL = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}, {"null", "none", "~"}
+
+
+def _coerce(tp: Any, value: Any, text: bool) -> Any:
+    """`value` as annotation `tp` wants it; `text` marks an override's raw string."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) != 1:
+            raise TypeError(f"unsupported annotation {tp}")
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NULL):
+            return None
+        return _coerce(inner[0], value, text)
+    if origin is Literal:
+        if text and not all(isinstance(c, str) for c in args):
+            value = _parse_text(value)
+        if any(value == c and type(value) is type(c) for c in args):
+            return value
+        raise UserError(f"expected one of {', '.join(map(repr, args))}, got {value!r}")
+    if origin is tuple:
+        if len(args) != 2 or args[1] is not Ellipsis:
+            raise TypeError(f"unsupported annotation {tp}")
+        return tuple(_coerce(args[0], item, item_text) for item, item_text in _list_items(value, text))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        word = str(value).strip().lower() if isinstance(value, (str, int)) else None
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
+        raise UserError(f"expected true or false, got {value!r}")
+    if tp is str:
+        if text or isinstance(value, str):
+            return value  # override text is taken verbatim, so `out_dir=2024` stays a string
+        raise UserError(f"expected a string, got {value!r} (quote it)")
+    value = _parse_text(value) if text else value
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)  # PyYAML reads `3e-4` as a string: YAML 1.1 floats need a dot
+        except ValueError:
+            pass
+    if tp in (int, float):
+        raise UserError(f"expected {'an int' if tp is int else 'a float'}, got {value!r}")
+    raise TypeError(f"unsupported annotation {tp}")
+
+
+def _list_items(value: Any, text: bool) -> list[tuple[Any, bool]]:
+    """Items of a list value; override text may be a YAML flow list `[a, b]` or `a,b`."""
+    if text:
+        stripped = value.strip()
+        if not stripped:
+            return []
+        if not stripped.startswith("["):
+            return [(part.strip(), True) for part in stripped.split(",")]
+        value = _parse_text(stripped)
+    if isinstance(value, (list, tuple)):
+        return [(item, False) for item in value]
+    raise UserError(f"expected a list, got {value!r}")
+
+
+def _flatten(schema: _Schema, mapping: Any, prefix: str, out: dict, *, bare: bool, file: str | None = None,
+             lines: dict[str, int] | None = None) -> dict[str, _Entry]:
+    """Entries under full dotted keys from a nested dict; `lines` gives a recipe key's line."""
+    for name, value in mapping.items():
+        key = prefix + str(name)
+        line = (lines or {}).get(key)
+        if key in schema.sections:
+            if isinstance(value, Mapping):
+                _flatten(schema, value, key + ".", out, bare=False, file=file, lines=lines)
+            elif value is not None:  # an empty `optim:` in a recipe changes nothing
+                raise UserError(f"expected a mapping of {key}'s keys, got {value!r}", file=file, line=line,
+                                key=key)
+            continue
+        out[schema.resolve(key, bare=bare and not prefix, file=file, line=line)] = _Entry(
+            value, text=False, file=file, line=line)
+    return out
+
+
+def _key_lines(node: yaml.MappingNode, prefix: str, lines: dict[str, int], file: str) -> None:
+    """The 1-based line of every key of a composed YAML mapping, under its dotted path."""
+    for key_node, value_node in node.value:
+        key, line = prefix + str(key_node.value), key_node.start_mark.line + 1
+        if key in lines:  # PyYAML keeps the last of two equal keys silently
+            raise UserError(f"set twice (first on line {lines[key]})", file=file, line=line, key=key)
+        lines[key] = line
+        if isinstance(value_node, yaml.MappingNode):
+            _key_lines(value_node, key + ".", lines, file)
+
+
+def _read_recipe(schema: _Schema, recipe: str | Path) -> dict[str, _Entry]:
+    path, file = Path(recipe), str(recipe)
+    if not path.is_file():
+        raise UserError("no such recipe file" if not path.exists() else "not a file", file=file)
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+        data = yaml.constructor.SafeConstructor().construct_document(root) if root is not None else None
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        mark = getattr(err, "problem_mark", None)
+        problem = " ".join(filter(None, [getattr(err, "context", None), getattr(err, "problem", None)]))
+        raise UserError(f"not a valid YAML recipe: {problem or err}", file=file,
+                        line=mark.line + 1 if mark else None) from None
+    if root is None:  # an empty recipe (or only comments) changes nothing
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"a recipe must be a mapping of keys to values, got {type(data).__name__}",
+                        file=file, line=root.start_mark.line + 1)
+    lines: dict[str, int] = {}
+    _key_lines(root, "", lines, file)
+    return _flatten(schema, data, "", {}, bare=False, file=file, lines=lines)
+
+
+def _parse_overrides(schema: _Schema, overrides: Sequence[str]) -> dict[str, _Entry]:
+    out = {}
+    for item in [overrides] if isinstance(overrides, str) else overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"expected key=value, got {item!r}")
+        out[schema.resolve(key.strip(), bare=True)] = _Entry(text, text=True)
+    return out
+
+
+def _build(cls: type, prefix: str, entries: dict[str, _Entry], template: Any) -> Any:
+    """An instance of `cls` from the entries under `prefix`; unset fields come from `template`."""
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        path, tp = prefix + f.name, hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            # A section keeps its own non-class defaults (sample.max_new_tokens = 64) unless set.
+            sub = getattr(template, f.name) if template is not None else f.default_factory()
+            kwargs[f.name] = _build(tp, path + ".", entries, sub)
+        elif path in entries:
+            entry = entries[path]
+            try:
+                kwargs[f.name] = _coerce(tp, entry.value, entry.text)
+            except UserError as err:  # _coerce says what is wrong; where it came from is known here
+                raise UserError(err.message, file=entry.file, line=entry.line, key=path) from None
+        elif template is not None:
+            kwargs[f.name] = getattr(template, f.name)
+    if template is not None and all(v is getattr(template, k) for k, v in kwargs.items()):
+        return template
+    try:
+        return cls(**kwargs)
+    except ValueError as err:
+        raise UserError(str(err), key=prefix.rstrip(".") or None) from None
+
+
+def load_config(cls: type, recipe: str | Path | None = None, overrides: Sequence[str] = (), *,
+                base: Mapping | None = None) -> Any:
+    """`cls` built from `base` (nested dict), then the YAML `recipe`, then `key=value` overrides.
+
+    Raises UserError for unknown or ambiguous keys, badly typed values and failed validation.
+    """
+    schema = _Schema(cls)
+    entries: dict[str, _Entry] = {}
+    if base:
+        entries.update(_flatten(schema, base, "", {}, bare=True))
+    if recipe is not None:
+        entries.update(_read_recipe(schema, recipe))
+    entries.update(_parse_overrides(schema, overrides))
+    return _build(cls, "", entries, None)
+
+
+def config_from_dict(cls: type, data: Mapping) -> Any:
+    """`cls` from a nested dict such as a run's `config.yaml`: full keys only, same coercion.
+
+    Missing keys take their defaults, so configs written before a field existed still load.
+    """
+    if not isinstance(data, Mapping):
+        raise UserError(f"expected a mapping of config keys, got {type(data).__name__}")
+    return _build(cls, "", _flatten(_Schema(cls), data, "", {}, bare=False), None)
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """A nested dict of plain values (tuples become lists), ready for YAML or JSON."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            value = config_to_dict(value)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def dump_yaml(cfg: Any) -> str:
+    """The fully resolved config as YAML, loadable again with `load_config`."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def config_hash(cfg: Any) -> str:
+    """First 16 hex characters of the sha256 of the config's canonical JSON."""
+    canonical = json.dumps(config_to_dict(cfg), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple) or (isinstance(value, str) and (not value or value != value.strip())):
+        return json.dumps(list(value) if isinstance(value, tuple) else value, ensure_ascii=False)
+    return str(value)
+
+
+def describe_config(cls: type) -> list[tuple[str, str, str]]:
+    """(dotted key, default, why) for every leaf, in declaration order, for `--help`."""
+    schema, rows = _Schema(cls), []
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            path, value = prefix + f.name, getattr(obj, f.name)
+            if path in schema.sections:
+                walk(value, path + ".")
+                continue
+            why, tp = f.metadata.get("why", ""), schema.leaves[path]
+            if get_origin(tp) is Literal:
+                why += f" (one of: {', '.join(map(str, get_args(tp)))})"
+            rows.append((path, _short(value), why))
+
+    walk(cls(), "")
+    return rows

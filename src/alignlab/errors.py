@@ -1,0 +1,26 @@
+"""Errors caused by the user's input, worded for people.
+
+`UserError` carries where the problem is (file, line, key) and prints as one line:
+`recipe.yaml:12: optim.lr: expected a float, got 'abc'`. The CLI prints it and exits 2.
+Internal bugs raise ordinary exceptions.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input: says what was wrong, where, and what was expected, on one line."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 key: str | None = None):
+        self.message = " ".join(str(message).splitlines())  # the CLI prints one line
+        self.file, self.line, self.key = file, line, key
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = f"{self.file}:{self.line}: " if self.line is not None else f"{self.file}: "
+        if self.key is not None:
+            where += f"{self.key}: "
+        return where + self.message

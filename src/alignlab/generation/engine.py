@@ -1,0 +1,178 @@
+"""Batched generation -> `Rollout`: a KV-cache fast path for the native GPT, `generate` for the rest.
+
+Prompts of different lengths are left-padded; the native path prefills them once into a
+preallocated `KVCache` and then decodes one token per step for the whole batch, stopping a
+row at any stop id (EOS and friends) or stop string. Other transformers causal LMs go
+through `model.generate` with the same arguments, given as a fresh `GenerationConfig` so the
+model's own defaults (Qwen's repetition penalty, top_k 20, ...) never leak in.
+
+Randomness comes from the `torch.Generator` passed in: the same seed gives the same
+completions; temperature 0 is greedy and ignores it.
+
+Left out: speculative decoding, paged attention, continuous batching (a vLLM backend is a
+later step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from alignlab.config import GenerationConfig
+from alignlab.data.batches import left_pad
+from alignlab.data.tokenizer import Tokenizer
+from alignlab.generation.sampling import sample_next_token
+from alignlab.model.gpt import GPT
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Completions for a batch of prompts.
+
+    prompt_ids       (B, P) long, left-padded with the pad id
+    prompt_mask      (B, P) bool, True on real prompt tokens
+    completion_ids   (B, C) long, right-padded with the pad id (C <= max_new_tokens)
+    completion_mask  (B, C) bool, True on generated tokens, the stop token included
+    texts            B decoded completions (special tokens skipped)
+    lengths          (B,) long, completion_mask.sum(-1)
+    truncated        (B,) bool, True when max_new_tokens ran out before a stop
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    texts: list[str]
+    lengths: torch.Tensor
+    truncated: torch.Tensor
+
+
+def generate(
+    model,
+    tokenizer: Tokenizer,
+    prompts: Sequence[str] | Sequence[Sequence[int]],
+    config: GenerationConfig,
+    generator: torch.Generator | None = None,
+    *,
+    chat: bool = True,
+) -> Rollout:
+    """Sample one completion per prompt. Strings are rendered with the chat template when
+    `chat` (raw text otherwise); token lists are used as they are."""
+    seqs = [_prompt_ids(tokenizer, p, chat) for p in prompts]
+    prompt_ids, prompt_mask = left_pad(seqs, tokenizer.pad_id)
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    stop_check = _stop_string_check(tokenizer, config.stop_strings)
+    run = generate_native if isinstance(model, GPT) else generate_hf
+    completion_ids, completion_mask, truncated = run(
+        model, prompt_ids, prompt_mask, config, generator,
+        stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id, stop_check=stop_check)
+    lengths = completion_mask.sum(-1)
+    texts = tokenizer.decode_batch([row[:n].tolist() for row, n in zip(completion_ids, lengths, strict=True)])
+    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, texts, lengths, truncated)
+
+
+def _prompt_ids(tokenizer: Tokenizer, prompt, chat: bool) -> list[int]:
+    if isinstance(prompt, str):
+        ids = tokenizer.chat_prompt_ids(prompt) if chat else tokenizer.encode(prompt)
+    else:
+        ids = list(prompt)
+    if not ids:
+        raise ValueError("an empty prompt gives the model nothing to continue from")
+    return ids
+
+
+@torch.inference_mode()
+def generate_native(model: GPT, prompt_ids, prompt_mask, config: GenerationConfig, generator,
+                    *, stop_ids: Sequence[int], pad_id: int, stop_check=None):
+    """KV-cache decoding. prompt_ids/mask (B, P) -> completion ids (B, C), mask (B, C), truncated (B,)."""
+    b, p = prompt_ids.shape
+    n, device = config.max_new_tokens, prompt_ids.device
+    cache = model.new_cache(b, p + n)
+    padded = not bool(prompt_mask.all())  # without padding, decode steps need no mask at all
+    key_mask = torch.ones(b, p + n, dtype=torch.bool, device=device)  # (B, S_max)
+    key_mask[:, :p] = prompt_mask
+    next_position = prompt_mask.sum(-1, keepdim=True)  # (B, 1) position of the first new token
+    hidden = model.hidden_states(prompt_ids, key_mask[:, :p] if padded else None, cache=cache)[:, -1]
+    logits = model.lm_head(hidden)  # (B, V)
+    out = torch.full((b, n), pad_id, dtype=torch.long, device=device)
+    stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
+    ended = torch.full((b,), n, dtype=torch.long, device=device)  # index of each row's stop token
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    for t in range(n):
+        token = sample_next_token(logits, generator, config.temperature, config.top_k, config.top_p)
+        out[:, t] = token.masked_fill(done, pad_id)  # (B,)
+        newly = torch.isin(token, stops) & ~done
+        if stop_check is not None:
+            newly |= stop_check(out[:, : t + 1], done | newly)
+        ended = torch.where(newly, t, ended)
+        done |= newly
+        if t == n - 1 or bool(done.all()):
+            out = out[:, : t + 1]
+            break
+        mask = key_mask[:, : p + t + 1] if padded else None
+        logits = model(token[:, None], mask, next_position + t, cache=cache)[:, -1]  # (B, V)
+    return _package(out, ended, pad_id, n)
+
+
+def _package(out: torch.Tensor, ended: torch.Tensor, pad_id: int, max_new: int):
+    """Raw ids (B, C) and each row's stop index (max_new = none) -> ids, mask (B, C), truncated (B,)."""
+    positions = torch.arange(out.shape[1], device=out.device)[None]  # (1, C)
+    mask = positions <= ended[:, None]  # (B, C)
+    return out.masked_fill(~mask, pad_id), mask, ended >= max_new
+
+
+def _find_stops(out: torch.Tensor, stops: torch.Tensor, stop_check, max_new: int) -> torch.Tensor:
+    """Index of the first stop token or stop-string end per row of finished ids (B, C); max_new if none."""
+    is_stop = torch.isin(out, stops)  # (B, C)
+    if stop_check is not None:
+        for t in range(out.shape[1]):
+            is_stop[:, t] |= stop_check(out[:, : t + 1], is_stop[:, : t + 1].any(-1))
+    first = is_stop.float().argmax(-1)
+    return torch.where(is_stop.any(-1), first, torch.full_like(first, max_new))
+
+
+def _stop_string_check(tokenizer: Tokenizer, stop_strings: Sequence[str]):
+    """A function (ids so far (B, t), rows already done (B,)) -> rows whose text now ends a stop string."""
+    if not stop_strings:
+        return None
+    # Every token decodes to at least one byte, so the tail that can hold a stop string is
+    # at most its byte length in tokens.
+    window = max(len(s.encode("utf-8")) for s in stop_strings) + 1
+
+    def check(ids: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+        hit = torch.zeros_like(done)
+        for row in (~done).nonzero().flatten().tolist():
+            tail = tokenizer.decode(ids[row, -window:].tolist(), skip_special_tokens=False)
+            hit[row] = any(s in tail for s in stop_strings)
+        return hit
+
+    return check
+
+
+@torch.inference_mode()
+def generate_hf(model, prompt_ids, prompt_mask, config: GenerationConfig, generator,
+                *, stop_ids: Sequence[int], pad_id: int, stop_check=None):
+    """transformers `generate` with the same arguments and a seed drawn from `generator`."""
+    from transformers import GenerationConfig as HFGenerationConfig
+
+    sample = config.temperature > 0
+    hf_config = HFGenerationConfig(
+        max_new_tokens=config.max_new_tokens, do_sample=sample,
+        temperature=config.temperature if sample else None,
+        top_p=config.top_p if sample else None, top_k=config.top_k if sample else None,
+        eos_token_id=list(stop_ids) or None, pad_token_id=pad_id)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if sample and generator else None
+    device_type = prompt_ids.device.type
+    with torch.random.fork_rng(devices=[prompt_ids.device] if device_type == "cuda" else [],
+                               enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask.long(),
+                             generation_config=hf_config)
+    completion = out[:, prompt_ids.shape[1]:]  # (B, C)
+    stops = torch.tensor(list(stop_ids), dtype=torch.long, device=completion.device)
+    ended = _find_stops(completion, stops, stop_check, config.max_new_tokens)
+    return _package(completion, ended, pad_id, config.max_new_tokens)

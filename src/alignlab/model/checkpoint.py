@@ -1,0 +1,153 @@
+"""Saving and loading models with their tokenizer, atomically, without pickle.
+
+A saved model is a transformers-loadable directory: `config.json`, `model.safetensors`,
+`generation_config.json`, `tokenizer.json` and `tokenizer_config.json`. For the native GPT
+the config is the Qwen2 config, so every alignlab checkpoint loads in
+`AutoModelForCausalLM.from_pretrained` as it is and `alignlab export` only leaves the
+training state behind. Directories are written under a temporary name, fsynced and
+renamed: a checkpoint is complete or absent.
+
+Left out: trainer state (optimizer, RNG, data position), which `trainers/loop.py` adds to a
+checkpoint directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from alignlab.data.tokenizer import Tokenizer, load_tokenizer
+from alignlab.errors import UserError
+from alignlab.model.gpt import GPT
+from alignlab.model.hf import (
+    from_hf,
+    hf_config_dict,
+    load_auto_causal_lm,
+    native_unsupported,
+    quiet_hub,
+    read_json,
+    write_weights,
+)
+
+# "org/name" with no local directory of that name: a Hugging Face hub id.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def fsync_tree(directory: Path) -> None:
+    for path in sorted(directory.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a hidden temporary directory beside `target`; on success it becomes `target`.
+
+    Readers never see a half-written directory: names starting with '.' are temporary, and
+    the rename happens only after every file is fsynced. An existing `target` is replaced.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _special_ids(tokenizer: Tokenizer) -> dict:
+    return {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
+            "pad_token_id": tokenizer.pad_id}
+
+
+def save_model(model, tokenizer: Tokenizer, directory: str | Path) -> None:
+    """Write model + tokenizer into an existing directory (wrap in `atomic_dir` for safety)."""
+    directory = Path(directory)
+    if isinstance(model, GPT):
+        config = hf_config_dict(model.config, model.dtype, _special_ids(tokenizer))
+        (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        write_weights(model, directory)
+        generation = {"eos_token_id": list(tokenizer.stop_ids), "pad_token_id": tokenizer.pad_id,
+                      "bos_token_id": tokenizer.bos_id}
+        (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    else:
+        quiet_hub()
+        model.save_pretrained(str(directory), safe_serialization=True)
+    tokenizer.save(str(directory))
+
+
+def to_hf(model, tokenizer: Tokenizer, directory: str | Path) -> Path:
+    """Export a directory that `transformers.AutoModelForCausalLM.from_pretrained` loads."""
+    with atomic_dir(directory) as tmp:
+        save_model(model, tokenizer, tmp)
+    return Path(directory)
+
+
+def resolve_source(source: str) -> Path:
+    """A local model directory for `source`: a path as given, or a hub id fetched (when online)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise UserError("not a model directory (no config.json)", file=str(path))
+        return path
+    if path.exists() or not HUB_ID.match(source):
+        raise UserError("checkpoint not found" if not path.exists() else "not a directory",
+                        file=str(path))
+    quiet_hub()
+    from huggingface_hub import snapshot_download
+
+    try:
+        local = snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.txt",
+                                                          "*.model", "*.jinja"])
+    except Exception as err:  # offline, unknown repo, gated...: one line for the user
+        raise UserError(f"model '{source}' is not a local directory and could not be fetched "
+                        f"from the hub ({type(err).__name__}; HF_HUB_OFFLINE="
+                        f"{os.environ.get('HF_HUB_OFFLINE', '0')})") from None
+    return Path(local)
+
+
+def load_model(source: str, *, engine: str = "auto", dtype: torch.dtype | None = None,
+               device="cpu", trust_remote_code: bool = False):
+    """(model, tokenizer) from an alignlab checkpoint, an HF model directory or a hub id.
+
+    engine "auto" runs Qwen2-architecture weights on the native GPT and everything else
+    through transformers; "native" insists on the fast path; "hf" always uses transformers.
+    """
+    directory = resolve_source(source)
+    hf_config = read_json(directory / "config.json")
+    why_not = native_unsupported(hf_config)
+    if engine == "native" or (engine == "auto" and why_not is None):
+        model = from_hf(directory, dtype=dtype, device=device)
+    else:
+        model = load_auto_causal_lm(str(directory), dtype=dtype, device=device,
+                                    trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(str(directory), trust_remote_code=trust_remote_code)
+    return model, tokenizer

@@ -1,0 +1,246 @@
+"""A compact decoder with the Qwen2 architecture, written to be read and to be fast.
+
+Token embedding, RMSNorm, rotary position embedding (rotate-half form, configurable theta),
+grouped-query attention with biased q/k/v projections and an unbiased o_proj, a SwiGLU MLP,
+optional tied embeddings. Module and parameter names mirror `transformers`'
+`Qwen2ForCausalLM` one to one, so a state dict moves between the two unchanged
+(`model/hf.py`). Attention runs through `scaled_dot_product_attention`; generation writes
+keys and values into a preallocated `KVCache` instead of concatenating per step.
+
+Left out on purpose: sliding-window attention, rope scaling and dropout (none is used by
+Qwen2.5 at the sizes we target; `model/hf.py` refuses checkpoints that need them).
+
+Shapes: B batch, T new tokens, S cached + new tokens, H query heads, K key/value heads,
+D head dim, C hidden size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alignlab.config import GPTConfig
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in float32 like Qwen2RMSNorm."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)  # fused; no-op casts in fp32
+        return self.weight * normed.to(x.dtype)
+
+
+class Rotary(nn.Module):
+    """cos/sin tables for RoPE (Su et al. 2021), rotate-half layout as in Qwen2 / LLaMA."""
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype):
+        freqs = position_ids[..., None].float() * self.inv_freq  # (B, T, D/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, D)
+        return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]  # (B, 1, T, D)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated to `max_len` positions.
+
+    Layer i writes its new keys at [length, length + T) and reads [0, length + T); the
+    model calls `advance(T)` once all layers have written. No per-step concatenation.
+    """
+
+    def __init__(self, config: GPTConfig, batch: int, max_len: int, device, dtype):
+        shape = (config.num_hidden_layers, batch, config.num_key_value_heads, max_len, config.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, K, S_max, D)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.keys.shape[3]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions, asked for {end}")
+        self.keys[layer, :, :, self.length:end] = k
+        self.values[layer, :, :, self.length:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]  # (B, K, S, D)
+
+    def advance(self, steps: int) -> None:
+        self.length += steps
+
+
+class Attention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head, self.n_kv, self.head_dim = (
+            config.num_attention_heads, config.num_key_value_heads, config.head_dim)
+        c = config.hidden_size
+        self.q_proj = nn.Linear(c, self.n_head * self.head_dim, bias=True)
+        self.k_proj = nn.Linear(c, self.n_kv * self.head_dim, bias=True)
+        self.v_proj = nn.Linear(c, self.n_kv * self.head_dim, bias=True)
+        self.o_proj = nn.Linear(self.n_head * self.head_dim, c, bias=False)
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int):
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, K, S, D)
+        rep = self.n_head // self.n_kv  # grouped-query attention: kv head j serves heads j*rep..
+        if rep > 1 and t == 1:
+            # One new token: its rep query heads per kv head become a (B, K, rep, D) query
+            # block over the shared keys, so keys are never copied rep times.
+            q = q.view(b, self.n_kv, rep, self.head_dim)  # (B, K, rep, D)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, K, rep, D)
+            return self.o_proj(y.reshape(b, 1, -1))  # (B, 1, C)
+        if rep > 1:
+            k = k.repeat_interleave(rep, dim=1)  # (B, H, S, D)
+            v = v.repeat_interleave(rep, dim=1)
+        causal = mask is None and t > 1
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # (B, H, T, D)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))  # (B, T, C)
+
+
+class MLP(nn.Module):
+    """SwiGLU (Shazeer 2020): down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        c, f = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(c, f, bias=False)
+        self.up_proj = nn.Linear(c, f, bias=False)
+        self.down_proj = nn.Linear(f, c, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, mask, cache, layer):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    """The transformer body: `Qwen2Model` in transformers."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = Rotary(config.head_dim, config.rope_theta)
+
+
+class GPT(nn.Module):
+    """Qwen2-architecture causal LM. `forward` returns logits; `hidden_states` the final normed features."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.model = Decoder(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # Qwen2's initializer_range (0.02) for every matrix, zero biases.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def hidden_states(self, input_ids, attention_mask=None, position_ids=None, cache=None):
+        """input_ids (B, T) -> final normed hidden states (B, T, C).
+
+        attention_mask (B, S) bool/int marks real tokens of the whole sequence seen so far
+        (cache + new); None means no padding. position_ids (B, T) default to the count of
+        real tokens before each position, which makes left padding invisible to the model.
+        """
+        start = cache.length if cache is not None else 0
+        if attention_mask is not None:
+            attention_mask = attention_mask.bool()
+        if position_ids is None:
+            position_ids = _positions(attention_mask, start, input_ids.shape[1], input_ids.device)
+        mask = _attention_mask(attention_mask, start, input_ids.shape[1], input_ids.device)
+        x = self.model.embed_tokens(input_ids)  # (B, T, C)
+        cos, sin = self.model.rotary_emb(position_ids, x.dtype)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, mask, cache, i)
+        if cache is not None:
+            cache.advance(input_ids.shape[1])
+        return self.model.norm(x)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None):
+        """input_ids (B, T) -> logits (B, T, V); see `hidden_states` for the arguments."""
+        return self.lm_head(self.hidden_states(input_ids, attention_mask, position_ids, cache))
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        return KVCache(self.config, batch, max_len, self.device, self.dtype)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _positions(attention_mask, start: int, t: int, device) -> torch.Tensor:
+    """Position of each new token: the number of real tokens before it."""
+    if attention_mask is None:
+        return torch.arange(start, start + t, device=device)[None]  # (1, T)
+    positions = attention_mask.long().cumsum(-1) - 1  # (B, S)
+    return positions[:, start:start + t].clamp(min=0)  # (B, T)
+
+
+def _attention_mask(attention_mask, start: int, t: int, device):
+    """Boolean (B, 1, T, S) mask for SDPA, or None when plain causal attention is exact.
+
+    Query i (absolute index start + i) sees key j when j <= start + i and key j is real.
+    A padding query also sees itself, so its softmax never runs over an empty row (NaN).
+    """
+    if attention_mask is None or bool(attention_mask.all()):
+        if t == 1 or start == 0:
+            return None  # decode step over real keys only, or a plain causal prefill
+        attention_mask = None
+    s = start + t
+    query = torch.arange(start, s, device=device)[:, None]  # (T, 1)
+    key = torch.arange(s, device=device)[None, :]  # (1, S)
+    allowed = key <= query  # (T, S)
+    if attention_mask is None:
+        return allowed[None, None]
+    allowed = allowed[None] & attention_mask[:, None, :s]  # (B, T, S)
+    allowed = allowed | (key == query)[None]
+    return allowed[:, None]  # (B, 1, T, S)

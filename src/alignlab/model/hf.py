@@ -1,0 +1,167 @@
+"""The bridge to Hugging Face: Qwen2 config and weight mapping, and any other causal LM.
+
+Our `GPT` mirrors `Qwen2ForCausalLM` name for name, so "mapping" is reading and writing the
+same state dict: `config.json` (the Qwen2 config transformers writes) plus
+`model.safetensors` (or sharded `model-0000x-of-0000y.safetensors` with an index).
+Architectures other than Qwen2 are loaded with `transformers.AutoModelForCausalLM` and run
+on its slower path. Nothing here downloads unless the caller names a hub id and the
+network is there; `trust_remote_code` stays off unless the user asks.
+
+Left out: writing sharded checkpoints (our models are small; transformers reads one file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from alignlab.config import GPTConfig
+from alignlab.errors import UserError
+from alignlab.model.gpt import GPT
+
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+
+
+def quiet_hub() -> None:
+    """No telemetry whenever we drive transformers / huggingface_hub (never at import time)."""
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError("file not found", file=str(path)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"not valid JSON ({err})", file=str(path)) from None
+
+
+def native_unsupported(hf_config: dict) -> str | None:
+    """Why the native engine cannot run this config exactly, or None when it can."""
+    if hf_config.get("model_type") != "qwen2":
+        return f"model_type is {hf_config.get('model_type')!r}, not 'qwen2'"
+    if hf_config.get("use_sliding_window"):
+        return "it uses sliding-window attention"
+    rope = hf_config.get("rope_parameters") or hf_config.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
+        return f"it uses rope scaling {rope.get('rope_type', rope.get('type'))!r}"
+    if hf_config.get("hidden_act", "silu") != "silu":
+        return f"hidden_act is {hf_config.get('hidden_act')!r}"
+    return None
+
+
+def gpt_config_from_hf(hf_config: dict) -> GPTConfig:
+    """Qwen2 config.json (transformers 4.x `rope_theta` or 5.x `rope_parameters`) -> GPTConfig."""
+    rope = hf_config.get("rope_parameters") or {}
+    heads = hf_config["num_attention_heads"]
+    return GPTConfig(
+        vocab_size=hf_config["vocab_size"],
+        hidden_size=hf_config["hidden_size"],
+        intermediate_size=hf_config["intermediate_size"],
+        num_hidden_layers=hf_config["num_hidden_layers"],
+        num_attention_heads=heads,
+        num_key_value_heads=hf_config.get("num_key_value_heads") or heads,
+        max_position_embeddings=hf_config.get("max_position_embeddings", 32768),
+        rope_theta=float(rope.get("rope_theta", hf_config.get("rope_theta", 10000.0))),
+        rms_norm_eps=hf_config.get("rms_norm_eps", 1e-6),
+        tie_word_embeddings=hf_config.get("tie_word_embeddings", False),
+    )
+
+
+def hf_config_dict(config: GPTConfig, dtype: torch.dtype, special_ids: dict | None = None) -> dict:
+    """GPTConfig -> the config.json `Qwen2ForCausalLM.from_pretrained` expects (4.x and 5.x keys)."""
+    return {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "num_key_value_heads": config.num_key_value_heads,
+        "max_position_embeddings": config.max_position_embeddings,
+        "rope_theta": config.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "rms_norm_eps": config.rms_norm_eps,
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "hidden_act": "silu",
+        "attention_dropout": 0.0,
+        "use_sliding_window": False,
+        "sliding_window": None,
+        "use_cache": True,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        **(special_ids or {}),
+    }
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors checkpoint, one file or sharded by an index."""
+    files = [directory / WEIGHTS]
+    if not files[0].exists() and (directory / INDEX).exists():
+        index = read_json(directory / INDEX)
+        files = [directory / name for name in sorted(set(index.get("weight_map", {}).values()))]
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        if not file.exists():
+            raise UserError("weights file not found", file=str(file))
+        try:
+            tensors.update(load_file(str(file)))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise UserError(f"not a readable safetensors file ({err})", file=str(file)) from None
+    return tensors
+
+
+def write_weights(model: GPT, directory: Path) -> None:
+    """Write model.safetensors; a tied lm_head is left out, as transformers does."""
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, str(directory / WEIGHTS), metadata={"format": "pt"})
+
+
+def from_hf(path: str | Path, *, dtype: torch.dtype | None = None, device="cpu") -> GPT:
+    """Load a Qwen2/Qwen2.5 checkpoint directory into the native GPT (exact, no conversion)."""
+    directory = Path(path)
+    hf_config = read_json(directory / "config.json")
+    why = native_unsupported(hf_config)
+    if why:
+        raise UserError(f"the native engine cannot load this model: {why}; use model.engine=hf",
+                        file=str(directory / "config.json"))
+    config = gpt_config_from_hf(hf_config)
+    state = read_weights(directory)
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    with torch.device("meta"):
+        model = GPT(config)
+    expected = {k for k in model.state_dict() if not (config.tie_word_embeddings and k == "lm_head.weight")}
+    missing, unexpected = expected - state.keys(), state.keys() - expected
+    if missing or unexpected:
+        detail = f"missing {sorted(missing)[:3]}" if missing else f"unexpected {sorted(unexpected)[:3]}"
+        raise UserError(f"weights do not match the config: {detail}", file=str(directory))
+    target = dtype or next(iter(state.values())).dtype
+    model.load_state_dict({k: v.to(target) for k, v in state.items()}, strict=False, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.model.rotary_emb = type(model.model.rotary_emb)(config.head_dim, config.rope_theta)
+    return model.to(device)
+
+
+def load_auto_causal_lm(source: str, *, dtype: torch.dtype | None, device, trust_remote_code: bool):
+    """Any transformers causal LM from a local directory or (with network) a hub id."""
+    quiet_hub()
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype or "auto", trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"could not load model '{source}' (not a local model directory, and the hub "
+                        f"is offline or does not have it): {first}") from None
+    return model.to(device)

@@ -1,0 +1,108 @@
+"""Devices, precision, seeds and random generators: chosen here and nowhere else.
+
+`resolve_runtime` turns the user's `device` / `precision` words into a `Runtime`; trainers
+pass it down explicitly. CPU float32 is the path tests take. Autocast always goes through
+`torch.amp.autocast(device_type=...)`.
+
+Left out: process groups (the multi-process issue adds them here).
+"""
+
+from __future__ import annotations
+
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from alignlab.errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where tensors live and which autocast dtype (None = full precision) the forward uses."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.amp.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("CUDA is not available on this machine; use device=cpu or device=auto",
+                        key="device")
+    if name == "mps" and not _mps_available():
+        raise UserError("MPS is not available on this machine; use device=cpu or device=auto",
+                        key="device")
+    return torch.device(name)
+
+
+def resolve_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
+    """auto precision: bf16 autocast on CUDA (fp16 where bf16 is missing), fp16 on MPS, fp32 on CPU."""
+    dev = resolve_device(device)
+    if precision == "auto":
+        if dev.type == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "fp16" if dev.type == "mps" else "fp32"
+    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if amp is not None and dev.type == "cpu":
+        raise UserError(f"precision={precision} autocast is not supported on CPU here; use "
+                        "precision=fp32", key="precision")
+    return Runtime(dev, amp)
+
+
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    """'auto' / None -> None (keep what the weights have), else the torch dtype."""
+    if name in (None, "auto"):
+        return None
+    return DTYPES[name]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's and torch's global generators (CPU and every accelerator)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A private generator for one consumer (sampling, data order), so streams never interleave."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Every global RNG state, in types `torch.load(weights_only=True)` accepts."""
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if _mps_available():
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "mps" in state and _mps_available():
+        torch.mps.set_rng_state(state["mps"])

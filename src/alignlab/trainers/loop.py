@@ -1,0 +1,177 @@
+"""The one optimizer step, written once, and the loop around it.
+
+A trainer hands over a `TrainSpec`: the model, a `BatchSource` (next batch + a resumable
+position), `compute_loss(batch) -> (loss, metrics)` and how to save the model. The loop
+does everything else the same way for every trainer: AdamW, warm-up + cosine (or linear /
+constant) learning rate, gradient accumulation, clipping, autocast (+ a grad scaler for
+fp16), a non-finite loss check, metrics, progress, periodic evaluation, checkpoints with
+the full trainer state, and resume from the newest complete checkpoint.
+
+The learning rate is a pure function of the step, so there is no scheduler state to save.
+
+Left out: the skip-step NaN policy and signal handling (the reliability issue), DDP.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from alignlab.config import OptimConfig, RunConfig
+from alignlab.model.checkpoint import atomic_dir
+from alignlab.model.hf import read_weights
+from alignlab.runs import Run
+from alignlab.runtime import Runtime, rng_state, set_rng_state
+
+STATE_FILE = "trainer_state.pt"
+
+
+class BatchSource(Protocol):
+    def next_batch(self) -> Any: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class TrainSpec:
+    """What a trainer supplies; composition instead of a base class with callbacks."""
+
+    model: nn.Module
+    source: BatchSource
+    compute_loss: Callable[[Any], tuple[torch.Tensor, dict]]
+    save_model: Callable[[Path], None]  # writes model (+ tokenizer) files into a directory
+    evaluate: Callable[[], dict] | None = None  # held-out metrics, logged as eval/<name>
+
+
+def lr_at(step: int, optim: OptimConfig, total_steps: int) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warm-up, then decay to min_lr_ratio * lr.
+
+    >>> cfg = OptimConfig(lr=1.0, warmup_steps=2, min_lr_ratio=0.0, schedule="linear")
+    >>> [round(lr_at(s, cfg, 6), 2) for s in range(6)]
+    [0.5, 1.0, 1.0, 0.67, 0.33, 0.0]
+    """
+    if step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    span = max(total_steps - 1 - optim.warmup_steps, 1)
+    progress = min((step - optim.warmup_steps) / span, 1.0)
+    floor = optim.min_lr_ratio
+    if optim.schedule == "constant":
+        return optim.lr
+    if optim.schedule == "linear":
+        return optim.lr * (floor + (1 - floor) * (1 - progress))
+    return optim.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only; biases, norms and nothing else are exempt."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": optim.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
+
+
+class Loop:
+    """Runs `run_cfg.steps` optimizer steps of a `TrainSpec`, checkpointing as it goes."""
+
+    def __init__(self, spec: TrainSpec, optim: OptimConfig, run_cfg: RunConfig, runtime: Runtime, run: Run):
+        self.spec, self.optim_cfg, self.run_cfg, self.runtime, self.run = spec, optim, run_cfg, runtime, run
+        self.optimizer = build_optimizer(spec.model, optim)
+        self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
+        self.step = 0
+
+    def train(self, resume: bool = False) -> dict:
+        if resume:
+            self.resume()
+        cfg, metrics = self.run_cfg, {}
+        self.run.start_progress(cfg.steps, self.step)
+        try:
+            while self.step < cfg.steps:
+                metrics = self.optimizer_step()
+                self.step += 1
+                if cfg.eval_every and self.spec.evaluate and self.step % cfg.eval_every == 0:
+                    metrics.update({f"eval/{k}": v for k, v in self.spec.evaluate().items()})
+                evaluated = any(key.startswith("eval/") for key in metrics)
+                if self.step % max(cfg.log_every, 1) == 0 or self.step == cfg.steps or evaluated:
+                    self.run.log(self.step, metrics)
+                self.run.advance(self.step, f"loss {metrics['loss']:.4f} lr {metrics['lr']:.2e}")
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                    self.save(self.run.checkpoint_path(self.step))
+                    self.run.prune(cfg.keep_checkpoints)
+        finally:
+            self.run.close()
+        self.save(self.run.checkpoint_path(None))
+        return metrics
+
+    def optimizer_step(self) -> dict:
+        """One optimizer step over `grad_accum` micro-batches -> metrics of the step."""
+        model, started = self.spec.model, time.perf_counter()
+        model.train()
+        accum, totals = self.optim_cfg.grad_accum, {}
+        for _ in range(accum):
+            batch = self.spec.source.next_batch()
+            with self.runtime.autocast():
+                loss, parts = self.spec.compute_loss(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step + 1}")
+            self.scaler.scale(loss / accum).backward()
+            for key, value in {"loss": loss.item(), **parts}.items():
+                totals[key] = totals.get(key, 0.0) + float(value) / accum
+        self.scaler.unscale_(self.optimizer)
+        clip = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        lr = lr_at(self.step, self.optim_cfg, self.run_cfg.steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - started
+        totals.update(lr=lr, grad_norm=float(grad_norm), step_time=elapsed)
+        if "tokens" in totals:
+            totals["tokens_per_s"] = totals["tokens"] * accum / elapsed
+        return totals
+
+    def save(self, directory: Path) -> None:
+        """Model files + trainer_state.pt + state.json, complete or absent."""
+        state = {"format": 1, "step": self.step, "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "source": self.spec.source.state_dict(),
+                 "rng": rng_state()}
+        with atomic_dir(directory) as tmp:
+            self.spec.save_model(tmp)
+            torch.save(state, tmp / STATE_FILE)
+            (tmp / "state.json").write_text(json.dumps({"step": self.step}) + "\n")
+
+    def resume(self) -> None:
+        """Restore weights, optimizer, data position and RNGs from the newest complete checkpoint."""
+        directory = self.run.latest_checkpoint()
+        if directory is None:
+            self.run.print(f"no complete checkpoint in {self.run.checkpoints}: starting from step 0")
+            return
+        restore_weights(self.spec.model, directory)
+        state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.spec.source.load_state_dict(state["source"])
+        set_rng_state(state["rng"])
+        self.step = state["step"]
+        self.run.print(f"resuming from {directory} (step {self.step})")
+
+
+def restore_weights(model: nn.Module, directory: Path) -> None:
+    """Load model.safetensors into an existing model in place (tied lm_head may be absent)."""
+    state = read_weights(directory)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k != "lm_head.weight"]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{directory}: checkpoint does not fit the model "
+                         f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
