@@ -100,7 +100,7 @@ def cmd_export(args) -> int:
     from alignlab.model.checkpoint import load_model, to_hf
 
     model, tokenizer = load_model(args.checkpoint)
-    out = to_hf(model, tokenizer, args.out)
+    out = to_hf(model, args.out, tokenizer)
     print(f"exported {args.checkpoint} -> {out} (loads with transformers.AutoModelForCausalLM)")
     return 0
 

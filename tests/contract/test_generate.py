@@ -25,7 +25,7 @@ def _perturb(model):
 def test_generate_greedy_matches_transformers(tiny_gpt, byte_tok, tmp_path):
     torch.manual_seed(1)
     model = _perturb(tiny_gpt)
-    to_hf(model, byte_tok, tmp_path / "hf")
+    to_hf(model, tmp_path / "hf", byte_tok)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     ids, mask = left_pad(PROMPTS, byte_tok.pad_id)
     cfg = GenerationConfig(max_new_tokens=24, temperature=0.0)

@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 
 def _hf_twin(model: GPT, directory) -> torch.nn.Module:
     """Save the native weights and load them into Qwen2ForCausalLM."""
-    to_hf(model, _tok(model), directory)
+    to_hf(model, directory, _tok(model))
     return transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
 
 

@@ -117,7 +117,7 @@ def test_cli_missing_checkpoint(tmp_path):
 def test_cli_corrupt_safetensors(tmp_path, tiny_gpt, byte_tok):
     from alignlab.model.checkpoint import to_hf
 
-    ckpt = to_hf(tiny_gpt, byte_tok, tmp_path / "ckpt")
+    ckpt = to_hf(tiny_gpt, tmp_path / "ckpt", byte_tok)
     (ckpt / "model.safetensors").write_bytes(b"\x00garbage" * 10)
     _one_line_error(_cli("generate", str(ckpt), "--prompt", "hi"), "model.safetensors")
     _one_line_error(_cli("export", str(ckpt), str(tmp_path / "out")), "model.safetensors")

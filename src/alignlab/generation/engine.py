@@ -164,7 +164,9 @@ def generate_hf(model, prompt_ids, prompt_mask, config: GenerationConfig, genera
         temperature=config.temperature if sample else None,
         top_p=config.top_p if sample else None, top_k=config.top_k if sample else None,
         eos_token_id=list(stop_ids) or None, pad_token_id=pad_id)
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if sample and generator else None
+    seed = None
+    if sample and generator is not None:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
     device_type = prompt_ids.device.type
     with torch.random.fork_rng(devices=[prompt_ids.device] if device_type == "cuda" else [],
                                enabled=seed is not None):

@@ -83,29 +83,34 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         raise
 
 
-def _special_ids(tokenizer: Tokenizer) -> dict:
+def _special_ids(tokenizer: Tokenizer | None) -> dict:
+    if tokenizer is None:
+        return {}
     return {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
             "pad_token_id": tokenizer.pad_id}
 
 
-def save_model(model, tokenizer: Tokenizer, directory: str | Path) -> None:
-    """Write model + tokenizer into an existing directory (wrap in `atomic_dir` for safety)."""
+def save_model(model, tokenizer: Tokenizer | None, directory: str | Path) -> None:
+    """Write model (+ tokenizer) into an existing directory (wrap in `atomic_dir` for safety)."""
     directory = Path(directory)
     if isinstance(model, GPT):
         config = hf_config_dict(model.config, model.dtype, _special_ids(tokenizer))
         (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         write_weights(model, directory)
-        generation = {"eos_token_id": list(tokenizer.stop_ids), "pad_token_id": tokenizer.pad_id,
-                      "bos_token_id": tokenizer.bos_id}
-        (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+        if tokenizer is not None:
+            generation = {"eos_token_id": list(tokenizer.stop_ids), "pad_token_id": tokenizer.pad_id,
+                          "bos_token_id": tokenizer.bos_id}
+            (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     else:
         quiet_hub()
         model.save_pretrained(str(directory), safe_serialization=True)
-    tokenizer.save(str(directory))
+    if tokenizer is not None:
+        tokenizer.save(str(directory))
 
 
-def to_hf(model, tokenizer: Tokenizer, directory: str | Path) -> Path:
-    """Export a directory that `transformers.AutoModelForCausalLM.from_pretrained` loads."""
+def to_hf(model, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:
+    """Export a directory that `transformers.AutoModelForCausalLM.from_pretrained` loads
+    (and `AutoTokenizer` too, when the tokenizer is given)."""
     with atomic_dir(directory) as tmp:
         save_model(model, tokenizer, tmp)
     return Path(directory)
