@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from alignlab.data.tokenizer import Tokenizer, load_tokenizer
+from alignlab.data.tokenizer import HUB_ID, Tokenizer, load_tokenizer
 from alignlab.errors import UserError
 from alignlab.model.gpt import GPT
 from alignlab.model.hf import (
@@ -36,9 +35,6 @@ from alignlab.model.hf import (
     read_json,
     write_weights,
 )
-
-# "org/name" with no local directory of that name: a Hugging Face hub id.
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def fsync_tree(directory: Path) -> None:
