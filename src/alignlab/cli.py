@@ -17,6 +17,8 @@ COMMANDS = {
     "pretrain": "train a native GPT (and a BPE tokenizer) on a text file",
     "generate": "sample completions from a checkpoint",
     "export": "write a checkpoint as a transformers model directory",
+    "train-rm": "train a Bradley-Terry reward model on preference pairs",
+    "score": "score preference pairs with a reward model: accuracy and Good/Bad/Margin lines",
     "demo": "offline demo: pretrain a tiny GPT on the built-in corpus and print samples",
 }
 
@@ -31,7 +33,7 @@ def _config_help(cls) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from alignlab.config import GenerationConfig, PretrainConfig
+    from alignlab.config import GenerationConfig, PretrainConfig, RewardModelConfig
 
     parser = argparse.ArgumentParser(prog="alignlab", description="Align small language models with "
                                      "human feedback and rules.")
@@ -44,6 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", metavar="[RECIPE.yaml] key=value", help="recipe and overrides")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
+    r = sub.add_parser("train-rm", help=COMMANDS["train-rm"], epilog=_config_help(RewardModelConfig),
+                       formatter_class=raw)
+    r.add_argument("args", nargs="*", metavar="[RECIPE.yaml] key=value", help="recipe and overrides")
+    r.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
+    sc = sub.add_parser("score", help=COMMANDS["score"])
+    sc.add_argument("checkpoint", help="reward model checkpoint or train-rm run directory")
+    sc.add_argument("--pairs", required=True, help="preference JSONL(.gz), optionally sliced f.jsonl[:100]")
+    sc.add_argument("--show", type=int, default=5, help="pairs printed seed-style")
+    sc.add_argument("--max-length", type=int, default=512)
+    sc.add_argument("--device", default="auto")
 
     g = sub.add_parser("generate", help=COMMANDS["generate"], epilog=_config_help(GenerationConfig),
                        formatter_class=raw)
@@ -67,15 +82,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _recipe_and_overrides(args) -> tuple[str | None, list[str]]:
+    recipe = args.args[0] if args.args and "=" not in args.args[0] else None
+    return recipe, (args.args[1:] if recipe else args.args)
+
+
 def cmd_pretrain(args) -> int:
     from alignlab.config import PretrainConfig, load_config
     from alignlab.trainers.pretrain import pretrain
 
-    recipe = args.args[0] if args.args and "=" not in args.args[0] else None
-    overrides = args.args[1:] if recipe else args.args
-    cfg = load_config(PretrainConfig, recipe, overrides)
+    cfg = load_config(PretrainConfig, *_recipe_and_overrides(args))
     run_dir = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
     print(f"done: {run_dir}/checkpoints/final")
+    return 0
+
+
+def cmd_train_rm(args) -> int:
+    from alignlab.config import RewardModelConfig, load_config
+    from alignlab.trainers.reward_model import train_reward_model
+
+    cfg = load_config(RewardModelConfig, *_recipe_and_overrides(args))
+    run_dir = train_reward_model(cfg, resume=args.resume, overwrite=args.overwrite)
+    print(f"done: {run_dir}/checkpoints/final (best held-out accuracy: {run_dir}/checkpoints/best)")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from alignlab.data.batches import PreferenceCollator
+    from alignlab.data.sources import read_preferences
+    from alignlab.model.heads import load_reward_model
+    from alignlab.runtime import resolve_device
+    from alignlab.trainers.reward_model import evaluate_pairs, seed_style_report
+
+    pairs = read_preferences(args.pairs)
+    model, tokenizer = load_reward_model(args.checkpoint, device=resolve_device(args.device))
+    collator = PreferenceCollator(tokenizer, args.max_length)
+    items = [collator.tokenize(p) for p in pairs]
+    metrics = evaluate_pairs(model, items, tokenizer.pad_id, 64)
+    print(seed_style_report(model, tokenizer, items, pairs, metrics, shown=args.show))
     return 0
 
 
@@ -122,7 +166,8 @@ def cmd_demo(args) -> int:
     return 0
 
 
-HANDLERS = {"pretrain": cmd_pretrain, "generate": cmd_generate, "export": cmd_export, "demo": cmd_demo}
+HANDLERS = {"pretrain": cmd_pretrain, "train-rm": cmd_train_rm, "score": cmd_score, "generate": cmd_generate,
+            "export": cmd_export, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     # which argparse alone does not allow for a positional list.
     args, extra = parser.parse_known_args(argv)
     overrides = [a for a in extra if "=" in a and not a.startswith("-")]
-    target = "args" if args.command == "pretrain" else "overrides"
+    target = "args" if args.command in ("pretrain", "train-rm") else "overrides"
     if len(overrides) != len(extra) or (overrides and not hasattr(args, target)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if overrides:

@@ -26,7 +26,8 @@ from alignlab.config_io import (
     load_config,
 )
 
-__all__ = ["GPTConfig", "GenerationConfig", "ModelConfig", "OptimConfig", "PretrainConfig", "RunConfig",
+__all__ = ["GPTConfig", "GenerationConfig", "ModelConfig", "OptimConfig", "PretrainConfig", "RewardModelConfig",
+           "RunConfig",
            "TokenizerConfig", "config_from_dict", "config_hash", "config_to_dict", "describe_config",
            "dump_yaml", "knob", "load_config"]
 
@@ -179,3 +180,33 @@ class PretrainConfig:
     def __post_init__(self):
         _check(self, ">= 1", lambda v: v >= 1, "block_size")
         _check(self, "in [0, 1)", lambda v: 0 <= v < 1, "val_fraction")
+
+
+@dataclass(frozen=True)
+class RewardModelConfig:
+    """`alignlab train-rm`: a Bradley-Terry reward model on (prompt, chosen, rejected) pairs."""
+
+    data: tuple[str, ...] = knob((), 'preference JSONL(.gz) files, each may be sliced "f.jsonl.gz[:1354]"; '
+                                     "empty = dummy study-plan pairs")
+    eval_data: tuple[str, ...] = knob((), "held-out preference files; empty = the tail of data")
+    dummy_pairs: int = knob(200, "dummy pairs (compliant vs non-compliant study plans) when data is empty")
+    eval_fraction: float = knob(0.1, "tail of data held out when eval_data is empty")
+    max_length: int = knob(128, "tokens per prompt + response (the seed's block_size)")
+    pooling: Literal["auto", "last", "mean", "cls"] = knob(
+        "auto", "feature read by the head; auto: last real token (decoders), mean (encoders)")
+    center_rewards_coefficient: float = knob(0.0, "weight of mean((r_c + r_r)^2), keeps rewards near 0")
+    eval_batch_size: int = knob(64, "pairs per scoring batch in evaluation")
+    model: ModelConfig = knob(ModelConfig(arch=GPTConfig(hidden_size=64, intermediate_size=192,
+                                                         num_hidden_layers=2, num_attention_heads=2,
+                                                         num_key_value_heads=2, max_position_embeddings=512)),
+                              "backbone: path to an LM / HF model dir, or a new native GPT from arch")
+    tokenizer: TokenizerConfig = knob(TokenizerConfig(vocab_size=1024), "tokenizer of a new backbone")
+    optim: OptimConfig = knob(OptimConfig(lr=3e-4, weight_decay=0.0), "optimizer and schedule")
+    run: RunConfig = knob(RunConfig(out_dir="runs/rm", steps=200, batch_size=8, eval_every=50),
+                          "run directory, length and cadence")
+
+    def __post_init__(self):
+        _check(self, ">= 8", lambda v: v >= 8, "max_length")
+        _check(self, ">= 1", lambda v: v >= 1, "eval_batch_size")
+        _check(self, ">= 0", lambda v: v >= 0, "dummy_pairs", "center_rewards_coefficient")
+        _check(self, "in [0, 1)", lambda v: 0 <= v < 1, "eval_fraction")

@@ -147,7 +147,7 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
-    """The transformer body: `Qwen2Model` in transformers."""
+    """The transformer body (`Qwen2Model` in transformers): ids -> final normed hidden states."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -155,6 +155,27 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = Rotary(config.head_dim, config.rope_theta)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None):
+        """input_ids (B, T) -> hidden states (B, T, C).
+
+        attention_mask (B, S) bool/int marks real tokens of the whole sequence seen so far
+        (cache + new); None means no padding. position_ids (B, T) default to the count of
+        real tokens before each position, which makes left padding invisible to the model.
+        """
+        start = cache.length if cache is not None else 0
+        if attention_mask is not None:
+            attention_mask = attention_mask.bool()
+        if position_ids is None:
+            position_ids = _positions(attention_mask, start, input_ids.shape[1], input_ids.device)
+        mask = _attention_mask(attention_mask, start, input_ids.shape[1], input_ids.device)
+        x = self.embed_tokens(input_ids)  # (B, T, C)
+        cos, sin = self.rotary_emb(position_ids, x.dtype)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, cache, i)
+        if cache is not None:
+            cache.advance(input_ids.shape[1])
+        return self.norm(x)
 
 
 class GPT(nn.Module):
@@ -186,25 +207,8 @@ class GPT(nn.Module):
         return self.lm_head.weight.dtype
 
     def hidden_states(self, input_ids, attention_mask=None, position_ids=None, cache=None):
-        """input_ids (B, T) -> final normed hidden states (B, T, C).
-
-        attention_mask (B, S) bool/int marks real tokens of the whole sequence seen so far
-        (cache + new); None means no padding. position_ids (B, T) default to the count of
-        real tokens before each position, which makes left padding invisible to the model.
-        """
-        start = cache.length if cache is not None else 0
-        if attention_mask is not None:
-            attention_mask = attention_mask.bool()
-        if position_ids is None:
-            position_ids = _positions(attention_mask, start, input_ids.shape[1], input_ids.device)
-        mask = _attention_mask(attention_mask, start, input_ids.shape[1], input_ids.device)
-        x = self.model.embed_tokens(input_ids)  # (B, T, C)
-        cos, sin = self.model.rotary_emb(position_ids, x.dtype)
-        for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, mask, cache, i)
-        if cache is not None:
-            cache.advance(input_ids.shape[1])
-        return self.model.norm(x)
+        """input_ids (B, T) -> final normed hidden states (B, T, C); see `Decoder.forward`."""
+        return self.model(input_ids, attention_mask, position_ids, cache)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None):
         """input_ids (B, T) -> logits (B, T, V); see `hidden_states` for the arguments."""

@@ -1,0 +1,195 @@
+"""`alignlab train-rm` and the seed's `train_rm(...)`: a Bradley-Terry reward model.
+
+Pairs come from preference files (our JSONL, TRL's conversational form, HH-RLHF), a Python
+list, or the built-in dummy study-plan pairs (compliant vs non-compliant plans: a signal a
+tiny model can learn). They are tokenized once; each step draws a batch from a seeded
+shuffle whose state is the data position. Held-out evaluation reports accuracy with a 95%
+Wilson interval, mean margin and reward statistics, and keeps `checkpoints/best`.
+
+Left out: the pre-RL audit (`alignlab audit-rm`, next), multi-process training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from alignlab.algorithms.bradley_terry import pairwise_stats, reward_model_loss
+from alignlab.algorithms.common import wilson_interval
+from alignlab.config import RewardModelConfig, load_config
+from alignlab.data.batches import PreferenceCollator, TokenizedPair
+from alignlab.data.sources import read_preferences
+from alignlab.data.tokenizer import byte_tokenizer, load_tokenizer, train_bpe
+from alignlab.errors import UserError
+from alignlab.model.checkpoint import atomic_dir
+from alignlab.model.heads import RewardModel, reward_model_from, save_reward_model
+from alignlab.rewards.learned import score_ids
+from alignlab.runs import Run
+from alignlab.runtime import make_generator, parse_dtype, resolve_runtime, seed_everything
+from alignlab.tasks.study_plan import preference_pairs
+from alignlab.trainers.loop import Loop, TrainSpec
+
+
+class PairBatches:
+    """Epochs of seeded shuffles over tokenized pairs; (generator, order, position) is the state."""
+
+    def __init__(self, items: list[TokenizedPair], collator: PreferenceCollator, batch_size: int,
+                 seed: int, device):
+        self.items, self.collator, self.batch, self.device = items, collator, batch_size, device
+        self.generator = make_generator(seed)
+        self.order: list[int] = []
+        self.position = 0
+
+    def next_batch(self):
+        picked = []
+        while len(picked) < self.batch:
+            if self.position >= len(self.order):
+                self.order = torch.randperm(len(self.items), generator=self.generator).tolist()
+                self.position = 0
+            picked.append(self.items[self.order[self.position]])
+            self.position += 1
+        return self.collator.collate(picked).to(self.device)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.order, self.position = list(state["order"]), state["position"]
+
+
+def load_pairs(cfg: RewardModelConfig, pairs=None):
+    """(train pairs, eval pairs, data files) from `pairs` (a list), cfg.data, or dummy pairs."""
+    if pairs is None and cfg.data:
+        pairs = [p for spec in cfg.data for p in read_preferences(spec)]
+    elif pairs is None:
+        pairs = read_preferences(preference_pairs(cfg.dummy_pairs, seed=cfg.run.seed))
+    else:
+        pairs = read_preferences(pairs)
+    if cfg.eval_data:
+        eval_pairs = [p for spec in cfg.eval_data for p in read_preferences(spec)]
+    else:
+        n_eval = int(len(pairs) * cfg.eval_fraction)
+        pairs, eval_pairs = pairs[: len(pairs) - n_eval], pairs[len(pairs) - n_eval:]
+    if not pairs:
+        raise UserError("no training pairs left after holding out the evaluation split", key="data")
+    files = [spec.split("[")[0] for spec in (*cfg.data, *cfg.eval_data)]
+    return pairs, eval_pairs, files
+
+
+def build_reward_model(cfg: RewardModelConfig, pairs, runtime, resume_from: Path | None):
+    """(reward model, tokenizer): from model.path, or a new native GPT with a tokenizer of its own."""
+    if cfg.model.path:
+        return reward_model_from(cfg.model.path, pooling=cfg.pooling, engine=cfg.model.engine,
+                                 dtype=parse_dtype(cfg.model.dtype), device=runtime.device,
+                                 trust_remote_code=cfg.model.trust_remote_code)
+    if resume_from is not None:
+        tokenizer = load_tokenizer(str(resume_from))
+    elif cfg.tokenizer.path:
+        tokenizer = load_tokenizer(cfg.tokenizer.path)
+    elif cfg.tokenizer.kind == "byte":
+        tokenizer = byte_tokenizer()
+    else:
+        texts = [t for p in pairs for t in (p.prompt_text, p.chosen, p.rejected)]
+        tokenizer = train_bpe(texts, cfg.tokenizer.vocab_size)
+    seed_everything(cfg.run.seed)
+    arch = dataclasses.replace(cfg.model.arch, vocab_size=tokenizer.vocab_size)
+    model = RewardModel.new(arch)
+    if cfg.pooling not in ("auto", "last"):
+        model.pooling = cfg.pooling
+    return model.to(runtime.device), tokenizer
+
+
+def evaluate_pairs(model: RewardModel, items: list[TokenizedPair], pad_id: int, batch_size: int) -> dict:
+    """Held-out accuracy (+ 95% Wilson interval), mean margin, reward mean/std of each side."""
+    chosen = torch.tensor(score_ids(model, [i.chosen_ids for i in items], pad_id, batch_size))
+    rejected = torch.tensor(score_ids(model, [i.rejected_ids for i in items], pad_id, batch_size))
+    stats = pairwise_stats(chosen, rejected)
+    low, high = wilson_interval(int((chosen > rejected).sum()), len(items))
+    return {"accuracy": stats.accuracy, "accuracy_low": low, "accuracy_high": high, "margin": stats.margin,
+            "chosen_mean": stats.chosen_mean, "chosen_std": chosen.std().item() if len(items) > 1 else 0.0,
+            "rejected_mean": stats.rejected_mean,
+            "rejected_std": rejected.std().item() if len(items) > 1 else 0.0, "pairs": len(items)}
+
+
+def train_reward_model(cfg: RewardModelConfig, *, pairs=None, resume: bool = False, overwrite: bool = False,
+                       quiet: bool = False) -> Path:
+    """Train and return the run directory (`checkpoints/final`, and `checkpoints/best` by accuracy)."""
+    train_pairs, eval_pairs, files = load_pairs(cfg, pairs)
+    runtime = resolve_runtime(cfg.run.device, cfg.run.precision)
+    previous = Run(Path(cfg.run.out_dir)).latest_checkpoint() if resume else None
+    model, tokenizer = build_reward_model(cfg, train_pairs, runtime, previous)
+    collator = PreferenceCollator(tokenizer, cfg.max_length)
+    train_items = [collator.tokenize(p) for p in train_pairs]
+    eval_items = [collator.tokenize(p) for p in eval_pairs]
+    run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, data_files=files,
+                     device=str(runtime.device), dtype="float32", quiet=quiet or not cfg.run.progress)
+    run.print(f"train-rm: {sum(p.numel() for p in model.parameters())} parameters, {len(train_items)} "
+              f"train / {len(eval_items)} held-out pairs, {tokenizer.kind} tokenizer (vocab "
+              f"{tokenizer.vocab_size}), truncated prompts {collator.stats()['prompt_truncated_frac']:.1%}, "
+              f"{runtime.device} {runtime.precision} -> {run.root}")
+
+    def compute_loss(batch):
+        rewards = model(batch.input_ids, batch.attention_mask)  # (2B,)
+        chosen, rejected = rewards.chunk(2)
+        loss = reward_model_loss(chosen, rejected, batch.margin, cfg.center_rewards_coefficient)
+        stats = pairwise_stats(chosen, rejected)
+        return loss, {"accuracy": stats.accuracy, "margin": stats.margin,
+                      "tokens": int(batch.attention_mask.sum())}
+
+    best = {"accuracy": -1.0}
+
+    def evaluate() -> dict:
+        metrics = evaluate_pairs(model, eval_items, tokenizer.pad_id, cfg.eval_batch_size) if eval_items else {}
+        if metrics and metrics["accuracy"] > best["accuracy"]:
+            best["accuracy"] = metrics["accuracy"]
+            with atomic_dir(run.checkpoint_path(None).with_name("best")) as tmp:
+                save_reward_model(model, tokenizer, tmp)
+        return metrics
+
+    spec = TrainSpec(model, PairBatches(train_items, collator, cfg.run.batch_size, cfg.run.seed, runtime.device),
+                     compute_loss, lambda d: save_reward_model(model, tokenizer, d),
+                     evaluate=evaluate if eval_items else None)
+    Loop(spec, cfg.optim, cfg.run, runtime, run).train(resume=resume)
+    if eval_items:
+        final = evaluate()
+        run.log(cfg.run.steps, {f"final/{k}": v for k, v in final.items()})
+        run.print(seed_style_report(model, tokenizer, eval_items, eval_pairs, final))
+    return run.root
+
+
+def seed_style_report(model, tokenizer, items, pairs, metrics: dict, shown: int = 3) -> str:
+    """The seed's quick-test printout: Good / Bad / Margin per pair, then the accuracy."""
+    lines = []
+    for n, item in enumerate(items[:shown], start=1):
+        good, bad = score_ids(model, [item.chosen_ids, item.rejected_ids], tokenizer.pad_id)
+        mark = "ok" if good > bad else "x "
+        lines.append(f"Test {n}: {mark} Good: {good:.4f} | Bad: {bad:.4f} | Margin: {good - bad:+.4f}"
+                     f"   ({pairs[n - 1].prompt_text[:40]!r})")
+    lines.append(f"Accuracy: {metrics['accuracy']:.1%} ({round(metrics['accuracy'] * metrics['pairs'])}/"
+                 f"{metrics['pairs']}), 95% CI [{metrics['accuracy_low']:.1%}, {metrics['accuracy_high']:.1%}],"
+                 f" mean margin {metrics['margin']:+.4f}")
+    return "\n".join(lines)
+
+
+def train_rm(pairs=20, steps: int = 20, batch_size: int = 4, block_size: int = 128, n_layer: int = 2,
+             n_head: int = 2, n_embd: int = 64, lr: float = 1e-4, device: str = "cpu",
+             out_dir: str = "runs/rm", overrides=(), quiet: bool = False) -> Path:
+    """The seed's one-call API. `pairs`: a count of dummy pairs, a preference file, or a list of
+    pairs (dicts or PreferencePair). Returns the final checkpoint, loadable by `load_reward_model`.
+    Further config keys go in `overrides` as "key=value" strings."""
+    settings = [f"steps={steps}", f"run.batch_size={batch_size}", f"max_length={block_size}",
+                f"model.arch.num_hidden_layers={n_layer}", f"model.arch.num_attention_heads={n_head}",
+                f"model.arch.num_key_value_heads={n_head}", f"model.arch.hidden_size={n_embd}",
+                f"model.arch.intermediate_size={3 * n_embd}", f"optim.lr={lr}", f"run.device={device}",
+                f"run.out_dir={out_dir}", f"run.eval_every={max(steps // 4, 1)}", "run.save_every=0"]
+    if isinstance(pairs, int):
+        settings.append(f"dummy_pairs={pairs}")
+        pairs = None
+    elif isinstance(pairs, (str, Path)):
+        settings.append(f"data={pairs}")
+        pairs = None
+    cfg = load_config(RewardModelConfig, None, [*settings, *overrides])
+    return train_reward_model(cfg, pairs=pairs, overwrite=True, quiet=quiet) / "checkpoints" / "final"
