@@ -19,6 +19,7 @@ COMMANDS = {
     "export": "write a checkpoint as a transformers model directory",
     "train-rm": "train a Bradley-Terry reward model on preference pairs",
     "score": "score preference pairs with a reward model: accuracy and Good/Bad/Margin lines",
+    "audit-rm": "audit a reward model before RL: calibration, length bias, exploit probes",
     "demo": "offline demo: pretrain a tiny GPT on the built-in corpus and print samples",
 }
 
@@ -30,6 +31,17 @@ def _config_help(cls) -> str:
     width = max(len(key) for key, _, _ in rows)
     lines = [f"  {key:<{width}}  {default:<12} {why}" for key, default, why in rows]
     return "config keys (recipe YAML or key=value overrides):\n" + "\n".join(lines)
+
+
+def _add_audit_rm_parser(sub) -> None:
+    au = sub.add_parser("audit-rm", help=COMMANDS["audit-rm"])
+    au.add_argument("checkpoint", help="reward model checkpoint or train-rm run directory")
+    au.add_argument("--pairs", required=True, help="held-out preference JSONL(.gz), optionally sliced f.jsonl[:100]")
+    au.add_argument("--max-pairs", type=int, default=1000, help="audit the first N pairs (7 scored sequences each)")
+    au.add_argument("--out", metavar="DIR", help="also write DIR/audit.json and DIR/audit.md")
+    au.add_argument("--max-length", type=int, default=512, help="tokens per sequence, as in training")
+    au.add_argument("--batch-size", type=int, default=64)
+    au.add_argument("--device", default="auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--show", type=int, default=5, help="pairs printed seed-style")
     sc.add_argument("--max-length", type=int, default=512)
     sc.add_argument("--device", default="auto")
+    _add_audit_rm_parser(sub)
 
     g = sub.add_parser("generate", help=COMMANDS["generate"], epilog=_config_help(GenerationConfig),
                        formatter_class=raw)
@@ -123,6 +136,42 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_audit_rm(args) -> int:
+    import json
+    import os
+    from pathlib import Path
+
+    from alignlab.data.sources import read_preferences
+    from alignlab.eval.reward_audit import audit_reward_model, format_markdown, format_report
+    from alignlab.model.heads import load_reward_model
+    from alignlab.runtime import resolve_device
+
+    for key in ("max_pairs", "max_length", "batch_size"):
+        if getattr(args, key) < 1:
+            raise UserError(f"expected a positive integer, got {getattr(args, key)}", key="--" + key.replace("_", "-"))
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserError("exists and is not a directory", file=str(out))
+    pairs = read_preferences(args.pairs)
+    model, tokenizer = load_reward_model(args.checkpoint, device=resolve_device(args.device))
+    report = audit_reward_model(model, tokenizer, pairs[: args.max_pairs], args.max_length, args.batch_size)
+    print(f"audit-rm: {args.checkpoint}, first {report.pairs} of {len(pairs)} pairs from {args.pairs}")
+    print(format_report(report))
+    if out is not None:
+        texts = {"audit.json": json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n",
+                 "audit.md": format_markdown(report)}
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for name, text in texts.items():  # each file appears whole or not at all
+                tmp = out / f".{name}.tmp-{os.getpid()}"
+                tmp.write_text(text, encoding="utf-8")
+                os.replace(tmp, out / name)
+        except OSError as err:
+            raise UserError(f"cannot write the audit: {err.strerror or err}", file=str(out)) from err
+        print(f"wrote {out / 'audit.json'} and {out / 'audit.md'}")
+    return 0
+
+
 def cmd_generate(args) -> int:
     from alignlab.config import GenerationConfig, load_config
     from alignlab.generation.engine import generate
@@ -166,8 +215,8 @@ def cmd_demo(args) -> int:
     return 0
 
 
-HANDLERS = {"pretrain": cmd_pretrain, "train-rm": cmd_train_rm, "score": cmd_score, "generate": cmd_generate,
-            "export": cmd_export, "demo": cmd_demo}
+HANDLERS = {"pretrain": cmd_pretrain, "train-rm": cmd_train_rm, "score": cmd_score, "audit-rm": cmd_audit_rm,
+            "generate": cmd_generate, "export": cmd_export, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -140,6 +140,10 @@ class PreferenceCollator:
         """The tokenizer's own pair format ([CLS] prompt [SEP] reply [SEP] for BERT) via its
         post-processor, truncated the same way."""
         backend = self.tokenizer.hf.backend_tokenizer
+        # Some tokenizer.json files carry their own truncation (sentence-transformers' MiniLM
+        # truncates at 128); lengths are decided here, so the backend must not cut silently.
+        backend.no_truncation()
+        backend.no_padding()
         prompt = backend.encode(self._plain_prompt(messages), add_special_tokens=False)
         reply = backend.encode(response, add_special_tokens=False)
         budget = self.max_length - backend.num_special_tokens_to_add(is_pair=True)

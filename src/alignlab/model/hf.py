@@ -29,8 +29,13 @@ INDEX = "model.safetensors.index.json"
 
 
 def quiet_hub() -> None:
-    """No telemetry whenever we drive transformers / huggingface_hub (never at import time)."""
+    """No telemetry and no per-file progress bars whenever we drive transformers /
+    huggingface_hub (called before use, never at import time)."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def read_json(path: Path) -> dict:

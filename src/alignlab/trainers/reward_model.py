@@ -6,7 +6,7 @@ tiny model can learn). They are tokenized once; each step draws a batch from a s
 shuffle whose state is the data position. Held-out evaluation reports accuracy with a 95%
 Wilson interval, mean margin and reward statistics, and keeps `checkpoints/best`.
 
-Left out: the pre-RL audit (`alignlab audit-rm`, next), multi-process training.
+Left out: multi-process training. The pre-RL audit is `eval/reward_audit.py` (`alignlab audit-rm`).
 """
 
 from __future__ import annotations
@@ -152,9 +152,10 @@ def train_reward_model(cfg: RewardModelConfig, *, pairs=None, resume: bool = Fal
     spec = TrainSpec(model, PairBatches(train_items, collator, cfg.run.batch_size, cfg.run.seed, runtime.device),
                      compute_loss, lambda d: save_reward_model(model, tokenizer, d),
                      evaluate=evaluate if eval_items else None)
-    Loop(spec, cfg.optim, cfg.run, runtime, run).train(resume=resume)
+    last = Loop(spec, cfg.optim, cfg.run, runtime, run).train(resume=resume)
     if eval_items:
-        final = evaluate()
+        evaluated = {k.removeprefix("eval/"): v for k, v in last.items() if k.startswith("eval/")}
+        final = evaluated or evaluate()  # the last step may have evaluated already
         run.log(cfg.run.steps, {f"final/{k}": v for k, v in final.items()})
         run.print(seed_style_report(model, tokenizer, eval_items, eval_pairs, final))
     return run.root
