@@ -9,7 +9,8 @@
       checkpoints/step_N/, checkpoints/final/   (written atomically; see model/checkpoint.py)
 
 Nothing is created until a trainer has validated its inputs, so a bad input never leaves a
-half-made run behind. `Run(..., quiet=True)` silences progress for tests; rank-0 guards for
+half-made run behind. `quiet=True` silences all printing (tests); `progress=False` only the
+progress bar (logs, CI). Rank-0 guards for
 multi-process runs will live here too.
 
 Left out: experiment trackers other than TensorBoard.
@@ -65,15 +66,16 @@ def checkpoint_step(directory: Path) -> int | None:
 class Run:
     """An open run directory: logs metrics, lists and prunes checkpoints, shows progress."""
 
-    def __init__(self, root: Path, *, quiet: bool = False):
+    def __init__(self, root: Path, *, quiet: bool = False, progress: bool = True):
         self.root = root
-        self.quiet = quiet
+        self.quiet, self.progress = quiet, progress
         self._tb = None
         self._progress = None
 
     @classmethod
     def create(cls, out_dir: str | Path, config, *, resume: bool = False, overwrite: bool = False,
-               data_files=(), device: str = "cpu", dtype: str = "float32", quiet: bool = False):
+               data_files=(), device: str = "cpu", dtype: str = "float32", quiet: bool = False,
+               progress: bool = True):
         root = Path(out_dir)
         if root.exists() and any(root.iterdir()) and not (resume or overwrite):
             raise UserError("run directory already exists: pass --resume to continue it, "
@@ -96,7 +98,7 @@ class Run:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        return cls(root, quiet=quiet)
+        return cls(root, quiet=quiet, progress=progress)
 
     @property
     def checkpoints(self) -> Path:
@@ -157,7 +159,7 @@ class Run:
             print(message, flush=True)
 
     def start_progress(self, total: int, done: int = 0, description: str = "train") -> None:
-        if self.quiet:
+        if self.quiet or not self.progress:
             return
         from rich.progress import (
             BarColumn,

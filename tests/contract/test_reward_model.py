@@ -71,10 +71,20 @@ def test_collator_truncates_the_prompt_from_the_left(byte_tok):
     assert collator.response_truncated == 0
 
 
-def test_preference_dataset_and_dummy_data(pairs):
+def test_preference_dataset(tmp_path, pairs):
+    from alignlab.data.sources import write_preferences
+
+    path = write_preferences(tmp_path / "pairs.jsonl.gz", pairs)
+    again = read_preferences(f"{path}[2:5]")
+    assert [p.chosen for p in again] == [p.chosen for p in pairs[2:5]]
+    assert all(p.messages[-1]["role"] == "user" for p in again)
+
+
+def test_dummy_preference_data(pairs):
     assert len(pairs) == 8
     again = read_preferences(preference_pairs(8, seed=0))
     assert [p.chosen for p in again] == [p.chosen for p in pairs]
+    assert [p.chosen for p in read_preferences(preference_pairs(8, seed=1))] != [p.chosen for p in pairs]
     for pair in pairs:
         assert pair.prompt_text and pair.chosen != pair.rejected
         assert pair.chosen.count("\n") == 2 and all(line.startswith("-") for line in pair.chosen.splitlines())

@@ -22,7 +22,7 @@ def _as_messages(prompt) -> list[dict]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def score_ids(rm: RewardModel, sequences: Sequence[Sequence[int]], pad_id: int, batch_size: int = 64) -> list[float]:
     """Rewards of already tokenized sequences, in input order."""
     rm.eval()

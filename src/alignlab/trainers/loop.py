@@ -103,7 +103,7 @@ class Loop:
                 evaluated = any(key.startswith("eval/") for key in metrics)
                 if self.step % max(cfg.log_every, 1) == 0 or self.step == cfg.steps or evaluated:
                     self.run.log(self.step, metrics)
-                self.run.advance(self.step, f"loss {metrics['loss']:.4f} lr {metrics['lr']:.2e}")
+                self.run.advance(self.step, _status(metrics))
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
                     self.save(self.run.checkpoint_path(self.step))
                     self.run.prune(cfg.keep_checkpoints)
@@ -165,6 +165,14 @@ class Loop:
         set_rng_state(state["rng"])
         self.step = state["step"]
         self.run.print(f"resuming from {directory} (step {self.step})")
+
+
+def _status(metrics: dict) -> str:
+    """The progress line's tail: loss, accuracy when the trainer reports one, held-out figures, lr."""
+    parts = [f"loss {metrics['loss']:.4f}"]
+    parts += [f"{key.replace('eval/', 'held-out ')} {metrics[key]:.3f}"
+              for key in ("accuracy", "eval/loss", "eval/accuracy") if key in metrics]
+    return "  ".join([*parts, f"lr {metrics['lr']:.2e}"])
 
 
 def restore_weights(model: nn.Module, directory: Path) -> None:

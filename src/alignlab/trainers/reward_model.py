@@ -125,7 +125,8 @@ def train_reward_model(cfg: RewardModelConfig, *, pairs=None, resume: bool = Fal
     train_items = [collator.tokenize(p) for p in train_pairs]
     eval_items = [collator.tokenize(p) for p in eval_pairs]
     run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, data_files=files,
-                     device=str(runtime.device), dtype="float32", quiet=quiet or not cfg.run.progress)
+                     device=str(runtime.device), dtype="float32", quiet=quiet,
+                     progress=cfg.run.progress)
     run.print(f"train-rm: {sum(p.numel() for p in model.parameters())} parameters, {len(train_items)} "
               f"train / {len(eval_items)} held-out pairs, {tokenizer.kind} tokenizer (vocab "
               f"{tokenizer.vocab_size}), truncated prompts {collator.stats()['prompt_truncated_frac']:.1%}, "
