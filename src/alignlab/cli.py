@@ -8,8 +8,11 @@ and exit code 2; nothing is left half-written.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import textwrap
+from pathlib import Path
 
 from alignlab.errors import UserError
 
@@ -20,6 +23,9 @@ COMMANDS = {
     "train-rm": "train a Bradley-Terry reward model on preference pairs",
     "score": "score preference pairs with a reward model: accuracy and Good/Bad/Margin lines",
     "audit-rm": "audit a reward model before RL: calibration, length bias, exploit probes",
+    "eval": "sample N completions per held-out prompt, score them: pass rate, degeneration, verdict",
+    "check": "score completions made anywhere (JSONL prompt/completion) with a task's rules",
+    "compare": "one table of several evaluations (eval --out directories), with a verdict for two",
     "demo": "offline demo: pretrain a tiny GPT on the built-in corpus and print samples",
 }
 
@@ -42,6 +48,45 @@ def _add_audit_rm_parser(sub) -> None:
     au.add_argument("--max-length", type=int, default=512, help="tokens per sequence, as in training")
     au.add_argument("--batch-size", type=int, default=64)
     au.add_argument("--device", default="auto")
+
+
+def _add_eval_parser(sub) -> None:
+    ev = sub.add_parser("eval", help=COMMANDS["eval"])
+    ev.add_argument("checkpoint", help="alignlab checkpoint, HF model directory or hub id")
+    ev.add_argument("--task", default="study-plan", help="built-in task whose rules score the samples")
+    ev.add_argument("--samples", type=int, default=5, help="completions per prompt")
+    ev.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy")
+    ev.add_argument("--max-new-tokens", type=int, default=128)
+    ev.add_argument("--prompts", metavar="FILE.jsonl", help="records with a `prompt` field instead of the "
+                    "task's held-out prompts")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--batch-size", type=int, default=32, help="sequences generated at once")
+    ev.add_argument("--out", metavar="DIR", help="also write DIR/samples.jsonl, summary.md and summary.json")
+
+
+def _add_check_parser(sub) -> None:
+    ch = sub.add_parser("check", help=COMMANDS["check"])
+    ch.add_argument("completions", metavar="FILE.jsonl", help="records with `prompt` and `completion` fields")
+    ch.add_argument("--task", default="study-plan", help="built-in task whose rules score the completions")
+    ch.add_argument("--out", metavar="OUT.jsonl", help="one scored record per input: passed, score, degenerate, "
+                    "reasons, ...")
+
+
+def _add_compare_parser(sub) -> None:
+    co = sub.add_parser("compare", help=COMMANDS["compare"])
+    co.add_argument("runs", nargs="+", metavar="RUN_OR_CKPT", help="`alignlab eval --out` directories (or their "
+                    "summary.json), checkpoints or run directories (evaluated on the held-out prompts); with "
+                    "two, the second is judged against the first")
+    co.add_argument("--samples", type=int, default=5, help="samples per prompt for checkpoints evaluated here")
+    co.add_argument("--seed", type=int, default=0)
+    co.add_argument("--device", default="auto")
+
+
+def _add_command_parsers(sub) -> None:
+    """Commands whose parser is built by its own helper (keeps build_parser short)."""
+    for add_parser in (_add_audit_rm_parser, _add_eval_parser, _add_check_parser, _add_compare_parser):
+        add_parser(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--show", type=int, default=5, help="pairs printed seed-style")
     sc.add_argument("--max-length", type=int, default=512)
     sc.add_argument("--device", default="auto")
-    _add_audit_rm_parser(sub)
+    _add_command_parsers(sub)
 
     g = sub.add_parser("generate", help=COMMANDS["generate"], epilog=_config_help(GenerationConfig),
                        formatter_class=raw)
@@ -172,6 +217,100 @@ def cmd_audit_rm(args) -> int:
     return 0
 
 
+def _write_files(out: Path, texts: dict[str, str]) -> None:
+    """Write each text to out/name atomically (temp file, then rename)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in texts.items():
+            tmp = out / f".{name}.tmp-{os.getpid()}"
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, out / name)
+    except OSError as err:
+        raise UserError(f"cannot write: {err.strerror or err}", file=str(out)) from err
+
+
+def _summary_texts(name: str, summary, verdict, info: dict) -> dict[str, str]:
+    """summary.md (markdown table + verdict) and summary.json (summary, run info, verdict)."""
+    from alignlab.eval.metrics import markdown_table
+    from alignlab.eval.verdict import format_verdict
+
+    record = {**info, **summary.to_dict(), "verdict": verdict.to_dict()}
+    markdown = f"# alignlab eval: {name}\n\n{markdown_table({name: summary})}\n\n```\n{format_verdict(verdict)}\n```\n"
+    return {"summary.md": markdown, "summary.json": json.dumps(record, indent=2, ensure_ascii=False) + "\n"}
+
+
+def cmd_eval(args) -> int:
+    from alignlab.config import GenerationConfig
+    from alignlab.eval.metrics import format_table
+    from alignlab.eval.sampling_eval import evaluate_model, read_prompts, task_prompts, write_samples
+    from alignlab.eval.verdict import format_verdict, single_verdict
+    from alignlab.model.checkpoint import load_model
+    from alignlab.runtime import resolve_device
+
+    held_out = task_prompts(args.task)
+    for key in ("samples", "max_new_tokens", "batch_size"):
+        if getattr(args, key) < 1:
+            raise UserError(f"expected a positive integer, got {getattr(args, key)}", key="--" + key.replace("_", "-"))
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserError("exists and is not a directory", file=str(out))
+    prompts = read_prompts(args.prompts) if args.prompts else held_out
+    device = resolve_device(args.device)
+    model, tokenizer = load_model(args.checkpoint, device=device)
+    samples, summary = evaluate_model(model, tokenizer, prompts, args.samples, gen, args.seed, args.batch_size)
+    verdict = single_verdict(summary, samples)
+    name = args.checkpoint
+    print(f"eval: {args.checkpoint} on {len(prompts)} prompts x {args.samples} samples, "
+          f"temperature {args.temperature}, task {args.task}")
+    print(format_table({name: summary}))
+    print(format_verdict(verdict))
+    if out is not None:
+        info = {"checkpoint": args.checkpoint, "task": args.task, "prompts": args.prompts or "held-out",
+                "samples_per_prompt": args.samples, "temperature": args.temperature,
+                "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+        _write_files(out, _summary_texts(name, summary, verdict, info))
+        write_samples(out / "samples.jsonl", samples)
+        print(f"wrote {out / 'samples.jsonl'}, {out / 'summary.md'} and {out / 'summary.json'}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    from alignlab.eval.sampling_eval import evaluate_completions, read_completions, task_prompts, write_samples
+
+    task_prompts(args.task)  # validates the task name
+    records = read_completions(args.completions)
+    samples, summary = evaluate_completions(records)
+    passed = sum(s.passed for s in samples)
+    low, high = summary.pass_rate_ci
+    print(f"check: {args.completions}, {len(samples)} completions, task {args.task}")
+    print(f"pass rate: {summary.pass_rate:.1%} ({passed}/{len(samples)}, 95% CI [{low:.1%}, {high:.1%}]); "
+          f"degenerate: {summary.degenerate_rate:.1%}; sharp reward mean {summary.reward_mean:+.3f}")
+    failures = ", ".join(f"{rule} {count}" for rule, count in summary.rule_failures.items() if count)
+    print(f"rule failures: {failures or 'none'}")
+    if args.out:
+        extras = [{k: v for k, v in r.items() if k not in ("prompt", "completion")} for r in records]
+        print(f"wrote {write_samples(Path(args.out).expanduser(), samples, extras)}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from alignlab.eval.metrics import format_table
+    from alignlab.eval.sampling_eval import load_or_evaluate
+    from alignlab.eval.verdict import compare_verdict, format_verdict
+    from alignlab.runtime import resolve_device
+
+    device = resolve_device(args.device)
+    loaded = {arg: load_or_evaluate(arg, samples_per_prompt=args.samples, seed=args.seed, device=device)
+              for arg in args.runs}
+    print(format_table({arg: summary for arg, (summary, _) in loaded.items()}))
+    if len(args.runs) == 2:
+        (before, _), (after, after_samples) = loaded[args.runs[0]], loaded[args.runs[1]]
+        print(f"{args.runs[1]} against {args.runs[0]}:")
+        print(format_verdict(compare_verdict(before, after, after_samples or [])))
+    return 0
+
+
 def cmd_generate(args) -> int:
     from alignlab.config import GenerationConfig, load_config
     from alignlab.generation.engine import generate
@@ -216,6 +355,7 @@ def cmd_demo(args) -> int:
 
 
 HANDLERS = {"pretrain": cmd_pretrain, "train-rm": cmd_train_rm, "score": cmd_score, "audit-rm": cmd_audit_rm,
+            "eval": cmd_eval, "check": cmd_check, "compare": cmd_compare,
             "generate": cmd_generate, "export": cmd_export, "demo": cmd_demo}
 
 

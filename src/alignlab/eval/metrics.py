@@ -1,0 +1,290 @@
+"""Evaluation metrics of the study-plan task: one scored sample, and a summary over many.
+
+`score_sample` runs `rewards.rules.study_plan_verdict` (format rules and penalties) on one
+completion and records the sharp reward and the degeneration measures of `rewards.penalties`
+(`longest_repeat_run`, `repeated_ngram_fraction`, `echo_overlap`, `length_chars`): the same
+functions the rewards use, never a second definition (style rule 8). `summarize` turns samples
+into an `EvalSummary`: pass rate with a 95% Wilson interval, rule failure counts, reward mean and
+std, and the degeneration metrics; `format_table` and `markdown_table` show summaries side by side.
+
+One measure is the evaluation's own, because no reward needs it: `invalid_char_fraction`, the share
+of characters that are not text (U+FFFD from bytes that did not decode, control characters). A
+sample over GARBLED_FRACTION is "garbled": what an untrained or broken model emits. The rules'
+degeneration (echo, repeat runs, length blow-up) does not see random bytes, which rarely repeat.
+
+Left out: generating completions (`sampling_eval.py`), judging a run (`verdict.py`), other tasks
+(scoring is the study-plan verdict), and any file I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+
+from alignlab.algorithms.common import wilson_interval
+from alignlab.errors import UserError
+from alignlab.rewards.base import Reward, study_plan_reward
+from alignlab.rewards.penalties import (
+    distinct_n,
+    echo_overlap,
+    length_chars,
+    longest_repeat_run,
+    repeated_ngram_fraction,
+)
+from alignlab.rewards.rules import study_plan_verdict
+
+__all__ = ["EvalSummary", "ScoredSample", "format_table", "invalid_char_fraction", "markdown_table", "score_sample",
+           "summarize"]
+
+GARBLED_FRACTION = 0.2  # text from any working model has ~0% such characters; random bytes ~50%
+_NOT_TEXT = {"Cc", "Cs", "Co", "Cn"}  # control, surrogate, private use, unassigned
+
+
+def invalid_char_fraction(text: str) -> float:
+    """Fraction of characters that are not text: U+FFFD (undecodable bytes), control characters
+    other than newline, tab and carriage return, surrogates, private-use or unassigned code points.
+
+    >>> invalid_char_fraction("- 复习（30 分钟）\\n"), invalid_char_fraction("ab\\ufffd\\x0b")
+    (0.0, 0.5)
+    """
+    if not text:
+        return 0.0
+    bad = sum(1 for ch in text if ch == "\ufffd" or (unicodedata.category(ch) in _NOT_TEXT and ch not in "\n\t\r"))
+    return bad / len(text)
+
+
+@dataclass(frozen=True)
+class ScoredSample:
+    """One completion with every verdict and measure the evaluation reports.
+
+    passed: every rule holds. degenerate: echo, repetition runs or a length blow-up.
+    score: the sharp reward (+1 pass, -1 penalty failed, [-1, -0.5] other violations).
+    reasons: every rule's explanations; degenerate_reasons: why it is degenerate (empty if not).
+    failed_rules: names of the failed rules. rule_reasons: each rule's reasons, every rule listed
+    in the verdict's order (failed or not). truncated: generation ran out of tokens before a stop
+    (None: unknown, e.g. completions produced elsewhere). invalid_char_fraction: see the module
+    docstring (`garbled` when over GARBLED_FRACTION). The rest are `rewards.penalties` measures.
+    """
+
+    prompt: str
+    completion: str
+    passed: bool
+    degenerate: bool
+    score: float
+    reasons: tuple[str, ...]
+    degenerate_reasons: tuple[str, ...]
+    failed_rules: tuple[str, ...]
+    truncated: bool | None
+    length_chars: int
+    longest_run: int
+    repeated_ngram_fraction: float
+    echo_overlap: float
+    invalid_char_fraction: float = 0.0
+    rule_reasons: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def garbled(self) -> bool:
+        return self.invalid_char_fraction > GARBLED_FRACTION
+
+    def to_dict(self) -> dict:
+        """JSON-ready: tuples become lists."""
+        record = dataclasses.asdict(self)
+        for key in ("reasons", "degenerate_reasons", "failed_rules"):
+            record[key] = list(record[key])
+        record["rule_reasons"] = {name: list(reasons) for name, reasons in self.rule_reasons.items()}
+        record["garbled"] = self.garbled
+        return record
+
+
+@cache
+def _sharp_reward() -> Reward:
+    return study_plan_reward("sharp")
+
+
+def score_sample(prompt: str, completion: str, truncated: bool | None = None) -> ScoredSample:
+    """Score one completion with the study-plan rules, the sharp reward and the degeneration measures.
+
+    >>> s = score_sample("三条计划", "- 复习（30 分钟）\\n- 练习（1 小时）\\n- 总结（半小时）")
+    >>> s.passed, s.degenerate, s.score, s.failed_rules
+    (True, False, 1.0, ())
+    """
+    verdict = study_plan_verdict(prompt, completion)
+    return ScoredSample(
+        prompt=prompt, completion=completion, passed=verdict.passed, degenerate=verdict.degenerate,
+        score=_sharp_reward().score(prompt, completion), reasons=verdict.reasons,
+        degenerate_reasons=verdict.degenerate_reasons, failed_rules=verdict.failed,
+        truncated=truncated, length_chars=length_chars(completion),
+        longest_run=longest_repeat_run(completion).repeats,
+        repeated_ngram_fraction=repeated_ngram_fraction(completion),
+        echo_overlap=echo_overlap(prompt, completion), invalid_char_fraction=invalid_char_fraction(completion),
+        rule_reasons={name: result.reasons for name, result in verdict.results.items()})
+
+
+@dataclass(frozen=True)
+class EvalSummary:
+    """Aggregate metrics over scored samples (rates are fractions in [0, 1]).
+
+    pass_rate_ci: 95% Wilson interval (low, high). reward_*: the sharp reward; std is the
+    population std. rule_failures: {rule: samples failing it}, every rule seen, zeros included.
+    distinct_1/2: distinct-n over all completions pooled (joined by newlines, so n-grams that
+    straddle two completions count too: a small bias, the price of one distinct-n definition).
+    echo_rate: fraction whose echo rule failed. garbled_rate: fraction of garbled samples (not
+    text; see the module docstring). length_*: characters. truncation_rate: fraction
+    cut by the token limit among samples where that is known; None when it is known for none.
+    """
+
+    n_samples: int
+    n_prompts: int
+    pass_rate: float
+    pass_rate_ci: tuple[float, float]
+    degenerate_rate: float
+    reward_mean: float
+    reward_std: float
+    rule_failures: Mapping[str, int]
+    distinct_1: float
+    distinct_2: float
+    longest_run_mean: float
+    longest_run_max: int
+    repeated_ngram_fraction_mean: float
+    echo_rate: float
+    garbled_rate: float
+    length_mean: float
+    length_max: int
+    truncation_rate: float | None
+
+    def to_dict(self) -> dict:
+        """JSON-ready: the interval as a [low, high] list."""
+        record = dataclasses.asdict(self)
+        record["pass_rate_ci"] = list(self.pass_rate_ci)
+        record["rule_failures"] = dict(self.rule_failures)
+        return record
+
+    @classmethod
+    def from_dict(cls, record: Mapping, source: str | None = None) -> EvalSummary:
+        """Inverse of `to_dict`; a missing key is a UserError naming `source` and the key."""
+        values = {}
+        for field in dataclasses.fields(cls):
+            if field.name not in record:
+                raise UserError("missing from the evaluation summary", file=source, key=field.name)
+            values[field.name] = record[field.name]
+        ci = values["pass_rate_ci"]
+        if not (isinstance(ci, list | tuple) and len(ci) == 2):
+            raise UserError(f"expected [low, high], got {ci!r}", file=source, key="pass_rate_ci")
+        values["pass_rate_ci"] = (float(ci[0]), float(ci[1]))
+        return cls(**values)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _std(values: Sequence[float]) -> float:
+    centre = _mean(values)
+    return math.sqrt(sum((v - centre) ** 2 for v in values) / len(values))
+
+
+def _rule_failures(samples: Sequence[ScoredSample]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for sample in samples:
+        for name in (*sample.rule_reasons, *sample.failed_rules):
+            counts.setdefault(name, 0)
+        for name in sample.failed_rules:
+            counts[name] += 1
+    return counts
+
+
+def summarize(samples: Sequence[ScoredSample]) -> EvalSummary:
+    """Aggregate scored samples into an `EvalSummary`; at least one sample is required.
+
+    >>> s = summarize([score_sample("p", "- a（30 分钟）\\n- b（1 小时）\\n- c（半小时）"), score_sample("p", "好的")])
+    >>> s.pass_rate, s.rule_failures["count"], s.truncation_rate
+    (0.5, 1, None)
+    """
+    if not samples:
+        raise ValueError("summarize needs at least one scored sample")
+    n = len(samples)
+    passed = sum(s.passed for s in samples)
+    texts = "\n".join(s.completion for s in samples)
+    known = [s.truncated for s in samples if s.truncated is not None]
+    scores = [s.score for s in samples]
+    return EvalSummary(
+        n_samples=n, n_prompts=len({s.prompt for s in samples}), pass_rate=passed / n,
+        pass_rate_ci=wilson_interval(passed, n), degenerate_rate=sum(s.degenerate for s in samples) / n,
+        reward_mean=_mean(scores), reward_std=_std(scores), rule_failures=_rule_failures(samples),
+        distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2),
+        longest_run_mean=_mean([s.longest_run for s in samples]), longest_run_max=max(s.longest_run for s in samples),
+        repeated_ngram_fraction_mean=_mean([s.repeated_ngram_fraction for s in samples]),
+        echo_rate=sum("echo" in s.failed_rules for s in samples) / n, garbled_rate=sum(s.garbled for s in samples) / n,
+        length_mean=_mean([s.length_chars for s in samples]), length_max=max(s.length_chars for s in samples),
+        truncation_rate=sum(known) / len(known) if known else None)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _ci(s: EvalSummary) -> str:
+    low, high = s.pass_rate_ci
+    return f"[{100 * low:.1f}, {100 * high:.1f}]%"
+
+
+_ROWS: tuple[tuple[str, Callable[[EvalSummary], str]], ...] = (
+    ("samples", lambda s: str(s.n_samples)),
+    ("prompts", lambda s: str(s.n_prompts)),
+    ("pass rate", lambda s: _pct(s.pass_rate)),
+    ("pass rate 95% CI", _ci),
+    ("degenerate", lambda s: _pct(s.degenerate_rate)),
+    ("reward (sharp) mean", lambda s: f"{s.reward_mean:+.3f}"),
+    ("reward (sharp) std", lambda s: f"{s.reward_std:.3f}"),
+    ("echo rate", lambda s: _pct(s.echo_rate)),
+    ("garbled (not text)", lambda s: _pct(s.garbled_rate)),
+    ("truncated", lambda s: _pct(s.truncation_rate)),
+    ("distinct-1", lambda s: f"{s.distinct_1:.3f}"),
+    ("distinct-2", lambda s: f"{s.distinct_2:.3f}"),
+    ("longest run mean", lambda s: f"{s.longest_run_mean:.2f}"),
+    ("longest run max", lambda s: str(s.longest_run_max)),
+    ("repeated 4-grams mean", lambda s: f"{s.repeated_ngram_fraction_mean:.3f}"),
+    ("length mean (chars)", lambda s: f"{s.length_mean:.1f}"),
+    ("length max (chars)", lambda s: str(s.length_max)),
+)
+
+
+def _table_rows(summaries: Mapping[str, EvalSummary]) -> list[list[str]]:
+    """Header row, then one row per metric and per rule ("fails: <rule>"), one column per summary."""
+    rows = [["metric", *summaries]]
+    rows += [[label, *(show(s) for s in summaries.values())] for label, show in _ROWS]
+    rules = dict.fromkeys(name for s in summaries.values() for name in s.rule_failures)
+    for rule in rules:
+        cells = []
+        for s in summaries.values():
+            count = s.rule_failures.get(rule)
+            cells.append("n/a" if count is None else f"{count} ({_pct(count / s.n_samples)})")
+        rows.append([f"fails: {rule}", *cells])
+    return rows
+
+
+def _aligned(row: list[str], widths: list[int]) -> str:
+    cells = [cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
+    return "  ".join(cells).rstrip()
+
+
+def format_table(summaries: Mapping[str, EvalSummary]) -> str:
+    """A plain-text table for the terminal: one row per metric, one column per named summary."""
+    rows = _table_rows(summaries)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [_aligned(row, widths) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(summaries: Mapping[str, EvalSummary]) -> str:
+    """The same table in GitHub markdown (metric column left-aligned, values right-aligned)."""
+    rows = _table_rows(summaries)
+    escaped = [[cell.replace("|", "\\|") for cell in row] for row in rows]
+    lines = ["| " + " | ".join(row) + " |" for row in escaped]
+    lines.insert(1, "|" + "|".join([":---", *(["---:"] * (len(rows[0]) - 1))]) + "|")
+    return "\n".join(lines)

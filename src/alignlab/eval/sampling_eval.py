@@ -1,0 +1,165 @@
+"""Sampling evaluation: N completions per prompt from a model, scored and summarised.
+
+`evaluate_model` samples `samples_per_prompt` completions per prompt with
+`generation.engine.generate` (chat template, one seeded `torch.Generator` on the model's device,
+so the same seed gives the same samples), scores each with `metrics.score_sample` (keeping the
+Rollout's truncated flag) and summarises them. `evaluate_completions` does the same for
+completions produced anywhere. `read_prompts` / `read_completions` load JSONL records with
+errors naming file, line and field; `write_samples` writes scored samples as JSONL, every
+rule's reasons included.
+
+Left out: tasks other than the study plan (`TASKS`), distributed evaluation, and pass@k.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from alignlab.config import GenerationConfig
+from alignlab.data.sources import read_jsonl_records
+from alignlab.errors import UserError
+from alignlab.eval.metrics import EvalSummary, ScoredSample, score_sample, summarize
+from alignlab.generation.engine import generate
+from alignlab.rewards.base import completion_text, prompt_text
+from alignlab.runtime import make_generator
+from alignlab.tasks.study_plan import held_out_prompts
+
+TASKS = {"study-plan": held_out_prompts}  # task name -> its held-out prompts
+
+
+def task_prompts(task: str) -> list[str]:
+    """The held-out prompts of a built-in task; an unknown name is a UserError listing the tasks."""
+    if task not in TASKS:
+        raise UserError(f"unknown task {task!r}; expected one of: {', '.join(TASKS)}", key="--task")
+    return TASKS[task]()
+
+
+def evaluate_model(model, tokenizer, prompts: Sequence[str], samples_per_prompt: int, gen: GenerationConfig,
+                   seed: int, batch_size: int = 32) -> tuple[list[ScoredSample], EvalSummary]:
+    """Sample `samples_per_prompt` chat completions per prompt, score and summarise them.
+
+    Rows are the prompts each repeated `samples_per_prompt` times, in prompt order, generated
+    `batch_size` rows at a time from one generator seeded with `seed`: the same arguments give
+    the same samples. The model is put in eval mode.
+    """
+    if samples_per_prompt < 1 or batch_size < 1:
+        raise UserError(f"expected at least 1 sample per prompt and a batch size >= 1, got {samples_per_prompt} "
+                        f"and {batch_size}")
+    if not prompts:
+        raise UserError("no prompts to evaluate on")
+    model.eval()
+    generator = make_generator(seed, next(model.parameters()).device)
+    rows = [p for p in prompts for _ in range(samples_per_prompt)]
+    samples = []
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start:start + batch_size]
+        rollout = generate(model, tokenizer, batch, gen, generator, chat=True)
+        truncated = rollout.truncated.tolist()  # (B,) bool
+        samples += [score_sample(p, text, truncated=bool(cut))
+                    for p, text, cut in zip(batch, rollout.texts, truncated, strict=True)]
+    return samples, summarize(samples)
+
+
+def evaluate_completions(records: Sequence[Mapping]) -> tuple[list[ScoredSample], EvalSummary]:
+    """Score records {prompt, completion[, truncated]} made elsewhere; prompts and completions may be
+    strings or chat message lists (the last user / assistant message is scored)."""
+    samples = [score_sample(prompt_text(r["prompt"]), completion_text(r["completion"]), _truncated(r))
+               for r in records]
+    if not samples:
+        raise UserError("no completions to score")
+    return samples, summarize(samples)
+
+
+def _truncated(record: Mapping) -> bool | None:
+    value = record.get("truncated")
+    return value if isinstance(value, bool) else None
+
+
+def _text_field(record: Mapping, key: str, name: str, line: int) -> None:
+    """Check record[key] is a non-empty string or a list of {role, content} messages."""
+    value = record.get(key)
+    if key not in record:
+        raise UserError("missing field (expected a string)", file=name, line=line, key=key)
+    ok = isinstance(value, str) or (isinstance(value, list) and bool(value)
+                                    and all(isinstance(m, Mapping) and isinstance(m.get("content"), str)
+                                            for m in value))
+    if not ok:
+        raise UserError(f"expected a string or a list of {{role, content}} messages, got {value!r:.60}",
+                        file=name, line=line, key=key)
+    if key == "prompt" and not prompt_text(value).strip():
+        raise UserError("empty prompt", file=name, line=line, key=key)
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a JSONL file of records with a `prompt` field (string or chat messages)."""
+    prompts = []
+    for line, record in read_jsonl_records(path):
+        _text_field(record, "prompt", str(path), line)
+        prompts.append(prompt_text(record["prompt"]))
+    return prompts
+
+
+def read_completions(path: str | Path) -> list[dict]:
+    """Records with `prompt` and `completion` fields from a JSONL file, checked field by field."""
+    records = []
+    for line, record in read_jsonl_records(path):
+        for key in ("prompt", "completion"):
+            _text_field(record, key, str(path), line)
+        records.append(record)
+    return records
+
+
+def sample_record(sample: ScoredSample, extra: Mapping | None = None) -> dict:
+    """One JSONL record: `extra` (e.g. the input record's other fields), then the scored sample."""
+    return {**(extra or {}), **sample.to_dict()}
+
+
+def write_samples(path: str | Path, samples: Sequence[ScoredSample], extras: Sequence[Mapping] | None = None) -> Path:
+    """Write scored samples as JSONL (one `sample_record` per line, `extras[i]` merged under sample i),
+    atomically: a temp file renamed into place. Returns the path."""
+    path = Path(path)
+    extras = extras if extras is not None else [{}] * len(samples)
+    text = "".join(json.dumps(sample_record(s, e), ensure_ascii=False) + "\n"
+                   for s, e in zip(samples, extras, strict=True))
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:
+        raise UserError(f"cannot write the samples: {err.strerror or err}", file=str(path)) from err
+    return path
+
+
+def load_or_evaluate(arg: str, *, samples_per_prompt: int = 5, temperature: float = 0.7, seed: int = 0,
+                     device="cpu") -> tuple[EvalSummary, list[ScoredSample] | None]:
+    """(summary, scored samples) for `alignlab compare`: an `eval --out` directory (or its summary.json)
+    is read; a checkpoint or a run directory (its checkpoints/final) is evaluated on the task's
+    held-out prompts with the eval defaults, so runs of different training compare on one eval set."""
+    from alignlab.model.checkpoint import load_model
+
+    path = Path(arg).expanduser()
+    summary_file = path / "summary.json" if path.is_dir() else path
+    if summary_file.is_file():
+        return _read_summary(summary_file)
+    model_dir = path / "checkpoints" / "final" if (path / "checkpoints" / "final").is_dir() else path
+    if not (model_dir / "config.json").is_file():
+        raise UserError("expected an `alignlab eval --out` directory, a checkpoint or a run directory", file=arg)
+    model, tokenizer = load_model(str(model_dir), device=device)
+    gen = GenerationConfig(max_new_tokens=128, temperature=temperature)
+    samples, summary = evaluate_model(model, tokenizer, held_out_prompts(), samples_per_prompt, gen, seed)
+    return summary, samples
+
+
+def _read_summary(path: Path) -> tuple[EvalSummary, list[ScoredSample] | None]:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot read the summary: {err}", file=str(path)) from err
+    if not isinstance(record, dict):
+        raise UserError("expected a JSON object", file=str(path))
+    samples_file = path.parent / "samples.jsonl"
+    samples = evaluate_completions(read_completions(samples_file))[0] if samples_file.is_file() else None
+    return EvalSummary.from_dict(record, str(path)), samples
