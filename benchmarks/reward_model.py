@@ -36,14 +36,13 @@ import torch
 
 from alignlab.algorithms.bradley_terry import pairwise_stats, reward_model_loss
 from alignlab.config import GPTConfig, OptimConfig, RunConfig
-from alignlab.data.batches import PreferenceBatch, PreferenceCollator, TokenizedPair
+from alignlab.data.batches import PreferenceBatch, PreferenceCollator, ShuffledBatches, TokenizedPair
 from alignlab.data.tokenizer import byte_tokenizer
 from alignlab.model.heads import RewardModel, load_reward_model, save_reward_model
 from alignlab.rewards.learned import score_ids
 from alignlab.runs import Run
 from alignlab.runtime import resolve_runtime
 from alignlab.trainers.loop import Loop, TrainSpec
-from alignlab.trainers.reward_model import PairBatches
 
 SIZES = ((2, 64, 2), (4, 128, 4), (6, 256, 4))  # (layers, hidden, heads), the seed's three models
 SEED_STEPS_PER_S = {(2, 64): 10.0, (4, 128): 5.0, (6, 256): 2.0}
@@ -200,9 +199,9 @@ def trl_pairs() -> list[TokenizedPair]:
 
 def time_alignlab(model_dir: Path, pairs: list[TokenizedPair], steps: int, tokenizer, root: Path):
     """(whole, steps only) seconds: Loop construction + train(), and train() alone; batches are drawn
-    through PairBatches + PreferenceCollator as `train-rm` draws them."""
+    through ShuffledBatches + PreferenceCollator as `train-rm` draws them."""
     model, _ = load_reward_model(str(model_dir))
-    source = PairBatches(pairs, PreferenceCollator(tokenizer, BLOCK), PAIRS_PER_BATCH, seed=0, device="cpu")
+    source = ShuffledBatches(pairs, PreferenceCollator(tokenizer, BLOCK).collate, PAIRS_PER_BATCH, seed=0, device="cpu")
     start = time.perf_counter()
     loop = make_loop(model, source, steps, root)
     inner = time.perf_counter()

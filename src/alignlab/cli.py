@@ -18,6 +18,7 @@ from alignlab.errors import UserError
 
 COMMANDS = {
     "pretrain": "train a native GPT (and a BPE tokenizer) on a text file",
+    "sft": "supervised fine-tuning on (prompt, response) pairs, loss on response tokens only",
     "generate": "sample completions from a checkpoint",
     "export": "write a checkpoint as a transformers model directory",
     "train-rm": "train a Bradley-Terry reward model on preference pairs",
@@ -37,6 +38,25 @@ def _config_help(cls) -> str:
     width = max(len(key) for key, _, _ in rows)
     lines = [f"  {key:<{width}}  {default:<12} {why}" for key, default, why in rows]
     return "config keys (recipe YAML or key=value overrides):\n" + "\n".join(lines)
+
+
+# Training commands: one recipe + overrides each; (config class, module, function) in alignlab.
+TRAINERS = {
+    "pretrain": ("PretrainConfig", "alignlab.trainers.pretrain", "pretrain"),
+    "sft": ("SFTConfig", "alignlab.trainers.sft", "sft"),
+    "train-rm": ("RewardModelConfig", "alignlab.trainers.reward_model", "train_reward_model"),
+}
+
+
+def _add_trainer_parsers(sub) -> None:
+    import alignlab.config as config
+
+    for name, (cls_name, _, _) in TRAINERS.items():
+        p = sub.add_parser(name, help=COMMANDS[name], epilog=_config_help(getattr(config, cls_name)),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("args", nargs="*", metavar="[RECIPE.yaml] key=value", help="recipe and overrides")
+        p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
 
 
 def _add_audit_rm_parser(sub) -> None:
@@ -90,7 +110,7 @@ def _add_command_parsers(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from alignlab.config import GenerationConfig, PretrainConfig, RewardModelConfig
+    from alignlab.config import GenerationConfig
 
     parser = argparse.ArgumentParser(prog="alignlab", description="Align small language models with "
                                      "human feedback and rules.")
@@ -98,18 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="; ".join(f"{k}: {v}" for k, v in COMMANDS.items()))
     raw = argparse.RawDescriptionHelpFormatter
 
-    p = sub.add_parser("pretrain", help=COMMANDS["pretrain"], epilog=_config_help(PretrainConfig),
-                       formatter_class=raw)
-    p.add_argument("args", nargs="*", metavar="[RECIPE.yaml] key=value", help="recipe and overrides")
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-
-    r = sub.add_parser("train-rm", help=COMMANDS["train-rm"], epilog=_config_help(RewardModelConfig),
-                       formatter_class=raw)
-    r.add_argument("args", nargs="*", metavar="[RECIPE.yaml] key=value", help="recipe and overrides")
-    r.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
-    r.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-
+    _add_trainer_parsers(sub)
     sc = sub.add_parser("score", help=COMMANDS["score"])
     sc.add_argument("checkpoint", help="reward model checkpoint or train-rm run directory")
     sc.add_argument("--pairs", required=True, help="preference JSONL(.gz), optionally sliced f.jsonl[:100]")
@@ -145,23 +154,16 @@ def _recipe_and_overrides(args) -> tuple[str | None, list[str]]:
     return recipe, (args.args[1:] if recipe else args.args)
 
 
-def cmd_pretrain(args) -> int:
-    from alignlab.config import PretrainConfig, load_config
-    from alignlab.trainers.pretrain import pretrain
+def cmd_train(args) -> int:
+    """pretrain / sft / train-rm: a config from recipe + overrides, then the trainer."""
+    import importlib
 
-    cfg = load_config(PretrainConfig, *_recipe_and_overrides(args))
-    run_dir = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
+    import alignlab.config as config
+
+    cls_name, module, function = TRAINERS[args.command]
+    cfg = config.load_config(getattr(config, cls_name), *_recipe_and_overrides(args))
+    run_dir = getattr(importlib.import_module(module), function)(cfg, resume=args.resume, overwrite=args.overwrite)
     print(f"done: {run_dir}/checkpoints/final")
-    return 0
-
-
-def cmd_train_rm(args) -> int:
-    from alignlab.config import RewardModelConfig, load_config
-    from alignlab.trainers.reward_model import train_reward_model
-
-    cfg = load_config(RewardModelConfig, *_recipe_and_overrides(args))
-    run_dir = train_reward_model(cfg, resume=args.resume, overwrite=args.overwrite)
-    print(f"done: {run_dir}/checkpoints/final (best held-out accuracy: {run_dir}/checkpoints/best)")
     return 0
 
 
@@ -354,7 +356,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-HANDLERS = {"pretrain": cmd_pretrain, "train-rm": cmd_train_rm, "score": cmd_score, "audit-rm": cmd_audit_rm,
+HANDLERS = {**dict.fromkeys(TRAINERS, cmd_train), "score": cmd_score, "audit-rm": cmd_audit_rm,
             "eval": cmd_eval, "check": cmd_check, "compare": cmd_compare,
             "generate": cmd_generate, "export": cmd_export, "demo": cmd_demo}
 
@@ -365,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     # which argparse alone does not allow for a positional list.
     args, extra = parser.parse_known_args(argv)
     overrides = [a for a in extra if "=" in a and not a.startswith("-")]
-    target = "args" if args.command in ("pretrain", "train-rm") else "overrides"
+    target = "args" if args.command in TRAINERS else "overrides"
     if len(overrides) != len(extra) or (overrides and not hasattr(args, target)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if overrides:

@@ -27,7 +27,7 @@ from alignlab.config_io import (
 )
 
 __all__ = ["GPTConfig", "GenerationConfig", "ModelConfig", "OptimConfig", "PretrainConfig", "RewardModelConfig",
-           "RunConfig",
+           "RunConfig", "SFTConfig",
            "TokenizerConfig", "config_from_dict", "config_hash", "config_to_dict", "describe_config",
            "dump_yaml", "knob", "load_config"]
 
@@ -209,4 +209,27 @@ class RewardModelConfig:
         _check(self, ">= 8", lambda v: v >= 8, "max_length")
         _check(self, ">= 1", lambda v: v >= 1, "eval_batch_size")
         _check(self, ">= 0", lambda v: v >= 0, "dummy_pairs", "center_rewards_coefficient")
+        _check(self, "in [0, 1)", lambda v: 0 <= v < 1, "eval_fraction")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """`alignlab sft`: supervised fine-tuning on (prompt, response) pairs, loss on response tokens only."""
+
+    data: tuple[str, ...] = knob((), "JSONL(.gz) of {prompt, response} or {messages}, each may be sliced "
+                                     '"f.jsonl[:500]"; empty = synthetic study-plan completions')
+    synthetic_per_prompt: int = knob(8, "synthetic completions per train prompt when data is empty")
+    compliance_rate: float = knob(1.0, "share of compliant synthetic completions (low = a weak base policy)")
+    eval_fraction: float = knob(0.05, "tail of the examples held out for validation loss")
+    max_length: int = knob(256, "tokens per example; longer ones lose the start of the prompt")
+    model: ModelConfig = knob(ModelConfig(), "model to fine-tune: path, or a new native GPT from arch")
+    tokenizer: TokenizerConfig = knob(TokenizerConfig(vocab_size=1024), "tokenizer of a new model")
+    optim: OptimConfig = knob(OptimConfig(lr=1e-3, weight_decay=0.0), "optimizer and schedule")
+    run: RunConfig = knob(RunConfig(out_dir="runs/sft", steps=300, batch_size=16, eval_every=100),
+                          "run directory, length and cadence")
+
+    def __post_init__(self):
+        _check(self, ">= 8", lambda v: v >= 8, "max_length")
+        _check(self, ">= 1", lambda v: v >= 1, "synthetic_per_prompt")
+        _check(self, "in [0, 1]", lambda v: 0 <= v <= 1, "compliance_rate")
         _check(self, "in [0, 1)", lambda v: 0 <= v < 1, "eval_fraction")

@@ -6,10 +6,12 @@ which is where generation continues; targets are padded on the right.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from alignlab.runtime import make_generator
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,10 @@ class LMBatch:
     input_ids: torch.Tensor
     labels: torch.Tensor
     loss_mask: torch.Tensor | None = None
+
+    def to(self, device) -> LMBatch:
+        mask = self.loss_mask.to(device) if self.loss_mask is not None else None
+        return LMBatch(self.input_ids.to(device), self.labels.to(device), mask)
 
 
 def _pad(seqs: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,3 +177,34 @@ class PreferenceCollator:
         n = max(self.n_sequences, 1)
         return {"prompt_truncated_frac": self.prompt_truncated / n,
                 "response_truncated_frac": self.response_truncated / n}
+
+
+class ShuffledBatches:
+    """Epochs of seeded shuffles over pre-tokenized items, `collate`d into batches on `device`.
+
+    The state (generator, current order, position) is the data position a checkpoint saves,
+    so a resumed run draws exactly the batches the uninterrupted one would have.
+    """
+
+    def __init__(self, items: Sequence, collate: Callable, batch_size: int, seed: int, device="cpu"):
+        self.items, self.collate, self.batch, self.device = items, collate, batch_size, device
+        self.generator = make_generator(seed)
+        self.order: list[int] = []
+        self.position = 0
+
+    def next_batch(self):
+        picked = []
+        while len(picked) < self.batch:
+            if self.position >= len(self.order):
+                self.order = torch.randperm(len(self.items), generator=self.generator).tolist()
+                self.position = 0
+            picked.append(self.items[self.order[self.position]])
+            self.position += 1
+        return self.collate(picked).to(self.device)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.order, self.position = list(state["order"]), state["position"]

@@ -310,3 +310,38 @@ def _render_hh(turns: list[tuple[str, str]]) -> str:
     shown = [content if i == 0 and role == "assistant" else f"{HH_LABEL[role]}: {content}"
              for i, (role, content) in enumerate(turns)]
     return "\n\n".join(shown).strip()
+
+
+def read_conversations(source) -> list[list[dict]]:
+    """Supervised examples as chat conversations ending with the assistant reply.
+
+    Records are `{prompt, response}` (or `completion`) strings, or `{messages: [...]}`; `source`
+    is a JSONL path (optionally sliced, "f.jsonl[:100]") or a list of such dicts.
+    """
+    if isinstance(source, (list, tuple)):
+        records = [(("<list>", i + 1), r) for i, r in enumerate(source)]
+    else:
+        path, part = parse_source(source)
+        records = [((str(source), n), r) for n, r in read_jsonl_records(path)]
+        records = records[part] if part is not None else records
+    return [_conversation(record, where) for where, record in records]
+
+
+def _conversation(record, where: Where) -> list[dict]:
+    if not isinstance(record, dict):
+        raise _error(where, "record", f"expected a JSON object, got {_kind(record)}")
+    if "messages" in record:
+        if not isinstance(record["messages"], list) or not record["messages"]:
+            raise _error(where, "messages", f"expected a non-empty list of messages, got {_kind(record['messages'])}")
+        messages = list(_messages(record["messages"], "messages", where))
+    else:
+        reply_key = "completion" if "completion" in record else "response"
+        for key in ("prompt", reply_key):
+            if not isinstance(record.get(key), str):
+                raise _error(where, key, f"expected a string, got {_kind(record.get(key))}"
+                             if key in record else "missing (expected prompt + response, or messages)")
+        messages = [{"role": "user", "content": record["prompt"]},
+                    {"role": "assistant", "content": record[reply_key]}]
+    if messages[-1]["role"] != "assistant":
+        raise _error(where, "messages", "the last message must be the assistant reply to learn")
+    return messages

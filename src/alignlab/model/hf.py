@@ -170,3 +170,11 @@ def load_auto_causal_lm(source: str, *, dtype: torch.dtype | None, device, trust
         raise UserError(f"could not load model '{source}' (not a local model directory, and the hub "
                         f"is offline or does not have it): {first}") from None
     return model.to(device)
+
+
+def causal_lm_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T) ids -> (B, T, V) logits for the native GPT and any transformers causal LM alike."""
+    if isinstance(model, GPT):
+        return model(input_ids, attention_mask)
+    mask = attention_mask.long() if attention_mask is not None else None
+    return model(input_ids=input_ids, attention_mask=mask).logits

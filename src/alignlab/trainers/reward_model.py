@@ -19,7 +19,7 @@ import torch
 from alignlab.algorithms.bradley_terry import pairwise_stats, reward_model_loss
 from alignlab.algorithms.common import wilson_interval
 from alignlab.config import RewardModelConfig, load_config
-from alignlab.data.batches import PreferenceCollator, TokenizedPair
+from alignlab.data.batches import PreferenceCollator, ShuffledBatches, TokenizedPair
 from alignlab.data.sources import read_preferences
 from alignlab.data.tokenizer import byte_tokenizer, load_tokenizer, train_bpe
 from alignlab.errors import UserError
@@ -27,37 +27,9 @@ from alignlab.model.checkpoint import atomic_dir
 from alignlab.model.heads import RewardModel, reward_model_from, save_reward_model
 from alignlab.rewards.learned import score_ids
 from alignlab.runs import Run
-from alignlab.runtime import make_generator, parse_dtype, resolve_runtime, seed_everything
+from alignlab.runtime import parse_dtype, resolve_runtime, seed_everything
 from alignlab.tasks.study_plan import preference_pairs
 from alignlab.trainers.loop import Loop, TrainSpec
-
-
-class PairBatches:
-    """Epochs of seeded shuffles over tokenized pairs; (generator, order, position) is the state."""
-
-    def __init__(self, items: list[TokenizedPair], collator: PreferenceCollator, batch_size: int,
-                 seed: int, device):
-        self.items, self.collator, self.batch, self.device = items, collator, batch_size, device
-        self.generator = make_generator(seed)
-        self.order: list[int] = []
-        self.position = 0
-
-    def next_batch(self):
-        picked = []
-        while len(picked) < self.batch:
-            if self.position >= len(self.order):
-                self.order = torch.randperm(len(self.items), generator=self.generator).tolist()
-                self.position = 0
-            picked.append(self.items[self.order[self.position]])
-            self.position += 1
-        return self.collator.collate(picked).to(self.device)
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-        self.order, self.position = list(state["order"]), state["position"]
 
 
 def load_pairs(cfg: RewardModelConfig, pairs=None):
@@ -150,7 +122,8 @@ def train_reward_model(cfg: RewardModelConfig, *, pairs=None, resume: bool = Fal
                 save_reward_model(model, tokenizer, tmp)
         return metrics
 
-    spec = TrainSpec(model, PairBatches(train_items, collator, cfg.run.batch_size, cfg.run.seed, runtime.device),
+    source = ShuffledBatches(train_items, collator.collate, cfg.run.batch_size, cfg.run.seed, runtime.device)
+    spec = TrainSpec(model, source,
                      compute_loss, lambda d: save_reward_model(model, tokenizer, d),
                      evaluate=evaluate if eval_items else None)
     last = Loop(spec, cfg.optim, cfg.run, runtime, run).train(resume=resume)

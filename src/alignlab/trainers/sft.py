@@ -1,0 +1,121 @@
+"""`alignlab sft`: supervised fine-tuning with the loss on response tokens only.
+
+Examples are chat conversations (`{prompt, response}` or `{messages}` records, or synthetic
+study-plan completions with a chosen compliance rate, which is how the demo builds a weak
+base policy). Each is rendered with the tokenizer's chat template; `Tokenizer.render_chat`
+marks the assistant tokens, and only those count in the loss. Works on the native GPT and on
+any transformers causal LM (`model.path`, `model.engine=hf`).
+
+Left out: packing several examples into one row, and pass-rate evaluation during training
+(evaluation lives in `eval/`, above trainers; run `alignlab eval` on the checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import torch
+
+from alignlab.algorithms.sft import next_token_loss
+from alignlab.config import SFTConfig
+from alignlab.data.batches import LMBatch, ShuffledBatches, right_pad
+from alignlab.data.sources import read_conversations
+from alignlab.data.tokenizer import Tokenizer, byte_tokenizer, load_tokenizer, train_bpe
+from alignlab.errors import UserError
+from alignlab.model.checkpoint import load_model, save_model
+from alignlab.model.gpt import GPT
+from alignlab.model.hf import causal_lm_logits
+from alignlab.runs import Run
+from alignlab.runtime import parse_dtype, resolve_runtime, seed_everything
+from alignlab.tasks.study_plan import synthetic_completions, train_prompts
+from alignlab.trainers.loop import Loop, TrainSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTExample:
+    """One tokenized conversation: ids and a loss mask (True on assistant tokens), same length."""
+
+    ids: list[int]
+    loss_mask: list[bool]
+
+
+def load_conversations(cfg: SFTConfig) -> tuple[list[list[dict]], list[str]]:
+    """(conversations, data files) from cfg.data, or synthetic study-plan completions."""
+    if cfg.data:
+        return [c for spec in cfg.data for c in read_conversations(spec)], [s.split("[")[0] for s in cfg.data]
+    records = synthetic_completions(train_prompts(), cfg.synthetic_per_prompt, cfg.compliance_rate, cfg.run.seed)
+    return read_conversations([{"prompt": r["prompt"], "response": r["completion"]} for r in records]), []
+
+
+def tokenize_example(tokenizer: Tokenizer, messages: list[dict], max_length: int) -> tuple[SFTExample, bool]:
+    """(example, truncated): the conversation cut from the left to max_length tokens."""
+    if tokenizer.hf.chat_template is None:
+        raise UserError(f"tokenizer {tokenizer.name_or_path!r} has no chat template; SFT renders "
+                        "conversations with it (set one in tokenizer_config.json)", key="model.path")
+    ids, mask = tokenizer.render_chat(messages)
+    truncated = len(ids) > max_length
+    return SFTExample(ids[-max_length:], mask[-max_length:]), truncated
+
+
+def collate(examples: list[SFTExample], pad_id: int) -> LMBatch:
+    """Right-padded next-token batch; labels count only on assistant tokens of real positions."""
+    ids, real = right_pad([e.ids for e in examples], pad_id)  # (B, T)
+    loss, _ = right_pad([[int(m) for m in e.loss_mask] for e in examples], 0)
+    return LMBatch(input_ids=ids[:, :-1], labels=ids[:, 1:], loss_mask=loss[:, 1:].bool() & real[:, 1:])
+
+
+def build_policy(cfg: SFTConfig, conversations, runtime, resume_from: Path | None):
+    """(model, tokenizer): loaded from model.path, or a new native GPT with its own tokenizer."""
+    if cfg.model.path:
+        return load_model(cfg.model.path, engine=cfg.model.engine, dtype=parse_dtype(cfg.model.dtype),
+                          device=runtime.device, trust_remote_code=cfg.model.trust_remote_code)
+    if resume_from is not None:
+        tokenizer = load_tokenizer(str(resume_from))
+    elif cfg.tokenizer.path:
+        tokenizer = load_tokenizer(cfg.tokenizer.path)
+    elif cfg.tokenizer.kind == "byte":
+        tokenizer = byte_tokenizer()
+    else:
+        tokenizer = train_bpe([m["content"] for c in conversations for m in c], cfg.tokenizer.vocab_size)
+    seed_everything(cfg.run.seed)
+    model = GPT(dataclasses.replace(cfg.model.arch, vocab_size=tokenizer.vocab_size))
+    return model.to(runtime.device), tokenizer
+
+
+def sft(cfg: SFTConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> Path:
+    """Fine-tune and return the run directory; the policy ends in <run>/checkpoints/final."""
+    conversations, files = load_conversations(cfg)
+    runtime = resolve_runtime(cfg.run.device, cfg.run.precision)
+    previous = Run(Path(cfg.run.out_dir)).latest_checkpoint() if resume else None
+    model, tokenizer = build_policy(cfg, conversations, runtime, previous)
+    tokenized = [tokenize_example(tokenizer, c, cfg.max_length) for c in conversations]
+    examples = [example for example, _ in tokenized]
+    n_eval = int(len(examples) * cfg.eval_fraction)
+    train, held_out = examples[: len(examples) - n_eval], examples[len(examples) - n_eval:]
+    if not train:
+        raise UserError("no training examples left after holding out the evaluation split", key="data")
+    run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, data_files=files,
+                     device=str(runtime.device), dtype="float32", quiet=quiet, progress=cfg.run.progress)
+    run.print(f"sft: {sum(p.numel() for p in model.parameters())} parameters, {len(train)} train / "
+              f"{len(held_out)} held-out examples, {sum(t for _, t in tokenized)} truncated, "
+              f"{tokenizer.kind} tokenizer (vocab {tokenizer.vocab_size}), {runtime.device} -> {run.root}")
+
+    def compute_loss(batch: LMBatch):
+        logits = causal_lm_logits(model, batch.input_ids)  # (B, T, V)
+        return next_token_loss(logits, batch.labels, batch.loss_mask), {"tokens": int(batch.loss_mask.sum())}
+
+    def evaluate() -> dict:
+        batch = collate(held_out[:64], tokenizer.pad_id).to(runtime.device)
+        model.eval()
+        with torch.no_grad(), runtime.autocast():
+            loss = next_token_loss(causal_lm_logits(model, batch.input_ids), batch.labels, batch.loss_mask)
+        return {"loss": loss.item()}
+
+    source = ShuffledBatches(train, functools.partial(collate, pad_id=tokenizer.pad_id), cfg.run.batch_size,
+                             cfg.run.seed, runtime.device)
+    spec = TrainSpec(model, source, compute_loss, lambda d: save_model(model, tokenizer, d),
+                     evaluate=evaluate if held_out else None)
+    Loop(spec, cfg.optim, cfg.run, runtime, run).train(resume=resume)
+    return run.root
