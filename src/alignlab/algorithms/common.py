@@ -41,3 +41,56 @@ def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[fl
     centre = (p + z * z / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def token_logps(logits: torch.Tensor, ids: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+    """Log-probability of each chosen token: logits[ids] - logsumexp(logits).
+
+    Never builds the full (B, T, V) log-softmax copy; `chunk_size` rows of B at a time bound the
+    logsumexp workspace further (same numbers, one chunk's memory). Differentiable.
+
+    Shapes: logits (B, T, V), ids (B, T) long -> (B, T).
+
+    By hand: logits [0, ln 3] give probabilities [1/4, 3/4], so token 1 has log(3/4) = -0.2877.
+
+    >>> round(token_logps(torch.tensor([[[0.0, math.log(3.0)]]]), torch.tensor([[1]])).item(), 4)
+    -0.2877
+    """
+    step = logits.size(0) if chunk_size is None else max(1, chunk_size)
+    parts = []
+    for start in range(0, logits.size(0), step):
+        chunk = logits[start:start + step]  # (b, T, V)
+        chosen = chunk.gather(-1, ids[start:start + step].unsqueeze(-1)).squeeze(-1)  # (b, T)
+        parts.append(chosen - torch.logsumexp(chunk, dim=-1))  # (b, T)
+    return torch.cat(parts, dim=0)  # (B, T)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of each position's next-token distribution, in nats: logsumexp(l) - sum(p * l).
+
+    Shapes: logits (B, T, V) -> (B, T).
+
+    By hand: two equal logits give a fair coin, entropy ln 2 = 0.6931.
+
+    >>> round(entropy_from_logits(torch.zeros(1, 1, 2)).item(), 4)
+    0.6931
+    """
+    probs = torch.softmax(logits, dim=-1)  # (B, T, V)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)  # (B, T)
+
+
+def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(policy || reference): exp(d) - d - 1 with d = ref_logps - logps.
+
+    Unbiased for tokens sampled from the policy and always >= 0 (e^d >= 1 + d), zero where the two
+    agree (Schulman 2020, "Approximating KL divergence"; the estimator of Shao et al. 2024, eq. 4).
+
+    Shapes: logps (B, T), ref_logps (B, T) -> (B, T).
+
+    By hand: d = 1 gives e - 2 = 0.7183; d = 0 gives 0.
+
+    >>> [round(x, 4) for x in kl_k3(torch.tensor([0.0, -1.0]), torch.tensor([1.0, -1.0])).tolist()]
+    [0.7183, 0.0]
+    """
+    delta = ref_logps - logps
+    return torch.exp(delta) - delta - 1
