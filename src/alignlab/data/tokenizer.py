@@ -324,3 +324,16 @@ def _recorded_kind(config_file: Path) -> str | None:
         raise UserError(f"unknown tokenizer kind {kind!r}; expected 'bpe' or 'byte'",
                         file=str(config_file), key=KIND_KEY)
     return kind
+
+
+def tokenizer_for_new_model(config, texts: Iterable[str], resume_from: str | os.PathLike | None = None) -> Tokenizer:
+    """The tokenizer a trainer gives a new native model (`config` is a `TokenizerConfig`): the one
+    saved in the checkpoint being resumed, a given directory, the byte tokenizer, or a BPE
+    trained on `texts` (consumed only in that last case)."""
+    if resume_from is not None:
+        return load_tokenizer(str(resume_from))
+    if config.path:
+        return load_tokenizer(config.path)
+    if config.kind == "byte":
+        return byte_tokenizer()
+    return train_bpe(texts, config.vocab_size)

@@ -18,7 +18,7 @@ import torch
 from alignlab.algorithms.sft import next_token_loss
 from alignlab.config import GenerationConfig, PretrainConfig
 from alignlab.data.batches import LMBatch
-from alignlab.data.tokenizer import Tokenizer, byte_tokenizer, load_tokenizer, train_bpe
+from alignlab.data.tokenizer import tokenizer_for_new_model
 from alignlab.errors import UserError
 from alignlab.generation.engine import generate
 from alignlab.model.checkpoint import load_model, save_model
@@ -68,22 +68,12 @@ class TokenBlocks:
         self.generator.set_state(state["generator"])
 
 
-def build_tokenizer(cfg: PretrainConfig, text: str, resume_from: Path | None) -> Tokenizer:
-    if resume_from is not None:
-        return load_tokenizer(str(resume_from))
-    if cfg.tokenizer.path:
-        return load_tokenizer(cfg.tokenizer.path)
-    if cfg.tokenizer.kind == "byte":
-        return byte_tokenizer()
-    return train_bpe(text.splitlines(), cfg.tokenizer.vocab_size)
-
-
 def build_model(cfg: PretrainConfig, runtime: Runtime, text: str, resume_from: Path | None):
     """(model, tokenizer): loaded from model.path, or a new native GPT sized to its tokenizer."""
     if cfg.model.path:
         return load_model(cfg.model.path, engine=cfg.model.engine, dtype=parse_dtype(cfg.model.dtype),
                           device=runtime.device, trust_remote_code=cfg.model.trust_remote_code)
-    tokenizer = build_tokenizer(cfg, text, resume_from)
+    tokenizer = tokenizer_for_new_model(cfg.tokenizer, text.splitlines(), resume_from)
     seed_everything(cfg.run.seed)  # initial weights depend on the seed alone
     arch = dataclasses.replace(cfg.model.arch, vocab_size=tokenizer.vocab_size)
     model = GPT(arch).to(device=runtime.device, dtype=parse_dtype(cfg.model.dtype) or torch.float32)

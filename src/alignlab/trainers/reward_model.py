@@ -21,7 +21,7 @@ from alignlab.algorithms.common import wilson_interval
 from alignlab.config import RewardModelConfig, load_config
 from alignlab.data.batches import PreferenceCollator, ShuffledBatches, TokenizedPair
 from alignlab.data.sources import read_preferences
-from alignlab.data.tokenizer import byte_tokenizer, load_tokenizer, train_bpe
+from alignlab.data.tokenizer import tokenizer_for_new_model
 from alignlab.errors import UserError
 from alignlab.model.checkpoint import atomic_dir
 from alignlab.model.heads import RewardModel, reward_model_from, save_reward_model
@@ -57,15 +57,8 @@ def build_reward_model(cfg: RewardModelConfig, pairs, runtime, resume_from: Path
         return reward_model_from(cfg.model.path, pooling=cfg.pooling, engine=cfg.model.engine,
                                  dtype=parse_dtype(cfg.model.dtype), device=runtime.device,
                                  trust_remote_code=cfg.model.trust_remote_code)
-    if resume_from is not None:
-        tokenizer = load_tokenizer(str(resume_from))
-    elif cfg.tokenizer.path:
-        tokenizer = load_tokenizer(cfg.tokenizer.path)
-    elif cfg.tokenizer.kind == "byte":
-        tokenizer = byte_tokenizer()
-    else:
-        texts = [t for p in pairs for t in (p.prompt_text, p.chosen, p.rejected)]
-        tokenizer = train_bpe(texts, cfg.tokenizer.vocab_size)
+    texts = (t for p in pairs for t in (p.prompt_text, p.chosen, p.rejected))
+    tokenizer = tokenizer_for_new_model(cfg.tokenizer, texts, resume_from)
     seed_everything(cfg.run.seed)
     arch = dataclasses.replace(cfg.model.arch, vocab_size=tokenizer.vocab_size)
     model = RewardModel.new(arch)

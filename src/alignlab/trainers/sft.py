@@ -22,7 +22,7 @@ from alignlab.algorithms.sft import next_token_loss
 from alignlab.config import SFTConfig
 from alignlab.data.batches import LMBatch, ShuffledBatches, right_pad
 from alignlab.data.sources import read_conversations
-from alignlab.data.tokenizer import Tokenizer, byte_tokenizer, load_tokenizer, train_bpe
+from alignlab.data.tokenizer import Tokenizer, tokenizer_for_new_model
 from alignlab.errors import UserError
 from alignlab.model.checkpoint import load_model, save_model
 from alignlab.model.gpt import GPT
@@ -71,14 +71,8 @@ def build_policy(cfg: SFTConfig, conversations, runtime, resume_from: Path | Non
     if cfg.model.path:
         return load_model(cfg.model.path, engine=cfg.model.engine, dtype=parse_dtype(cfg.model.dtype),
                           device=runtime.device, trust_remote_code=cfg.model.trust_remote_code)
-    if resume_from is not None:
-        tokenizer = load_tokenizer(str(resume_from))
-    elif cfg.tokenizer.path:
-        tokenizer = load_tokenizer(cfg.tokenizer.path)
-    elif cfg.tokenizer.kind == "byte":
-        tokenizer = byte_tokenizer()
-    else:
-        tokenizer = train_bpe([m["content"] for c in conversations for m in c], cfg.tokenizer.vocab_size)
+    texts = (m["content"] for c in conversations for m in c)
+    tokenizer = tokenizer_for_new_model(cfg.tokenizer, texts, resume_from)
     seed_everything(cfg.run.seed)
     model = GPT(dataclasses.replace(cfg.model.arch, vocab_size=tokenizer.vocab_size))
     return model.to(runtime.device), tokenizer
