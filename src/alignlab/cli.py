@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import textwrap
 from pathlib import Path
 
 from alignlab.errors import UserError
@@ -22,12 +21,14 @@ COMMANDS = {
     "generate": "sample completions from a checkpoint",
     "export": "write a checkpoint as a transformers model directory",
     "train-rm": "train a Bradley-Terry reward model on preference pairs",
+    "grpo": "GRPO: sample groups of completions, reward them, push the policy towards the better ones",
     "score": "score preference pairs with a reward model: accuracy and Good/Bad/Margin lines",
     "audit-rm": "audit a reward model before RL: calibration, length bias, exploit probes",
     "eval": "sample N completions per held-out prompt, score them: pass rate, degeneration, verdict",
     "check": "score completions made anywhere (JSONL prompt/completion) with a task's rules",
     "compare": "one table of several evaluations (eval --out directories), with a verdict for two",
-    "demo": "offline demo: pretrain a tiny GPT on the built-in corpus and print samples",
+    "report": "write report.html and report.md for a run directory (curves, before/after, verdict, samples)",
+    "demo": "offline demo: a weak tiny policy, GRPO with the sharp reward, before/after evaluation and report",
 }
 
 
@@ -45,6 +46,7 @@ TRAINERS = {
     "pretrain": ("PretrainConfig", "alignlab.trainers.pretrain", "pretrain"),
     "sft": ("SFTConfig", "alignlab.trainers.sft", "sft"),
     "train-rm": ("RewardModelConfig", "alignlab.trainers.reward_model", "train_reward_model"),
+    "grpo": ("GRPOConfig", "alignlab.trainers.grpo", "grpo"),
 }
 
 
@@ -57,6 +59,9 @@ def _add_trainer_parsers(sub) -> None:
         p.add_argument("args", nargs="*", metavar="[RECIPE.yaml] key=value", help="recipe and overrides")
         p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
         p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+        if name == "grpo":
+            p.add_argument("--preflight-only", action="store_true", help="check tokenizer, chat template, rewards "
+                           "and learning signal on a pilot batch, estimate the time per step, and stop")
 
 
 def _add_audit_rm_parser(sub) -> None:
@@ -143,9 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--to", dest="fmt", choices=["hf"], default="hf", help="output format")
     e.add_argument("out", help="output directory")
 
+    r = sub.add_parser("report", help=COMMANDS["report"])
+    r.add_argument("run", help="run directory (metrics.jsonl, config.yaml)")
+    r.add_argument("--before", help="`alignlab eval --out` directory of the policy before training "
+                   "(default: RUN/eval_before when present)")
+    r.add_argument("--after", help="the same after training (default: RUN/eval_after when present)")
+
     d = sub.add_parser("demo", help=COMMANDS["demo"])
     d.add_argument("--out", default="runs/demo", help="run directory")
-    d.add_argument("--steps", type=int, default=300)
+    d.add_argument("--steps", type=int, default=150, help="GRPO steps")
+    d.add_argument("--fresh", action="store_true", help="rebuild the cached base policy")
     return parser
 
 
@@ -162,8 +174,10 @@ def cmd_train(args) -> int:
 
     cls_name, module, function = TRAINERS[args.command]
     cfg = config.load_config(getattr(config, cls_name), *_recipe_and_overrides(args))
-    run_dir = getattr(importlib.import_module(module), function)(cfg, resume=args.resume, overwrite=args.overwrite)
-    print(f"done: {run_dir}/checkpoints/final")
+    extra = {"preflight_only": True} if getattr(args, "preflight_only", False) else {}
+    run_dir = getattr(importlib.import_module(module), function)(cfg, resume=args.resume, overwrite=args.overwrite,
+                                                                 **extra)
+    print(f"done: {run_dir}/checkpoints/final" if run_dir else "preflight only: nothing trained")
     return 0
 
 
@@ -184,8 +198,6 @@ def cmd_score(args) -> int:
 
 
 def cmd_audit_rm(args) -> int:
-    import json
-    import os
     from pathlib import Path
 
     from alignlab.data.sources import read_preferences
@@ -219,32 +231,10 @@ def cmd_audit_rm(args) -> int:
     return 0
 
 
-def _write_files(out: Path, texts: dict[str, str]) -> None:
-    """Write each text to out/name atomically (temp file, then rename)."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for name, text in texts.items():
-            tmp = out / f".{name}.tmp-{os.getpid()}"
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, out / name)
-    except OSError as err:
-        raise UserError(f"cannot write: {err.strerror or err}", file=str(out)) from err
-
-
-def _summary_texts(name: str, summary, verdict, info: dict) -> dict[str, str]:
-    """summary.md (markdown table + verdict) and summary.json (summary, run info, verdict)."""
-    from alignlab.eval.metrics import markdown_table
-    from alignlab.eval.verdict import format_verdict
-
-    record = {**info, **summary.to_dict(), "verdict": verdict.to_dict()}
-    markdown = f"# alignlab eval: {name}\n\n{markdown_table({name: summary})}\n\n```\n{format_verdict(verdict)}\n```\n"
-    return {"summary.md": markdown, "summary.json": json.dumps(record, indent=2, ensure_ascii=False) + "\n"}
-
-
 def cmd_eval(args) -> int:
     from alignlab.config import GenerationConfig
     from alignlab.eval.metrics import format_table
-    from alignlab.eval.sampling_eval import evaluate_model, read_prompts, task_prompts, write_samples
+    from alignlab.eval.sampling_eval import evaluate_model, read_prompts, task_prompts, write_eval
     from alignlab.eval.verdict import format_verdict, single_verdict
     from alignlab.model.checkpoint import load_model
     from alignlab.runtime import resolve_device
@@ -271,8 +261,7 @@ def cmd_eval(args) -> int:
         info = {"checkpoint": args.checkpoint, "task": args.task, "prompts": args.prompts or "held-out",
                 "samples_per_prompt": args.samples, "temperature": args.temperature,
                 "max_new_tokens": args.max_new_tokens, "seed": args.seed}
-        _write_files(out, _summary_texts(name, summary, verdict, info))
-        write_samples(out / "samples.jsonl", samples)
+        write_eval(out, name, samples, summary, verdict, info)
         print(f"wrote {out / 'samples.jsonl'}, {out / 'summary.md'} and {out / 'summary.json'}")
     return 0
 
@@ -339,26 +328,26 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    from alignlab.config import PretrainConfig, load_config
-    from alignlab.trainers.pretrain import pretrain
+def cmd_report(args) -> int:
+    from alignlab.eval.report import write_report
 
-    print(textwrap.dedent("""\
-        alignlab demo: pretraining a tiny Qwen2-architecture GPT on the built-in corpus
-        (offline, CPU-friendly), then sampling from it."""))
-    cfg = load_config(PretrainConfig, None, [
-        f"run.out_dir={args.out}", f"steps={args.steps}", "run.save_every=100", "run.eval_every=100",
-        "run.batch_size=16", "block_size=128", "tokenizer.vocab_size=1024", "model.arch.hidden_size=128",
-        "model.arch.num_hidden_layers=4", "optim.lr=2e-3", "optim.warmup_steps=20", "max_new_tokens=96"])
-    run_dir = pretrain(cfg, overwrite=True)
-    print(f"\nfinal model: {run_dir}/checkpoints/final\n"
-          f"try: alignlab generate {run_dir}/checkpoints/final --raw --prompt 'ROMEO:'")
+    html, md = write_report(args.run, before=args.before, after=args.after)
+    print(f"wrote {html} and {md}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from alignlab.demo import run_demo
+
+    if args.steps < 1:
+        raise UserError(f"expected a positive integer, got {args.steps}", key="--steps")
+    run_demo(args.out, steps=args.steps, fresh=args.fresh)
     return 0
 
 
 HANDLERS = {**dict.fromkeys(TRAINERS, cmd_train), "score": cmd_score, "audit-rm": cmd_audit_rm,
             "eval": cmd_eval, "check": cmd_check, "compare": cmd_compare,
-            "generate": cmd_generate, "export": cmd_export, "demo": cmd_demo}
+            "generate": cmd_generate, "export": cmd_export, "report": cmd_report, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,10 +26,9 @@ from alignlab.config_io import (
     load_config,
 )
 
-__all__ = ["GPTConfig", "GenerationConfig", "ModelConfig", "OptimConfig", "PretrainConfig", "RewardModelConfig",
-           "RunConfig", "SFTConfig",
-           "TokenizerConfig", "config_from_dict", "config_hash", "config_to_dict", "describe_config",
-           "dump_yaml", "knob", "load_config"]
+__all__ = ["GPTConfig", "GRPOConfig", "GenerationConfig", "ModelConfig", "OptimConfig", "PretrainConfig",
+           "RewardConfig", "RewardModelConfig", "RunConfig", "SFTConfig", "TokenizerConfig", "config_from_dict",
+           "config_hash", "config_to_dict", "describe_config", "dump_yaml", "knob", "load_config"]
 
 
 def knob(default: Any, why: str) -> Any:
@@ -233,3 +232,70 @@ class SFTConfig:
         _check(self, ">= 1", lambda v: v >= 1, "synthetic_per_prompt")
         _check(self, "in [0, 1]", lambda v: 0 <= v <= 1, "compliance_rate")
         _check(self, "in [0, 1)", lambda v: 0 <= v < 1, "eval_fraction")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """What a policy is rewarded by: the task's rules, a trained reward model, or a weighted sum of both."""
+
+    mode: Literal["naive", "shaped", "sharp"] = knob(
+        "sharp", "rule reward: naive (content only, hackable), shaped (partial credit), sharp (clear negatives)")
+    rules_weight: float = knob(1.0, "weight of the rule reward in the total; 0 = reward model only")
+    model: str = knob("", "reward model checkpoint (alignlab train-rm output); empty = rules only")
+    model_weight: float = knob(1.0, "weight of the reward model's score in the total")
+
+    def __post_init__(self):
+        _check(self, ">= 0", lambda v: v >= 0, "rules_weight", "model_weight")
+        if self.rules_weight == 0 and not self.model:
+            raise ValueError("rules_weight must be > 0 when no reward model is set (reward.model), got 0")
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """`alignlab grpo`: Group Relative Policy Optimization of a policy on a task's prompts.
+
+    A step samples `num_generations` completions for each of batch_size / num_generations
+    prompts; names follow TRL's GRPOConfig where TRL has the knob.
+    """
+
+    task: Literal["study-plan"] = knob("study-plan", "built-in task: train / held-out prompts and the pass check")
+    prompts: int = knob(0, "train prompts used (the first N of the task's); 0 = all")
+    num_generations: int = knob(8, "completions per prompt (the group size G)")
+    num_iterations: int = knob(1, "optimizer steps on each generation batch (mu); > 1 reuses old log-probs")
+    epsilon: float = knob(0.2, "lower clip of the importance ratio: 1 - epsilon")
+    epsilon_high: float = knob(0.0, "upper clip 1 + epsilon_high (DAPO clip-higher); 0 = same as epsilon")
+    beta: float = knob(0.0, "weight of the k3 KL to the frozen initial policy; 0 = no reference model at all")
+    loss_type: Literal["grpo", "dr_grpo", "dapo"] = knob(
+        "dapo", "aggregation: grpo (per-sequence mean), dr_grpo (constant), dapo (token mean; TRL's default)")
+    scale_rewards: Literal["group", "batch", "none"] = knob("group", "divide advantages by the group std, "
+                                                                     "the batch std, or not at all (Dr. GRPO)")
+    mask_truncated_completions: bool = knob(False, "leave completions cut by max_new_tokens out of the loss")
+    reward: RewardConfig = knob(RewardConfig(), "the reward")
+    generation: GenerationConfig = knob(GenerationConfig(max_new_tokens=64, temperature=0.7),
+                                        "sampling of training completions (evaluation uses the same)")
+    eval_prompts: int = knob(0, "held-out prompts evaluated every run.eval_every steps; 0 = all")
+    eval_samples: int = knob(2, "completions per held-out prompt in those evaluations")
+    preflight: bool = knob(True, "check tokenizer, chat template, rewards and signal on a pilot batch first")
+    model: ModelConfig = knob(ModelConfig(), "the policy to train: model.path (alignlab checkpoint or HF model)")
+    optim: OptimConfig = knob(OptimConfig(lr=1e-5, weight_decay=0.0, warmup_steps=0, schedule="constant"),
+                              "optimizer and schedule")
+    run: RunConfig = knob(RunConfig(out_dir="runs/grpo", steps=100, batch_size=32, save_every=50, log_every=1,
+                                    eval_every=25), "run directory, length and cadence; batch_size counts "
+                                                    "completions per optimizer step")
+
+    def __post_init__(self):
+        _check(self, ">= 2 (a group needs at least two completions to compare)", lambda v: v >= 2,
+               "num_generations")
+        _check(self, ">= 1", lambda v: v >= 1, "num_iterations", "eval_samples")
+        _check(self, ">= 0", lambda v: v >= 0, "prompts", "eval_prompts", "epsilon", "epsilon_high", "beta")
+        if self.run.batch_size % self.num_generations:
+            raise ValueError(f"run.batch_size ({self.run.batch_size}) must be a multiple of num_generations "
+                             f"({self.num_generations}): each step samples whole groups")
+        micro = self.run.batch_size // self.optim.grad_accum
+        if self.run.batch_size % self.optim.grad_accum:
+            raise ValueError(f"run.batch_size ({self.run.batch_size}) must be a multiple of optim.grad_accum "
+                             f"({self.optim.grad_accum}), got micro-batches of {micro}")
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.run.batch_size // self.num_generations

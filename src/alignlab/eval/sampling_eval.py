@@ -163,3 +163,27 @@ def _read_summary(path: Path) -> tuple[EvalSummary, list[ScoredSample] | None]:
     samples_file = path.parent / "samples.jsonl"
     samples = evaluate_completions(read_completions(samples_file))[0] if samples_file.is_file() else None
     return EvalSummary.from_dict(record, str(path)), samples
+
+
+def write_eval(out: str | Path, name: str, samples: Sequence[ScoredSample], summary: EvalSummary, verdict,
+               info: Mapping) -> Path:
+    """An evaluation directory, as `alignlab eval --out` writes it: summary.md (table + verdict),
+    summary.json (run info, the summary, the verdict) and samples.jsonl; each file atomically."""
+    from alignlab.eval.metrics import markdown_table
+    from alignlab.eval.verdict import format_verdict
+
+    out = Path(out)
+    record = {**info, **summary.to_dict(), "verdict": verdict.to_dict()}
+    texts = {"summary.md": f"# alignlab eval: {name}\n\n{markdown_table({name: summary})}\n\n"
+                           f"```\n{format_verdict(verdict)}\n```\n",
+             "summary.json": json.dumps(record, indent=2, ensure_ascii=False) + "\n"}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for file_name, text in texts.items():
+            tmp = out / f".{file_name}.tmp-{os.getpid()}"
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, out / file_name)
+    except OSError as err:
+        raise UserError(f"cannot write: {err.strerror or err}", file=str(out)) from err
+    write_samples(out / "samples.jsonl", samples)
+    return out

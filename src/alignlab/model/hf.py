@@ -178,3 +178,17 @@ def causal_lm_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
         return model(input_ids, attention_mask)
     mask = attention_mask.long() if attention_mask is not None else None
     return model(input_ids=input_ids, attention_mask=mask).logits
+
+
+def completion_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int) -> torch.Tensor:
+    """Logits that predict the last `n` tokens of each row, without the vocabulary projection of the rest.
+
+    Position t's logits predict token t + 1, so the last n tokens are predicted by positions
+    -n-1 .. -2. Projecting only those keeps the (B, T, V) tensor to (B, n, V), which matters for
+    a 150k vocabulary. Shapes: input_ids (B, T) long, attention_mask (B, T) bool -> (B, n, V).
+    """
+    if isinstance(model, GPT):
+        hidden = model.hidden_states(input_ids, attention_mask)[:, -n - 1:-1]  # (B, n, C)
+        return model.lm_head(hidden)  # (B, n, V)
+    out = model(input_ids=input_ids, attention_mask=attention_mask.long(), logits_to_keep=n + 1)
+    return out.logits[:, :-1]  # (B, n, V)

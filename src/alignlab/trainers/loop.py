@@ -49,6 +49,7 @@ class TrainSpec:
     compute_loss: Callable[[Any], tuple[torch.Tensor, dict]]
     save_model: Callable[[Path], None]  # writes model (+ tokenizer) files into a directory
     evaluate: Callable[[], dict] | None = None  # held-out metrics, logged as eval/<name>
+    status: Callable[[dict], str] | None = None  # the progress line's tail from a step's metrics
 
 
 def lr_at(step: int, optim: OptimConfig, total_steps: int) -> float:
@@ -103,7 +104,7 @@ class Loop:
                 evaluated = any(key.startswith("eval/") for key in metrics)
                 if self.step % max(cfg.log_every, 1) == 0 or self.step == cfg.steps or evaluated:
                     self.run.log(self.step, metrics)
-                self.run.advance(self.step, _status(metrics))
+                self.run.advance(self.step, (self.spec.status or _status)(metrics))
                 if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
                     self.save(self.run.checkpoint_path(self.step))
                     self.run.prune(cfg.keep_checkpoints)
@@ -137,6 +138,8 @@ class Loop:
         self.optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - started
         totals.update(lr=lr, grad_norm=float(grad_norm), step_time=elapsed)
+        if "gen_time" in totals:  # RL trainers: the rest of the step is the update (and scoring)
+            totals["update_time"] = elapsed - totals["gen_time"]
         if "tokens" in totals:
             totals["tokens_per_s"] = totals["tokens"] * accum / elapsed
         return totals

@@ -1,0 +1,100 @@
+"""`alignlab demo`: the study-plan experiment end to end, offline, in minutes on a laptop CPU.
+
+(a) A base policy: a BPE tokenizer and a tiny Qwen2-architecture GPT trained from scratch
+    (SFT) on synthetic study-plan answers of which only `COMPLIANCE` follow the instructions,
+    so it starts out mostly wrong in the ways real models are (preamble, numbering, a fourth
+    bullet, missing times). It is cached under `$ALIGNLAB_CACHE` (default ~/.cache/alignlab),
+    keyed by its config hash, so a second demo skips it.
+(b) Evaluation on the held-out prompts, `SAMPLES` completions each.
+(c) GRPO with the sharp rule reward (`recipes/grpo_study_plan.yaml` holds the same settings).
+(d) Evaluation again, same prompts and seed.
+(e) `report.html` / `report.md` in the run directory, and the before/after table printed.
+
+Left out: the reward-model leg of design.md's sketch (train-rm has its own quick recipe,
+`recipes/rm_quick.yaml`); `recipes/grpo_study_plan_naive.yaml` is the hackable counterpart.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from alignlab.config import GenerationConfig, GRPOConfig, SFTConfig, config_hash, load_config
+from alignlab.eval.metrics import format_table
+from alignlab.eval.report import write_report
+from alignlab.eval.sampling_eval import evaluate_model, write_eval
+from alignlab.eval.verdict import compare_verdict, format_verdict, single_verdict
+from alignlab.model.checkpoint import load_model
+from alignlab.runtime import resolve_device
+from alignlab.tasks.study_plan import held_out_prompts
+from alignlab.trainers.grpo import grpo
+from alignlab.trainers.sft import sft
+
+COMPLIANCE = 0.3  # share of instruction-following answers in the base policy's SFT data
+SAMPLES = 5  # held-out completions per prompt in the before / after evaluations
+SEED = 0
+BASE = ["compliance_rate=0.3", "synthetic_per_prompt=8", "steps=300", "run.batch_size=16", "optim.lr=1e-3",
+        "tokenizer.vocab_size=1024", "run.eval_every=100", "run.save_every=0", f"run.seed={SEED}"]
+POLICY = ["num_generations=8", "run.batch_size=32", "max_new_tokens=96", "temperature=0.7", "reward.mode=sharp",
+          "optim.lr=5e-4", "run.eval_every=25", "eval_samples=2", "run.save_every=50", f"run.seed={SEED}"]
+GEN = GenerationConfig(max_new_tokens=96, temperature=0.7)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ALIGNLAB_CACHE") or Path.home() / ".cache" / "alignlab").expanduser()
+
+
+def base_policy(fresh: bool = False) -> Path:
+    """The cached base policy's checkpoint, built first if missing (or `fresh`)."""
+    cfg = load_config(SFTConfig, None, BASE)
+    home = cache_dir() / "demo" / f"base-{config_hash(cfg)[:12]}"
+    final = home / "checkpoints" / "final"
+    if (final / "state.json").is_file() and not fresh:
+        print(f"(a) base policy: cached at {final}")
+        return final
+    print(f"(a) base policy: SFT of a tiny GPT on synthetic answers, {COMPLIANCE:.0%} of them compliant "
+          f"(cached at {home} for the next demo)")
+    building = home.with_name(home.name + ".building")
+    sft(load_config(SFTConfig, None, [*BASE, f"run.out_dir={building}"]), overwrite=True)
+    shutil.rmtree(home, ignore_errors=True)
+    building.rename(home)
+    return final
+
+
+def _evaluate(checkpoint: Path, label: str):
+    model, tokenizer = load_model(str(checkpoint), device=resolve_device("auto"))
+    samples, summary = evaluate_model(model, tokenizer, held_out_prompts(), SAMPLES, GEN, SEED)
+    print(f"    {label}: pass rate {summary.pass_rate:.1%} on {summary.n_samples} held-out samples")
+    return samples, summary
+
+
+def _save_eval(out: Path, name: str, checkpoint: Path, samples, summary) -> None:
+    info = {"checkpoint": str(checkpoint), "task": "study-plan", "prompts": "held-out",
+            "samples_per_prompt": SAMPLES, "temperature": GEN.temperature, "max_new_tokens": GEN.max_new_tokens,
+            "seed": SEED}
+    write_eval(out, name, samples, summary, single_verdict(summary, samples), info)
+
+
+def run_demo(out: str = "runs/demo", steps: int = 150, fresh: bool = False, progress: bool = True) -> Path:
+    """Run (a)-(e) and return the run directory (policy in checkpoints/final, report.html beside it)."""
+    base = base_policy(fresh)
+    print(f"(b) evaluating the base policy: {len(held_out_prompts())} held-out prompts x {SAMPLES} samples")
+    before_samples, before = _evaluate(base, "before")
+    print(f"(c) GRPO with the sharp rule reward, {steps} steps")
+    cfg = load_config(GRPOConfig, None, [*POLICY, f"model.path={base}", f"steps={steps}", f"run.out_dir={out}",
+                                         f"run.progress={str(progress).lower()}"])
+    run_dir = grpo(cfg, overwrite=True)
+    _save_eval(run_dir / "eval_before", "before", base, before_samples, before)
+    final = run_dir / "checkpoints" / "final"
+    print("(d) evaluating the trained policy on the same prompts and seed")
+    after_samples, after = _evaluate(final, "after")
+    _save_eval(run_dir / "eval_after", "after", final, after_samples, after)
+    html, md = write_report(run_dir, title="alignlab demo: GRPO on the study-plan task")
+    print("(e) before / after on held-out prompts:\n")
+    print(format_table({"before (base)": before, "after (GRPO)": after}))
+    print()
+    print(format_verdict(compare_verdict(before, after, after_samples)))
+    print(f"\nreport: {html}  (and {md.name})\npolicy: {final}\n"
+          f"try:    alignlab generate {final} --prompt '给我一个三点式学习计划，每条包含时间'")
+    return run_dir

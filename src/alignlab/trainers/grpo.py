@@ -1,0 +1,157 @@
+"""`alignlab grpo`: Group Relative Policy Optimization of a policy against rule and learned rewards.
+
+A step: batch_size / G train prompts -> G completions each from the current policy -> rewards
+(the task's rule reward in `reward.mode`, a reward model, or their weighted sum) -> group-relative
+advantages -> the clipped objective of `algorithms/grpo.py`, aggregated by `loss_type`, with the
+k3 KL to the frozen initial policy when `beta` > 0 (no reference model exists otherwise). Each
+generation batch serves `num_iterations` optimizer steps; after the first, the ratio is taken
+against the log-probs saved at generation time. The data side (sampling, scoring, the rollout
+ledger) is `rollouts.py`; the checks before step 1 are `preflight.py`; the optimizer step,
+checkpoints and resume are the shared `loop.py`.
+
+Every `run.eval_every` steps the policy samples `eval_samples` completions for each held-out
+prompt, judged by the task's check: `eval/pass_rate` with its 95% Wilson bounds, degeneration
+and the training reward. That held-out pass rate, not the training reward, is what says
+whether the policy learned the task or the reward's loopholes.
+
+Left out: multi-process training (the scale-out issue), LoRA, TRL as the engine (`backend=trl`,
+the experiments issue).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from alignlab.algorithms.common import masked_mean, wilson_interval
+from alignlab.algorithms.grpo import grpo_loss
+from alignlab.config import GRPOConfig
+from alignlab.errors import UserError
+from alignlab.generation.engine import generate
+from alignlab.model.checkpoint import load_model, save_model
+from alignlab.runs import Run
+from alignlab.runtime import make_generator, parse_dtype, resolve_runtime
+from alignlab.tasks.registry import get_task
+from alignlab.trainers.loop import Loop, TrainSpec
+from alignlab.trainers.preflight import preflight
+from alignlab.trainers.rollouts import LEDGER, GRPOBatch, Ledger, RolloutSource, Scorer, policy_logps
+
+EVAL_SEED_OFFSET = 104729  # held-out sampling has its own stream: every evaluation sees the same draws
+
+
+def make_loss(model, cfg: GRPOConfig):
+    """compute_loss(batch) -> (loss, metrics) for the loop: clipped objective, entropy and KL readings."""
+
+    def compute_loss(batch: GRPOBatch):
+        logps, entropy = policy_logps(model, batch.input_ids, batch.attention_mask, batch.completion_ids,
+                                      cfg.generation.temperature, entropy=True)  # (B, C) each
+        old = batch.old_logps if batch.old_logps is not None else logps.detach()
+        mask = batch.completion_mask
+        result = grpo_loss(logps, old, batch.advantages, mask, epsilon=cfg.epsilon,
+                           epsilon_high=cfg.epsilon_high or None, beta=cfg.beta, ref_logps=batch.ref_logps,
+                           loss_type=cfg.loss_type, max_completion_length=cfg.generation.max_new_tokens)
+        loss = result.loss
+        kept = int(mask.sum())
+        if cfg.loss_type == "dapo":  # token mean over the whole generation batch, not this micro-batch
+            loss = loss * (max(kept, 1) / batch.token_normaliser)
+        metrics = {**batch.metrics, "clip_fraction": result.clip_fraction, "ratio_mean": result.ratio_mean,
+                   "entropy": masked_mean(entropy, mask).item() if kept else 0.0, "tokens": kept}
+        if result.kl_mean is not None:
+            metrics["kl"] = result.kl_mean
+        return loss, metrics
+
+    return compute_loss
+
+
+def make_evaluate(model, tokenizer, cfg: GRPOConfig, prompts: list[str], scorer: Scorer, device):
+    """Held-out evaluation: pass rate (+ Wilson bounds), degeneration and reward of fresh samples."""
+
+    def evaluate() -> dict:
+        rows = [p for p in prompts for _ in range(cfg.eval_samples)]
+        generator = make_generator(cfg.run.seed + EVAL_SEED_OFFSET, device)
+        was_training = model.training
+        model.eval()
+        texts = []
+        for start in range(0, len(rows), cfg.run.batch_size):
+            texts += generate(model, tokenizer, rows[start:start + cfg.run.batch_size], cfg.generation,
+                              generator).texts
+        model.train(was_training)
+        totals, _, _, verdicts = scorer(rows, texts)
+        passed = sum(v.passed for v in verdicts)
+        low, high = wilson_interval(passed, len(rows))
+        scored = [t for t in totals if t is not None]
+        return {"pass_rate": passed / len(rows), "pass_rate_low": low, "pass_rate_high": high,
+                "degenerate_rate": sum(v.degenerate for v in verdicts) / len(rows),
+                "reward_mean": sum(scored) / len(scored) if scored else float("nan")}
+
+    return evaluate
+
+
+def load_policy(cfg: GRPOConfig, device):
+    """(policy, tokenizer, frozen reference or None) from model.path."""
+    if not cfg.model.path:
+        raise UserError("GRPO needs a policy to start from: set model.path to an alignlab checkpoint, "
+                        "a transformers model directory or a hub id (e.g. an `alignlab sft` run's "
+                        "checkpoints/final)", key="model.path")
+    model, tokenizer = load_model(cfg.model.path, engine=cfg.model.engine, dtype=parse_dtype(cfg.model.dtype),
+                                  device=device, trust_remote_code=cfg.model.trust_remote_code)
+    reference = None
+    if cfg.beta > 0:  # the initial policy, frozen; with beta = 0 no second copy exists
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    return model, tokenizer, reference
+
+
+def grpo(cfg: GRPOConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+         preflight_only: bool = False) -> Path | None:
+    """Train with GRPO and return the run directory (the policy ends in <run>/checkpoints/final).
+
+    With `preflight_only`, run the preflight checks, print them and return None (no run directory).
+    """
+    task = get_task(cfg.task)
+    runtime = resolve_runtime(cfg.run.device, cfg.run.precision)
+    train = task.train_prompts()[: cfg.prompts or None]
+    held_out = task.held_out_prompts()[: cfg.eval_prompts or None]
+    if len(train) < 1:
+        raise UserError("no train prompts", key="prompts")
+    model, tokenizer, reference = load_policy(cfg, runtime.device)
+    scorer = Scorer(task, cfg.reward, runtime.device)
+    compute_loss = make_loss(model, cfg)
+    if preflight_only or (cfg.preflight and not resume):
+        pilot = RolloutSource(cfg, model, tokenizer, train, scorer, runtime.device, None, reference)
+        pilot_prompts = (train * cfg.prompts_per_step)[: cfg.prompts_per_step]
+        with runtime.autocast():
+            report = preflight(pilot, compute_loss, model, pilot_prompts, cfg.run.seed)
+        if not quiet:
+            print(report.format(cfg.run.steps), flush=True)
+        if preflight_only:
+            return None
+    run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, device=str(runtime.device),
+                     dtype=str(next(model.parameters()).dtype).removeprefix("torch."), quiet=quiet,
+                     progress=cfg.run.progress)
+    ledger = Ledger(run.root / LEDGER)
+    source = RolloutSource(cfg, model, tokenizer, train, scorer, runtime.device, ledger, reference)
+    run.print(f"grpo: {sum(p.numel() for p in model.parameters())} parameters, {len(train)} train / "
+              f"{len(held_out)} held-out prompts, {cfg.prompts_per_step} prompts x {cfg.num_generations} "
+              f"completions per step, reward {scorer.reward.__name__}({', '.join(scorer.reward.rewards)}; "
+              f"mode {cfg.reward.mode}), beta {cfg.beta}, {runtime.device} -> {run.root}")
+    evaluate = make_evaluate(model, tokenizer, cfg, held_out, scorer, runtime.device) if held_out else None
+    spec = TrainSpec(model, source, compute_loss, lambda d: save_model(model, tokenizer, d), evaluate=evaluate,
+                     status=grpo_status)
+    loop = Loop(spec, cfg.optim, cfg.run, runtime, run)
+    if resume:
+        loop.resume()
+        ledger.keep_until(loop.step)
+    loop.train(resume=False)
+    return run.root
+
+
+def grpo_status(metrics: dict) -> str:
+    """The progress line of a GRPO step: reward, batch and held-out pass rate, length, KL."""
+    parts = [f"reward {metrics.get('reward_mean', float('nan')):+.3f}", f"pass {metrics.get('pass_rate', 0):.0%}"]
+    if "eval/pass_rate" in metrics:
+        parts.append(f"held-out {metrics['eval/pass_rate']:.0%}")
+    parts.append(f"len {metrics.get('completion_length_mean', 0):.0f}")
+    if "kl" in metrics:
+        parts.append(f"kl {metrics['kl']:.4f}")
+    return "  ".join(parts)
+

@@ -1,0 +1,99 @@
+"""Checks before an RL run spends its first step: the ways a GRPO run silently learns nothing.
+
+`preflight` looks at the tokenizer (a pad id and stop ids that ordinary text never produces),
+the chat template (it renders a prompt and keeps its text), the rewards (they honour the
+contract on a pilot batch sampled from the policy), and the learning signal on that batch: the
+fraction of completions cut by `max_new_tokens` (a truncated completion rarely earns a
+reward, and its EOS is never learned) and the fraction of groups whose rewards are all equal
+(zero advantage, zero gradient). It times the pilot's generation and one forward/backward and
+estimates the time per step. Nothing it does changes the policy, its optimizer or the run's
+random streams (the pilot has its own generator).
+
+Left out: checks of a reward model's calibration (`alignlab audit-rm` does that), memory
+estimates.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from alignlab.errors import UserError
+
+TRUNCATION_WARN = 0.5  # most completions cut by the token limit
+ZERO_SPREAD_WARN = 0.5  # most groups carry no signal
+
+
+@dataclass
+class PreflightReport:
+    """checks: (name, ok, detail) rows; warnings: what to fix before trusting the run."""
+
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    seconds_per_step: float = 0.0
+    metrics: dict = field(default_factory=dict)
+
+    def format(self, steps: int) -> str:
+        lines = ["preflight:"]
+        lines += [f"  [{'ok' if ok else 'FAIL'}] {name}: {detail}" for name, ok, detail in self.checks]
+        lines += [f"  WARNING: {w}" for w in self.warnings]
+        minutes = self.seconds_per_step * steps / 60
+        lines.append(f"  estimated {self.seconds_per_step:.2f} s/step, {minutes:.1f} min for {steps} steps")
+        return "\n".join(lines)
+
+
+def _tokenizer_checks(tokenizer, prompt: str) -> list[tuple[str, bool, str]]:
+    pad, stops = tokenizer.pad_id, list(tokenizer.stop_ids)
+    sample = tokenizer.encode(prompt + "\n- 复习（30 分钟）")
+    leaks = [i for i in [pad, *stops] if i is not None and i in sample]
+    checks = [("pad token", pad is not None, f"id {pad}" if pad is not None else "missing: set pad_token"),
+              ("stop tokens", bool(stops), f"ids {stops}" if stops else "no EOS: completions never end"),
+              ("special ids absent from text", not leaks, "ok" if not leaks else f"ids {leaks} appear in plain text")]
+    try:
+        ids = tokenizer.chat_prompt_ids(prompt)
+        rendered = tokenizer.decode(ids, skip_special_tokens=False)
+        kept = prompt in rendered
+        checks.append(("chat template", kept, f"{len(ids)} prompt tokens" if kept else "prompt text lost"))
+    except Exception as err:  # any failure to render is the finding
+        checks.append(("chat template", False, f"{type(err).__name__}: {err}"))
+    return checks
+
+
+def preflight(source, compute_loss, model, prompts: list[str], seed: int) -> PreflightReport:
+    """Run the checks with `source` (a RolloutSource) on a pilot batch of `prompts`; see the module doc.
+
+    `compute_loss(batch) -> (loss, metrics)` is the trainer's own, timed with one backward whose
+    gradients are dropped. Fails (UserError) on a broken tokenizer or reward; warns on weak signal.
+    """
+    report = PreflightReport(checks=_tokenizer_checks(source.tokenizer, prompts[0]))
+    failed = [f"{name}: {detail}" for name, ok, detail in report.checks if not ok]
+    if failed:
+        raise UserError("preflight failed: " + "; ".join(failed), key="model.path")
+    generator = torch.Generator(device=source.device).manual_seed(seed + 7919)
+    started = time.perf_counter()
+    batch, _, _ = source.generate_batch(prompts, generator)  # raises RewardContractError on a broken reward
+    report.checks.append(("rewards", True, f"{len(batch.advantages)} completions scored by "
+                          f"{', '.join(source.scorer.reward.rewards)}"))
+    making = time.perf_counter() - started  # sampling, scoring, old and reference log-probs
+    m = batch.metrics
+    report.metrics = m
+    report.checks.append(("signal", True, f"truncated {m['truncation_rate']:.0%}, groups with zero reward spread "
+                          f"{m['zero_spread_fraction']:.0%}, reward mean {m['reward_mean']:+.3f}, "
+                          f"pass rate {m['pass_rate']:.0%}"))
+    if m["truncation_rate"] > TRUNCATION_WARN:
+        report.warnings.append(f"{m['truncation_rate']:.0%} of pilot completions hit max_new_tokens="
+                               f"{source.cfg.generation.max_new_tokens}: raise it, or the policy never learns to stop")
+    if m["zero_spread_fraction"] > ZERO_SPREAD_WARN:
+        report.warnings.append(f"{m['zero_spread_fraction']:.0%} of pilot groups have equal rewards (zero advantage): "
+                               "raise num_generations or temperature, or use a reward with partial credit")
+    started = time.perf_counter()
+    micro = source.micro
+    for i in range(0, batch.advantages.shape[0], micro):
+        loss, _ = compute_loss(batch.rows(i, i + micro))
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    update = time.perf_counter() - started
+    report.seconds_per_step = making / source.cfg.num_iterations + update
+    return report
