@@ -37,7 +37,7 @@ SEED = 0
 BASE = ["compliance_rate=0.3", "synthetic_per_prompt=8", "steps=300", "run.batch_size=16", "optim.lr=1e-3",
         "tokenizer.vocab_size=1024", "run.eval_every=100", "run.save_every=0", f"run.seed={SEED}"]
 POLICY = ["num_generations=8", "run.batch_size=32", "max_new_tokens=96", "temperature=0.7", "reward.mode=sharp",
-          "optim.lr=5e-4", "run.eval_every=25", "eval_samples=2", "run.save_every=50", f"run.seed={SEED}"]
+          "optim.lr=3e-4", "run.eval_every=25", "eval_samples=2", "run.save_every=50", f"run.seed={SEED}"]
 GEN = GenerationConfig(max_new_tokens=96, temperature=0.7)
 
 

@@ -17,6 +17,7 @@ from alignlab.rewards import penalties as pen
 from alignlab.rewards.rules import (
     RuleResult,
     StudyPlanVerdict,
+    check_activities,
     check_content,
     check_count,
     check_durations,
@@ -75,7 +76,7 @@ CASES = [
     Case("en_upper_case", "- HALF AN HOUR: warm-up\n- 45 MIN: drills\n- 1 HOUR: match", True, False, prompt=EN),
     Case("hyphenated_names", "- Use scikit-learn for 1 hour\n- Python 3 basics - 30 minutes\n- 2024 exam review: 1h",
          True, False, prompt=EN),
-    Case("blank_lines_and_padding", "\n - a（30 分钟）\n\n- b（1 小时）\n- c（半小时）\n", True, False),
+    Case("blank_lines_and_padding", "\n - 复习（30 分钟）\n\n- 练习（1 小时）\n- 总结（半小时）\n", True, False),
     Case("prompt_example_time_reused", "- 复习语法（30 分钟）\n- 练习听力（30 分钟）\n- 背单词（30 分钟）",
          True, False),
     Case("ranges_and_hr", "- Warm up 10-15 min\n- Practice scales (30 minutes)\n- Play a song: 1 hr", True, False,
@@ -215,9 +216,10 @@ def test_partial_credit_of_each_rule():
 def test_verdict_lists_every_rule_in_order():
     verdict = study_plan_verdict(P, "好的\n" + THREE)
     assert isinstance(verdict, StudyPlanVerdict)
-    assert list(verdict.results) == ["structure", "count", "durations", "extra_text", "echo", "repetition", "length"]
+    assert list(verdict.results) == ["structure", "count", "durations", "activities", "extra_text", "echo",
+                                    "repetition", "length", "garbled"]
     assert verdict.failed == ("extra_text",)
-    assert verdict.score == pytest.approx((6 + 0.75) / 7)
+    assert verdict.score == pytest.approx((8 + 0.75) / 9)
 
 
 def test_max_chars_is_configurable():
@@ -286,3 +288,42 @@ def test_every_failure_style_fails(style):
         verdict = study_plan_verdict(prompt, completion)
         assert not verdict.passed, (style, completion)
         assert verdict.degenerate is (style in ("repetition", "echo")), (style, completion, verdict.reasons)
+
+
+@pytest.mark.parametrize("bullet, problem", [
+    ("- 0 mins: 0 minutes", "implausible duration '0 mins'"),
+    ("- 花 5550分钟", "implausible duration '5550分钟'"),
+    ("- Review for 30 hours", "implausible duration '30 hours'"),
+    ("- 50 mins: 50 minutes: 15 min", "names 3 durations"),
+    ("- 花 1.50 min", "implausible duration '1.50 min'"),
+])
+def test_durations_close_the_byte_soup_exploit(bullet, problem):
+    """What a tiny policy learned under the sharp reward before these checks (rollout ledger, GRPO
+    on the study-plan task): three '-' lines full of durations and no plan."""
+    result = check_durations(P, bullet)
+    assert not result.passed and problem in result.reasons[0]
+
+
+@pytest.mark.parametrize("bullet", ["- 读书（30 分钟）", "- Read chapter 3 (1.5 hours)", "- 复习 30-45 分钟",
+                                    "- 练习听力 20 分钟 + 休息 10 分钟", "- 背单词（半小时）",
+                                    "- Review notes for 8 hours"])
+def test_durations_accept_plausible_plans(bullet):
+    assert check_durations(P, bullet).passed, check_durations(P, bullet).reasons
+
+
+def test_garbled_bytes_fail_the_verdict():
+    verdict = study_plan_verdict(P, "- 复习（30 分钟）\n- 练习（1 小时）\n- 做一道番�（半小时）")
+    assert not verdict.passed and verdict.failed == ("garbled",)
+    assert "not text" in verdict.results["garbled"].reasons[0]
+
+
+@pytest.mark.parametrize("completion, problem", [
+    ("- 花 30 分钟\n- 复习（1 小时）\n- 练习 20 min", "bullet 1 names no activity besides its duration (only '花')"),
+    ("- 50 mins\n- 复习（1 小时）\n- 练习 20 min", "bullet 1 names no activity"),
+    ("- 复习 30 分钟\n- 复习（1 小时）\n- 练习 20 min", "bullet 2 repeats bullet 1's activity '复习'"),
+    ("- Read 30 min\n- read (1 hour)\n- Write 20 min", "bullet 2 repeats bullet 1's activity 'read'"),
+])
+def test_activities_need_words_and_no_copies(completion, problem):
+    result = check_activities(P, completion)
+    assert not result.passed and result.reasons[0].startswith(problem)
+    assert result.score == pytest.approx(2 / 3)

@@ -7,10 +7,10 @@ functions the rewards use, never a second definition (style rule 8). `summarize`
 into an `EvalSummary`: pass rate with a 95% Wilson interval, rule failure counts, reward mean and
 std, and the degeneration metrics; `format_table` and `markdown_table` show summaries side by side.
 
-One measure is the evaluation's own, because no reward needs it: `invalid_char_fraction`, the share
-of characters that are not text (U+FFFD from bytes that did not decode, control characters). A
-sample over GARBLED_FRACTION is "garbled": what an untrained or broken model emits. The rules'
-degeneration (echo, repeat runs, length blow-up) does not see random bytes, which rarely repeat.
+A sample whose `invalid_char_fraction` (U+FFFD from bytes that did not decode, control characters)
+is over GARBLED_FRACTION is "garbled": what an untrained or broken model emits. The rules'
+degeneration (echo, repeat runs, length blow-up) does not see random bytes, which rarely repeat;
+the `garbled` penalty fails any sample with one such character.
 
 Left out: generating completions (`sampling_eval.py`), judging a run (`verdict.py`), other tasks
 (scoring is the study-plan verdict), and any file I/O.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -29,8 +28,10 @@ from alignlab.algorithms.common import wilson_interval
 from alignlab.errors import UserError
 from alignlab.rewards.base import Reward, study_plan_reward
 from alignlab.rewards.penalties import (
+    GARBLED_FRACTION,
     distinct_n,
     echo_overlap,
+    invalid_char_fraction,
     length_chars,
     longest_repeat_run,
     repeated_ngram_fraction,
@@ -39,23 +40,6 @@ from alignlab.rewards.rules import study_plan_verdict
 
 __all__ = ["EvalSummary", "ScoredSample", "format_table", "invalid_char_fraction", "markdown_table", "score_sample",
            "summarize"]
-
-GARBLED_FRACTION = 0.2  # text from any working model has ~0% such characters; random bytes ~50%
-_NOT_TEXT = {"Cc", "Cs", "Co", "Cn"}  # control, surrogate, private use, unassigned
-
-
-def invalid_char_fraction(text: str) -> float:
-    """Fraction of characters that are not text: U+FFFD (undecodable bytes), control characters
-    other than newline, tab and carriage return, surrogates, private-use or unassigned code points.
-
-    >>> invalid_char_fraction("- 复习（30 分钟）\\n"), invalid_char_fraction("ab\\ufffd\\x0b")
-    (0.0, 0.5)
-    """
-    if not text:
-        return 0.0
-    bad = sum(1 for ch in text if ch == "\ufffd" or (unicodedata.category(ch) in _NOT_TEXT and ch not in "\n\t\r"))
-    return bad / len(text)
-
 
 @dataclass(frozen=True)
 class ScoredSample:
@@ -200,7 +184,7 @@ def _rule_failures(samples: Sequence[ScoredSample]) -> dict[str, int]:
 def summarize(samples: Sequence[ScoredSample]) -> EvalSummary:
     """Aggregate scored samples into an `EvalSummary`; at least one sample is required.
 
-    >>> s = summarize([score_sample("p", "- a（30 分钟）\\n- b（1 小时）\\n- c（半小时）"), score_sample("p", "好的")])
+    >>> s = summarize([score_sample("p", "- 复习（30 分钟）\\n- 练习（1 小时）\\n- 总结（半小时）"), score_sample("p", "好的")])
     >>> s.pass_rate, s.rule_failures["count"], s.truncation_rate
     (0.5, 1, None)
     """

@@ -15,7 +15,7 @@ into a `RewardContractError` naming the function, the sample and its completion.
 - shaped: weighted mean of the format rules' partial credit, minus each failed penalty's
   weight times (1 - its score); a penalty scores <= 0.5 when it fails. Range [-2.5, 1] with the
   default weights, 1.0 for a compliant answer.
-- sharp: +1 for a compliant answer; -1 when a penalty fails (echo, repetition, too long); any
+- sharp: +1 for a compliant answer; -1 when a penalty fails (echo, repetition, too long, not text); any
   other violation -0.5 - 0.5 x (failed format weight / total format weight), so in [-1, -0.5].
 
 Left out: learned rewards (`learned.py`), reward normalisation (GRPO normalises per group),
@@ -30,15 +30,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from alignlab.errors import UserError
-from alignlab.rewards.penalties import MAX_CHARS, RuleResult, check_echo, check_length, check_repetition, snippet
+from alignlab.rewards.penalties import (
+    MAX_CHARS,
+    RuleResult,
+    check_echo,
+    check_garbled,
+    check_length,
+    check_repetition,
+    snippet,
+)
 from alignlab.rewards.rules import FORMAT_RULES, check_content
 
 RewardFn = Callable[..., list]  # (prompts=..., completions=..., **kwargs) -> list[float | None]
 Check = Callable[[str, str], RuleResult]  # (prompt, completion) -> RuleResult
 
 MODES = ("naive", "shaped", "sharp")
-DEFAULT_WEIGHTS = {"structure": 1.0, "count": 1.0, "durations": 1.0, "extra_text": 1.0,  # format
-                   "echo": 1.0, "repetition": 1.0, "length": 0.5}  # penalties: length is the mildest
+DEFAULT_WEIGHTS = {"structure": 1.0, "count": 1.0, "durations": 1.0, "activities": 1.0, "extra_text": 1.0,  # format
+                   "echo": 1.0, "repetition": 1.0, "length": 0.5, "garbled": 1.0}  # penalties: length mildest
 CONTENT = "content"
 
 
@@ -194,7 +202,8 @@ def _study_plan_checks(w: Mapping[str, float], max_chars: int) -> tuple[list[Wei
     rules = [WeightedCheck(rule_name, check, w[rule_name]) for rule_name, check in FORMAT_RULES.items()]
     penalties = [WeightedCheck("echo", check_echo, w["echo"]),
                  WeightedCheck("repetition", check_repetition, w["repetition"]),
-                 WeightedCheck("length", length, w["length"])]
+                 WeightedCheck("length", length, w["length"]),
+                 WeightedCheck("garbled", check_garbled, w["garbled"])]
     return rules, penalties
 
 

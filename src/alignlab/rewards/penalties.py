@@ -7,9 +7,12 @@ numbers, so training pressure and measurement cannot drift apart (style rule 8):
   short character string (`阻`, `API/`, `the `) or a short sequence of tokens (a token is an
   ASCII word, a number, a CJK character or one other symbol);
 - `repeated_ngram_fraction`, `distinct_n`: over the same tokens;
-- `length_chars`: length in characters of the stripped completion.
+- `length_chars`: length in characters of the stripped completion;
+- `invalid_char_fraction`: share of characters that are not text (U+FFFD from bytes that did not
+  decode, control characters): what a broken model, or a policy that learned that byte soup
+  passes the format rules, emits.
 
-The penalties (`check_echo`, `check_length`, `check_repetition`) turn them into `RuleResult`s:
+The penalties (`check_echo`, `check_length`, `check_repetition`, `check_garbled`) turn them into `RuleResult`s:
 score 1.0 when the check passes, at most 0.5 when it fails (lower for worse violations), so a
 failing penalty always costs a shaped reward at least half its weight. `is_degenerate` is the
 verdict `alignlab check` and the evaluation report: echo, a repetition failure, or a length
@@ -35,6 +38,8 @@ BLOWUP = 2.0  # past 2 x MAX_CHARS a completion is degenerate (ran to the limit)
 MAX_REPEATS = 4  # a unit may repeat 4 times in a row ("哈哈哈哈"); the 5th repeat is a run
 MAX_REPEATED_FRACTION = 0.5  # more than half of the token 4-grams are repeats: looping text
 MIN_NGRAMS_FOR_FRACTION = 12  # the repeated fraction says nothing about a handful of n-grams
+GARBLED_FRACTION = 0.2  # a "garbled" sample in evaluation: text from any working model has ~0%
+_NOT_TEXT = {"Cc", "Cs", "Co", "Cn"}  # control, surrogate, private use, unassigned
 CHAR_UNIT = 8  # longest character unit searched for runs ("30分钟 " is 5, "API/" is 4)
 TOKEN_UNIT = 4  # longest token unit searched for runs (catches long repeated words)
 
@@ -185,6 +190,36 @@ def length_chars(completion: str) -> int:
     11
     """
     return len(completion.strip())
+
+
+def invalid_char_fraction(text: str) -> float:
+    """Fraction of characters that are not text: U+FFFD (undecodable bytes), control characters
+    other than newline, tab and carriage return, surrogates, private-use or unassigned code points.
+
+    >>> invalid_char_fraction("- 复习（30 分钟）\\n"), invalid_char_fraction("ab\\ufffd\\x0b")
+    (0.0, 0.5)
+    """
+    if not text:
+        return 0.0
+    bad = sum(1 for ch in text if ch == "\ufffd" or (unicodedata.category(ch) in _NOT_TEXT and ch not in "\n\t\r"))
+    return bad / len(text)
+
+
+def check_garbled(prompt: str, completion: str) -> RuleResult:
+    """No character that is not text. Closes the byte-soup exploit: a small byte-level policy
+    under a format reward learns that three '-' lines with a number and a unit pass, whatever
+    the bytes between them (`- 50分钟�一道番脏�０分钟`); a real answer never holds U+FFFD.
+
+    >>> result = check_garbled("", "- 复习（30 分钟）�")  # 1 of 12 characters: score 0.5 x 11/12
+    >>> result.passed, round(result.score, 4), result.reasons
+    (False, 0.4583, ("1 character that is not text: '- 复习（30 分钟）�'",))
+    """
+    fraction = invalid_char_fraction(completion)
+    if fraction == 0:
+        return RuleResult(True, 1.0)
+    count = round(fraction * len(completion))
+    noun = "character that is" if count == 1 else "characters that are"
+    return RuleResult(False, 0.5 * (1.0 - fraction), (f"{count} {noun} not text: {snippet(completion.strip())}",))
 
 
 def check_echo(prompt: str, completion: str, max_overlap: float = MAX_ECHO) -> RuleResult:

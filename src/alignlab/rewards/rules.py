@@ -5,12 +5,15 @@ Every check has the signature `check(prompt, completion) -> RuleResult(passed, s
   numbered (`1.`, `1、`, `(1)`, also after the '-'), no other marker (`*`, `•`), and no line
   running several items together (`提示 - a - b - c`, the seed's before-training sample);
 - `check_count`: exactly three top-level '-' bullets;
-- `check_durations`: every bullet names a duration (`find_durations`);
+- `check_durations`: every bullet names a plausible duration (`find_durations`): one (or two,
+  "30 分钟 + 10 分钟 break"; a range counts once), from MIN_MINUTES to MAX_HOURS;
+- `check_activities`: every bullet says what to do besides its duration (two Chinese
+  characters or four letters at least), and no two bullets say the same thing;
 - `check_extra_text`: no line that is not a list item (preamble, explanation, echoed prompt);
 - `check_content`: the lenient content-only score of the naive reward (lines with a duration).
 Structure and extra text split the "every non-empty line starts with '-'" criterion: list items
 with the wrong shape fail structure, prose lines fail extra text, so each reason is told once.
-`study_plan_verdict` runs them with the penalties (echo, length, repetition, from
+`study_plan_verdict` runs them with the penalties (echo, length, repetition, garbled, from
 `penalties.py`) and says whether a completion passes and whether it is degenerate;
 `check_study_plan` folds that into one `RuleResult`.
 
@@ -32,6 +35,7 @@ from alignlab.rewards.penalties import (
     MAX_CHARS,
     RuleResult,
     check_echo,
+    check_garbled,
     check_length,
     check_repetition,
     degeneration_reasons,
@@ -39,11 +43,15 @@ from alignlab.rewards.penalties import (
     snippet,
 )
 
-__all__ = ["RuleResult", "StudyPlanVerdict", "check_content", "check_count", "check_durations",
+__all__ = ["RuleResult", "StudyPlanVerdict", "check_activities", "check_content", "check_count", "check_durations",
            "check_extra_text", "check_structure", "check_study_plan", "find_durations",
            "study_plan_verdict"]
 
 EXPECTED_BULLETS = 3
+MAX_DURATIONS = 2  # per bullet; more is a list of times, not a plan ("- 0 mins: 0 minutes: 0 mins")
+MAX_HOURS = 8.0  # a study session longer than a working day is not a plausible duration
+MIN_MINUTES = 5.0  # "1.50 min" per step is not a study plan (a policy's shortcut, seen in training)
+MIN_ACTIVITY = 4  # weight of the words besides the durations: a Chinese character 2, a letter 1 ("复习", "Read")
 
 # Full-width ASCII (U+FF01..U+FF5E) and the ideographic space map one-to-one onto ASCII, so
 # positions survive and matches can be cut from the original text.
@@ -162,18 +170,83 @@ def check_count(prompt: str, completion: str) -> RuleResult:
     return RuleResult(False, score, (f"{n} {noun}, expected {EXPECTED_BULLETS}",))
 
 
-def check_durations(prompt: str, completion: str) -> RuleResult:
-    """Every top-level bullet names a duration; the score is the fraction that do.
+_HOURS = re.compile(r"小时|小時|钟头|鐘頭|hours?|hrs?|h(?![A-Za-z])", re.IGNORECASE)
+_VALUE = re.compile(r"\d+(?:\.\d+)?")
 
-    >>> check_durations("", "- 复习（30 分钟）\\n- 复习第3章\\n- 3 exercises").reasons
-    ("bullet 2 has no duration: '- 复习第3章'", "bullet 3 has no duration: '- 3 exercises'")
+
+def _implausible(duration: str) -> bool:
+    """A written duration under MIN_MINUTES or over MAX_HOURS (`0 mins`, `1.5 min`, `5550分钟`, `30 hours`);
+    in a range (`30-45 分钟`) every end counts."""
+    values = [float(v) for v in _VALUE.findall(duration.translate(_HALF_WIDTH))]
+    if not values:  # words and Chinese numerals (半小时, 三十分钟, an hour): plausible unless zero
+        return duration.startswith("零")
+    per_hour = 1.0 if _HOURS.search(duration) else 60.0
+    return any(not MIN_MINUTES / 60 <= v / per_hour <= MAX_HOURS for v in values)
+
+
+def _timing_problem(bullet: str) -> str | None:
+    """What is wrong with one bullet's timing, or None: no duration, an implausible one, too many."""
+    found = find_durations(bullet)
+    if not found:
+        return "has no duration"
+    odd = next((d for d in found if _implausible(d)), None)
+    if odd is not None:
+        return f"has an implausible duration {odd!r}"
+    if len(found) > MAX_DURATIONS:
+        return f"names {len(found)} durations, expected one"
+    return None
+
+
+def check_durations(prompt: str, completion: str) -> RuleResult:
+    """Every top-level bullet names one plausible duration; the score is the fraction that do.
+
+    >>> for reason in check_durations("", "- 复习（30 分钟）\\n- 复习第3章\\n- 0 mins: 50 minutes").reasons:
+    ...     print(reason)
+    bullet 2 has no duration: '- 复习第3章'
+    bullet 3 has an implausible duration '0 mins': '- 0 mins: 50 minutes'
     """
     bullets = _bullets(completion)
     if not bullets:
         return RuleResult(False, 0.0, ("no bullets, so no bullet has a duration",))
-    reasons = tuple(f"bullet {i} has no duration: {snippet(b)}"
-                    for i, b in enumerate(bullets, 1) if not find_durations(b))
+    problems = [(i, b, _timing_problem(b)) for i, b in enumerate(bullets, 1)]
+    reasons = tuple(f"bullet {i} {problem}: {snippet(b)}" for i, b, problem in problems if problem)
     return RuleResult(not reasons, 1.0 - len(reasons) / len(bullets), reasons)
+
+
+def _activity(bullet: str) -> str:
+    """A bullet's words besides its durations: its letters, lowercased (`- 复习（30 分钟）` -> `复习`)."""
+    rest = _DURATION.sub(" ", bullet.translate(_HALF_WIDTH))
+    return "".join(ch.lower() for ch in rest if ch.isalpha())
+
+
+def _activity_weight(activity: str) -> int:
+    return sum(2 if "\u4e00" <= ch <= "\u9fff" else 1 for ch in activity)
+
+
+def check_activities(prompt: str, completion: str) -> RuleResult:
+    """Every top-level bullet says what to do besides how long, and no two say the same; the score
+    is the fraction that pass. Closes the shortcut a small policy found under the sharp reward
+    once durations had to be plausible: three copies of `- 花 1.50 min` ("spend 1.5 min").
+
+    >>> for reason in check_activities("", "- 花 30 分钟\\n- 复习（1 小时）\\n- 复习 20 min").reasons:
+    ...     print(reason)
+    bullet 1 names no activity besides its duration (only '花'): '- 花 30 分钟'
+    bullet 3 repeats bullet 2's activity '复习': '- 复习 20 min'
+    """
+    bullets = _bullets(completion)
+    if not bullets:
+        return RuleResult(False, 0.0, ("no bullets, so no activities",))
+    seen: dict[str, int] = {}
+    reasons = []
+    for i, bullet in enumerate(bullets, 1):
+        activity = _activity(bullet)
+        if _activity_weight(activity) < MIN_ACTIVITY:
+            reasons.append(f"bullet {i} names no activity besides its duration (only {activity!r}): {snippet(bullet)}")
+        elif activity in seen:
+            reasons.append(f"bullet {i} repeats bullet {seen[activity]}'s activity {activity!r}: {snippet(bullet)}")
+        else:
+            seen[activity] = i
+    return RuleResult(not reasons, 1.0 - len(reasons) / len(bullets), tuple(reasons))
 
 
 def check_extra_text(prompt: str, completion: str) -> RuleResult:
@@ -212,13 +285,13 @@ def check_content(prompt: str, completion: str) -> RuleResult:
 
 
 FORMAT_RULES = {"structure": check_structure, "count": check_count, "durations": check_durations,
-                "extra_text": check_extra_text}
+                "activities": check_activities, "extra_text": check_extra_text}
 
 
 @dataclass(frozen=True)
 class StudyPlanVerdict:
     """Every rule's result on one completion, in a fixed order: the format rules
-    (structure, count, durations, extra_text), then the penalties (echo, repetition, length).
+    (structure, count, durations, activities, extra_text), then the penalties (echo, repetition, length, garbled).
 
     passed: all hold (the design's pass criterion). degenerate_reasons: why the completion is
     degenerate (`penalties.degeneration_reasons`), empty when it is not.
@@ -260,6 +333,7 @@ def study_plan_verdict(prompt: str, completion: str, max_chars: int = MAX_CHARS)
     results["echo"] = check_echo(prompt, completion)
     results["repetition"] = check_repetition(prompt, completion)
     results["length"] = check_length(prompt, completion, max_chars)
+    results["garbled"] = check_garbled(prompt, completion)
     degenerate = degeneration_reasons(results["echo"], results["repetition"], length_chars(completion), max_chars)
     return StudyPlanVerdict(results, degenerate)
 

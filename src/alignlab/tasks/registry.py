@@ -37,7 +37,7 @@ TASKS = {"study-plan": Task("study-plan", train_prompts, held_out_prompts, study
 def get_task(name: str) -> Task:
     """The built-in task called `name`; an unknown name is a UserError listing the known ones.
 
-    >>> get_task("study-plan").check("plan?", "- a（30 分钟）\\n- b（1 小时）\\n- c（半小时）").passed
+    >>> get_task("study-plan").check("plan?", "- 复习（30 分钟）\\n- 练习（1 小时）\\n- 总结（半小时）").passed
     True
     """
     if name not in TASKS:

@@ -1,0 +1,235 @@
+"""One GRPO optimizer step on CPU: alignlab's `grpo` (native and transformers engines) against TRL's GRPOTrainer.
+
+    python benchmarks/grpo_vs_trl.py [--sizes 128x4,256x6] [--betas 0,0.04] [--steps 6] [--rounds 2]
+                                     [--engines native,hf,trl] [--threads 0] [--seed 0]
+
+Per size (hidden x layers; 4 heads, 2 kv heads, MLP 3x hidden, byte tokenizer) one random Qwen2
+model is saved with `to_hf`, and every run of every engine loads that same directory: alignlab
+with `model.engine=native` or `hf`, TRL through `AutoModelForCausalLM`. Both sides get the first
+64 study-plan train prompts as one chat-templated user message, the sharp rule reward
+(`study_plan_reward("sharp")`), 8 prompts x 4 generations = 32 completions per step, at most 64
+new tokens, temperature 0.7, top-k/top-p off, loss "dapo", lr 1e-5 constant, one optimizer step
+per generation batch, float32 (TRL's bf16 and gradient checkpointing defaults are turned off),
+the same torch thread count. A random model rarely samples an end token, so nearly every
+completion runs to 64 tokens on both sides; the table still gives completion tokens/s.
+
+Each run takes --steps steps; the first min(2, steps - 1) are warm-up and dropped; medians pool
+the remaining steps of all --rounds rounds, which alternate the engines (native, hf, trl, native,
+...). Timed per step:
+  step    alignlab: `Loop.optimizer_step` (its logged step_time); TRL: on_step_begin -> on_step_end
+          (generation, scoring, loss, backward, clip, AdamW; logging is outside on both sides)
+  gen     alignlab: its logged gen_time (tokenize, sample, decode); TRL: `trainer._generate`, wrapped
+          here (tokenize, `model.generate`, decode, length metrics)
+  update  step - gen: rewards, reference log-probs (beta > 0), forward + backward, optimizer
+  tok/s   completion tokens of the step / step seconds; gen tok/s: the same over gen seconds
+ratio = TRL median step / engine median step (above 1: faster than TRL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from alignlab.config import GPTConfig, GRPOConfig, load_config
+from alignlab.data.tokenizer import byte_tokenizer
+from alignlab.model.checkpoint import load_model, to_hf
+from alignlab.model.gpt import GPT
+from alignlab.rewards.base import study_plan_reward
+from alignlab.tasks.study_plan import train_prompts
+from alignlab.trainers.grpo import grpo
+
+PROMPTS, GENERATIONS, PROMPTS_PER_STEP, MAX_NEW, TEMPERATURE, LR = 64, 4, 8, 64, 0.7, 1e-5
+BATCH = PROMPTS_PER_STEP * GENERATIONS  # completions per optimizer step
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="128x4,256x6", help="hidden x layers, comma-separated")
+    p.add_argument("--betas", default="0,0.04", help="KL weights, comma-separated")
+    p.add_argument("--steps", type=int, default=6, help="optimizer steps per run (the first 2 are warm-up)")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds over the engines")
+    p.add_argument("--engines", default="native,hf,trl", help="any of native, hf, trl")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    args.sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    args.betas = [float(b) for b in args.betas.split(",")]
+    args.engines = args.engines.split(",")
+    args.skip = min(2, args.steps - 1)
+    return args
+
+
+def save_policy(hidden: int, layers: int, seed: int, directory: Path) -> None:
+    """A random float32 Qwen2 policy + byte tokenizer, readable by alignlab and transformers alike."""
+    tokenizer = byte_tokenizer()
+    arch = GPTConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, intermediate_size=3 * hidden,
+                     num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                     max_position_embeddings=1024)
+    torch.manual_seed(seed)
+    to_hf(GPT(arch), directory, tokenizer)
+
+
+def same_start(model_dir: Path) -> float:
+    """Max |logit difference| between alignlab's native load and transformers' load of the policy."""
+    from transformers import AutoModelForCausalLM
+
+    ours, tokenizer = load_model(str(model_dir), engine="native", dtype=torch.float32)
+    theirs = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    ids = torch.tensor([tokenizer.chat_prompt_ids(train_prompts()[0])])  # (1, T)
+    with torch.no_grad():
+        return (ours.eval()(ids) - theirs(input_ids=ids).logits).abs().max().item()
+
+
+def run_alignlab(model_dir: Path, engine: str, beta: float, args: argparse.Namespace, root: Path) -> list[dict]:
+    """Per-step {step, gen, update, tokens} of one `grpo` run, read back from its metrics.jsonl."""
+    overrides = [f"model.path={model_dir}", f"model.engine={engine}", "model.dtype=float32",
+                 f"num_generations={GENERATIONS}", f"run.batch_size={BATCH}", f"prompts={PROMPTS}",
+                 f"generation.max_new_tokens={MAX_NEW}", f"generation.temperature={TEMPERATURE}", f"beta={beta}",
+                 "loss_type=dapo", "reward.mode=sharp", f"optim.lr={LR}", f"run.steps={args.steps}",
+                 f"run.out_dir={root}", f"run.seed={args.seed}", "run.device=cpu", "run.precision=fp32",
+                 "run.progress=false", "run.save_every=0", "run.eval_every=0", "run.log_every=1", "preflight=false"]
+    run_dir = grpo(load_config(GRPOConfig, None, overrides), overwrite=True, quiet=True)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{"step": r["step_time"], "gen": r["gen_time"], "update": r["step_time"] - r["gen_time"],
+             "tokens": r["completion_length_mean"] * BATCH} for r in records if "step_time" in r]
+
+
+def trl_clock():
+    """A TrainerCallback timing each optimizer step, with a wrapper that times TRL's generation inside it."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self):
+            self.rows, self.started, self.gen, self.tokens = [], 0.0, 0.0, 0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started, self.gen, self.tokens = time.perf_counter(), 0.0, 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            step = time.perf_counter() - self.started
+            self.rows.append({"step": step, "gen": self.gen, "update": step - self.gen, "tokens": self.tokens})
+
+        def timed(self, generate):
+            def wrapper(*a, **kw):
+                start = time.perf_counter()
+                out = generate(*a, **kw)  # (prompt_ids, completion_ids, ...): lists of token ids
+                self.gen += time.perf_counter() - start
+                self.tokens += sum(len(ids) for ids in out[1])
+                return out
+            return wrapper
+
+    return StepClock()
+
+
+def run_trl(model_dir: Path, beta: float, args: argparse.Namespace, root: Path) -> list[dict]:
+    """Per-step {step, gen, update, tokens} of one GRPOTrainer.train() run."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback
+    from trl import GRPOConfig as TRLConfig
+    from trl import GRPOTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in train_prompts()[:PROMPTS]]})
+    config = TRLConfig(output_dir=str(root), max_steps=args.steps, per_device_train_batch_size=BATCH,
+                       generation_batch_size=BATCH, num_generations=GENERATIONS, max_completion_length=MAX_NEW,
+                       temperature=TEMPERATURE, top_p=1.0, top_k=0, beta=beta, num_iterations=1,
+                       loss_type="dapo", learning_rate=LR, lr_scheduler_type="constant", logging_steps=1,
+                       report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False,
+                       save_strategy="no", dataloader_num_workers=0, disable_tqdm=True, seed=args.seed)
+    trainer = GRPOTrainer(model=model, reward_funcs=[study_plan_reward("sharp")], args=config,
+                          train_dataset=dataset, processing_class=AutoTokenizer.from_pretrained(str(model_dir)))
+    trainer.remove_callback(PrinterCallback)  # it prints every logged metrics dict
+    clock = trl_clock()
+    trainer.add_callback(clock)
+    trainer._generate = clock.timed(trainer._generate)  # instance attribute: TRL's code is untouched
+    trainer.train()
+    return clock.rows
+
+
+def run_engine(engine: str, model_dir: Path, beta: float, args: argparse.Namespace, root: Path) -> list[dict]:
+    threads = torch.get_num_threads()
+    rows = (run_trl(model_dir, beta, args, root) if engine == "trl"
+            else run_alignlab(model_dir, engine, beta, args, root))
+    if torch.get_num_threads() != threads:
+        print(f"  note: {engine} changed torch threads {threads} -> {torch.get_num_threads()}; reset")
+        torch.set_num_threads(threads)
+    return rows[args.skip:]
+
+
+def report(rows: dict[str, list[dict]], hidden: int, layers: int, beta: float) -> None:
+    med = {name: {k: statistics.median(r[k] for r in steps) for k in ("step", "gen", "update")}
+           for name, steps in rows.items()}
+    print(f"\nhidden {hidden} x {layers} layers, beta {beta} (medians over {len(next(iter(rows.values())))} steps)")
+    print(f"  {'engine':<9} {'step s':>8} {'gen s':>8} {'update s':>9} {'tok/s':>8} {'gen tok/s':>10} "
+          f"{'tokens':>7} {'vs TRL':>7}")
+    for name, steps in rows.items():
+        m = med[name]
+        rate = statistics.median(r["tokens"] / r["step"] for r in steps)
+        gen_rate = statistics.median(r["tokens"] / r["gen"] for r in steps)
+        tokens = statistics.median(r["tokens"] for r in steps)
+        ratio = f"{med['trl']['step'] / m['step']:6.2f}x" if "trl" in med else "      -"
+        print(f"  {name:<9} {m['step']:8.3f} {m['gen']:8.3f} {m['update']:9.3f} {rate:8.1f} {gen_rate:10.1f} "
+              f"{tokens:7.0f} {ratio}")
+    for name in (n for n in rows if n != "trl" and "trl" in rows):
+        print(f"  alignlab {name} is {med['trl']['step'] / med[name]['step']:.2f}x TRL per step "
+              f"(TRL {med['trl']['step']:.3f} s / {name} {med[name]['step']:.3f} s; gen "
+              f"{med['trl']['gen'] / med[name]['gen']:.2f}x, update {med['trl']['update'] / med[name]['update']:.2f}x)")
+
+
+def quiet_transformers() -> None:
+    """No progress bars, no warnings: TRL's output would drown the tables."""
+    import warnings
+
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    warnings.filterwarnings("ignore")
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bar()
+    datasets.logging.set_verbosity_error()
+
+
+def bench_size(hidden: int, layers: int, args: argparse.Namespace, tmp: Path) -> None:
+    model_dir = tmp / f"policy_{hidden}x{layers}"
+    save_policy(hidden, layers, args.seed, model_dir)
+    print(f"\npolicy {hidden}x{layers}: {sum(p.numel() for p in load_model(str(model_dir))[0].parameters()):,} "
+          f"parameters; native vs transformers logits differ by at most {same_start(model_dir):.1e}")
+    for beta in args.betas:
+        rows: dict[str, list[dict]] = {name: [] for name in args.engines}
+        for round_ in range(args.rounds):
+            for name in args.engines:
+                rows[name] += run_engine(name, model_dir, beta, args, tmp / f"{hidden}x{layers}_{beta}_{round_}_{name}")
+        report(rows, hidden, layers, beta)
+
+
+def main() -> None:
+    args = parse_args()
+    for key, value in (("HF_HUB_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(key, value)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    import transformers
+    import trl
+
+    quiet_transformers()
+    print(f"cpu, float32, threads {torch.get_num_threads()}, torch {torch.__version__}, transformers "
+          f"{transformers.__version__}, trl {trl.__version__}; {PROMPTS} prompts, {PROMPTS_PER_STEP} x "
+          f"{GENERATIONS} completions per step, {MAX_NEW} new tokens max, temperature {TEMPERATURE}; "
+          f"{args.steps} steps per run ({args.skip} warm-up dropped), {args.rounds} alternating rounds")
+    print(f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work skews every time)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for hidden, layers in args.sizes:
+            bench_size(hidden, layers, args, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
