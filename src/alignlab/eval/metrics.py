@@ -184,7 +184,8 @@ def _rule_failures(samples: Sequence[ScoredSample]) -> dict[str, int]:
 def summarize(samples: Sequence[ScoredSample]) -> EvalSummary:
     """Aggregate scored samples into an `EvalSummary`; at least one sample is required.
 
-    >>> s = summarize([score_sample("p", "- 复习（30 分钟）\\n- 练习（1 小时）\\n- 总结（半小时）"), score_sample("p", "好的")])
+    >>> plan = "- 复习（30 分钟）\\n- 练习（1 小时）\\n- 总结（半小时）"
+    >>> s = summarize([score_sample("p", plan), score_sample("p", "好的")])
     >>> s.pass_rate, s.rule_failures["count"], s.truncation_rate
     (0.5, 1, None)
     """
