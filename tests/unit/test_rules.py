@@ -322,6 +322,7 @@ def test_garbled_bytes_fail_the_verdict():
     ("- 50 mins\n- 复习（1 小时）\n- 练习 20 min", "bullet 1 names no activity"),
     ("- 复习 30 分钟\n- 复习（1 小时）\n- 练习 20 min", "bullet 2 repeats bullet 1's activity '复习'"),
     ("- Read 30 min\n- read (1 hour)\n- Write 20 min", "bullet 2 repeats bullet 1's activity 'read'"),
+    ("- 2h: ping and pc\n- 1h: pc and ping and ping\n- 做题 20 min", "bullet 2 repeats bullet 1's activity"),
 ])
 def test_activities_need_words_and_no_copies(completion, problem):
     result = check_activities(P, completion)

@@ -52,6 +52,7 @@ MAX_DURATIONS = 2  # per bullet; more is a list of times, not a plan ("- 0 mins:
 MAX_HOURS = 8.0  # a study session longer than a working day is not a plausible duration
 MIN_MINUTES = 5.0  # "1.50 min" per step is not a study plan (a policy's shortcut, seen in training)
 MIN_ACTIVITY = 4  # weight of the words besides the durations: a Chinese character 2, a letter 1 ("复习", "Read")
+SAME_ACTIVITY = 0.5  # character-bigram Jaccard at which two bullets' activities count as one (distinct plans: < 0.4)
 
 # Full-width ASCII (U+FF01..U+FF5E) and the ideographic space map one-to-one onto ASCII, so
 # positions survive and matches can be cut from the original text.
@@ -223,10 +224,22 @@ def _activity_weight(activity: str) -> int:
     return sum(2 if "\u4e00" <= ch <= "\u9fff" else 1 for ch in activity)
 
 
+def _same_activity(a: str, b: str) -> bool:
+    """Near-duplicates: Jaccard similarity of the character bigrams at least SAME_ACTIVITY.
+
+    >>> _same_activity("pingandpcandping", "pcandpingandpingand"), _same_activity("做听力练习", "跟读基础对话")
+    (True, False)
+    """
+    pairs_a = {a[i:i + 2] for i in range(len(a) - 1)} or {a}
+    pairs_b = {b[i:i + 2] for i in range(len(b) - 1)} or {b}
+    return len(pairs_a & pairs_b) / len(pairs_a | pairs_b) >= SAME_ACTIVITY
+
+
 def check_activities(prompt: str, completion: str) -> RuleResult:
-    """Every top-level bullet says what to do besides how long, and no two say the same; the score
-    is the fraction that pass. Closes the shortcut a small policy found under the sharp reward
-    once durations had to be plausible: three copies of `- 花 1.50 min` ("spend 1.5 min").
+    """Every top-level bullet says what to do besides how long, and no two say (nearly) the same
+    (`_same_activity`); the score is the fraction that pass. Closes the shortcuts a small policy
+    found under the sharp reward once durations had to be plausible: three copies of
+    `- 花 1.50 min` ("spend 1.5 min"), then `- 2h: ping and pc and ping and 2h` in every bullet.
 
     >>> for reason in check_activities("", "- 花 30 分钟\\n- 复习（1 小时）\\n- 复习 20 min").reasons:
     ...     print(reason)
@@ -236,16 +249,17 @@ def check_activities(prompt: str, completion: str) -> RuleResult:
     bullets = _bullets(completion)
     if not bullets:
         return RuleResult(False, 0.0, ("no bullets, so no activities",))
-    seen: dict[str, int] = {}
+    seen: list[tuple[int, str]] = []
     reasons = []
     for i, bullet in enumerate(bullets, 1):
         activity = _activity(bullet)
+        earlier = next((j for j, other in seen if _same_activity(activity, other)), None)
         if _activity_weight(activity) < MIN_ACTIVITY:
             reasons.append(f"bullet {i} names no activity besides its duration (only {activity!r}): {snippet(bullet)}")
-        elif activity in seen:
-            reasons.append(f"bullet {i} repeats bullet {seen[activity]}'s activity {activity!r}: {snippet(bullet)}")
+        elif earlier is not None:
+            reasons.append(f"bullet {i} repeats bullet {earlier}'s activity {activity!r}: {snippet(bullet)}")
         else:
-            seen[activity] = i
+            seen.append((i, activity))
     return RuleResult(not reasons, 1.0 - len(reasons) / len(bullets), tuple(reasons))
 
 
