@@ -35,6 +35,7 @@ from alignlab.errors import UserError
 from alignlab.eval.metrics import EvalSummary, ScoredSample, _table_rows, markdown_table
 from alignlab.eval.sampling_eval import load_or_evaluate
 from alignlab.eval.verdict import Verdict, compare_verdict, log_verdict
+from alignlab.rewards.base import MODES, study_plan_reward
 
 __all__ = ["plot_curves", "read_metrics", "write_report"]
 
@@ -293,9 +294,23 @@ def _verdict_section(heading: str, verdict: Verdict) -> Section:
     return "\n".join(md), "".join(page)
 
 
-def _verdicts(before: Evaluation | None, after: Evaluation | None, records: Sequence[Mapping]) -> list[Section]:
+def _trained_reward(config: Mapping, samples: Sequence[ScoredSample]) -> float | None:
+    """Mean of the rule reward the run trained on (config reward.mode) over evaluation samples; None
+    when a reward model took part (the evaluations cannot re-score that) or the mode is unknown."""
+    reward = config.get("reward") if isinstance(config, Mapping) else None
+    if not isinstance(reward, Mapping) or reward.get("model") or reward.get("mode") not in MODES:
+        return None
+    fn = study_plan_reward(reward["mode"])
+    return sum(fn.score(s.prompt, s.completion) for s in samples) / len(samples)
+
+
+def _verdicts(before: Evaluation | None, after: Evaluation | None, records: Sequence[Mapping],
+              config: Mapping) -> list[Section]:
     if before is not None and after is not None:
-        first = _verdict_section("Evaluations, before -> after", compare_verdict(before[0], after[0], after[1]))
+        trained = _trained_reward(config, before[1]), _trained_reward(config, after[1])
+        verdict = compare_verdict(before[0], after[0], after[1], *trained) if None not in trained else \
+            compare_verdict(before[0], after[0], after[1])
+        first = _verdict_section("Evaluations, before -> after (reward: the one trained on)", verdict)
     else:
         first = _note("no evaluation verdict: it needs both eval_before/ and eval_after/")
     return [first, _verdict_section("Training log (metrics.jsonl)", log_verdict(records))]
@@ -346,7 +361,7 @@ def write_report(run_dir: str | Path, *, before: str | Path | None = None, after
     title = title or f"alignlab run report: {run.resolve().name}"
     sections = [("Config", _config_section(config_path.read_text(encoding="utf-8") if config else "", config)),
                 ("Curves", _curves_section(figures)), ("Before / after training", _table_section(*evals)),
-                ("Reward-hacking verdict", *_verdicts(*evals, records)),
+                ("Reward-hacking verdict", *_verdicts(*evals, records, config or {})),
                 ("Held-out samples, before | after", _samples_section(*evals))]
     line = _run_line(run, records, manifest)
     md = [f"# {_md(title)}", "", _md(line)]

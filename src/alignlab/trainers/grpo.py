@@ -141,6 +141,8 @@ def grpo(cfg: GRPOConfig, *, resume: bool = False, overwrite: bool = False, quie
     if resume:
         loop.resume()
         ledger.keep_until(loop.step)
+    elif evaluate is not None and cfg.run.eval_every:  # the baseline every later evaluation is read against
+        run.log(0, {f"eval/{k}": v for k, v in evaluate().items()})
     loop.train(resume=False)
     return run.root
 
