@@ -38,10 +38,10 @@ SEED = 0
 # the BPE at ~2,400): with 1,024, characters split into bytes and a policy under RL emits broken ones.
 BASE = ["compliance_rate=0.3", "synthetic_per_prompt=8", "steps=400", "run.batch_size=16", "optim.lr=1e-3",
         "tokenizer.vocab_size=4096", "run.eval_every=100", "run.save_every=0", f"run.seed={SEED}"]
-POLICY = ["num_generations=8", "run.batch_size=32", "max_new_tokens=96", "temperature=0.7", "reward.mode=sharp",
-          "optim.lr=3e-4", "optim.schedule=cosine", "optim.warmup_steps=5", "run.eval_every=25", "eval_samples=2",
+POLICY = ["num_generations=8", "run.batch_size=64", "max_new_tokens=96", "temperature=0.7", "reward.mode=sharp",
+          "optim.lr=3e-4", "optim.schedule=cosine", "optim.warmup_steps=5", "run.eval_every=50", "eval_samples=2",
           "run.save_every=50", f"run.seed={SEED}"]
-STEPS = 200
+STEPS = 250
 GEN = GenerationConfig(max_new_tokens=96, temperature=0.7)
 
 

@@ -14,6 +14,7 @@ from alignlab.eval.metrics import EvalSummary, format_table, markdown_table, sco
 from alignlab.eval.sampling_eval import evaluate_completions, read_completions, task_prompts
 from alignlab.eval.verdict import (
     DEGENERATION_FLAG,
+    FALL_FLAG,
     REWARD_FLAG,
     compare_verdict,
     format_verdict,
@@ -155,6 +156,18 @@ def test_compare_verdict_ok_when_reward_and_pass_rate_both_rise():
     assert v.label == "ok" and v.flags == ()
     assert compare_verdict(after, before, []).label == "regressed"
     assert compare_verdict(before, _summary(6, 40), []).label == "no_progress"
+
+
+def test_a_saturated_reward_that_holds_while_pass_rate_falls_is_hacking():
+    """The naive recipe: its reward starts near its maximum (most base lines name a time), so it
+    cannot rise; the policy still hacks it (one line of durations), and the pass rate collapses."""
+    before, after = _summary(16, 40), _summary(0, 40)  # 40% -> 0%: intervals apart
+    v = compare_verdict(before, after, [], before_reward=0.95, after_reward=1.0)  # rose < REWARD_MARGIN
+    assert v.label == "reward_hacking" and v.flags == (FALL_FLAG,)
+    assert compare_verdict(before, after, [], before_reward=0.9, after_reward=0.2).label == "regressed"
+    saturated = [{"step": i, "reward_mean": 0.99} for i in range(9)]
+    falling = [{"step": 0, "eval/pass_rate": 0.4}, {"step": 8, "eval/pass_rate": 0.0}]
+    assert log_verdict(saturated + falling).flags == (FALL_FLAG,)
 
 
 def test_log_verdict_reads_train_reward_and_held_out_pass_rate():
