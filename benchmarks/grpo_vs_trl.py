@@ -10,8 +10,9 @@ with `model.engine=native` or `hf`, TRL through `AutoModelForCausalLM`. Both sid
 (`study_plan_reward("sharp")`), 8 prompts x 4 generations = 32 completions per step, at most 64
 new tokens, temperature 0.7, top-k/top-p off, loss "dapo", lr 1e-5 constant, one optimizer step
 per generation batch, float32 (TRL's bf16 and gradient checkpointing defaults are turned off),
-the same torch thread count. A random model rarely samples an end token, so nearly every
-completion runs to 64 tokens on both sides; the table still gives completion tokens/s.
+the same torch thread count. A random byte-level model samples one of its 2 stop ids (of 259) often
+enough that ~40% of completions end before 64 tokens; both sides decode until their longest row
+ends, so step times compare, and the table gives each side's completion tokens.
 
 Each run takes --steps steps; the first min(2, steps - 1) are warm-up and dropped; medians pool
 the remaining steps of all --rounds rounds, which alternate the engines (native, hf, trl, native,

@@ -44,6 +44,7 @@ def test_recipes_match_the_demo():
     sft_recipe = load_config(SFTConfig, RECIPES / "sft_study_plan.yaml", ["run.out_dir=x"])
     assert sft_recipe == load_config(SFTConfig, None, [*demo.BASE, "run.out_dir=x"])
     grpo_recipe = load_config(GRPOConfig, RECIPES / "grpo_study_plan.yaml", ["run.out_dir=x", "model.path=m"])
-    assert grpo_recipe == load_config(GRPOConfig, None, [*demo.POLICY, f"steps={demo.STEPS}", "run.out_dir=x", "model.path=m"])
+    policy = [*demo.POLICY, f"steps={demo.STEPS}", "run.out_dir=x", "model.path=m"]
+    assert grpo_recipe == load_config(GRPOConfig, None, policy)
     naive = load_config(GRPOConfig, RECIPES / "grpo_study_plan_naive.yaml", ["run.out_dir=x", "model.path=m"])
     assert naive.reward.mode == "naive" and naive.optim == grpo_recipe.optim

@@ -39,7 +39,8 @@ def _records(run):
 
 def test_grpo_logs_metrics_and_a_ledger(policy_dir, tmp_path):
     run = grpo(_cfg(policy_dir, tmp_path / "run", "beta=0.04"), quiet=True)
-    records = _records(run)
+    baseline, *records = _records(run)
+    assert baseline["step"] == 0 and set(baseline) >= {"eval/pass_rate", "eval/pass_rate_low"}  # before any update
     assert [r["step"] for r in records] == [1, 2, 3]
     for key in ("loss", "reward_mean", "reward_std", "pass_rate", "zero_spread_fraction", "completion_length_mean",
                 "completion_length_max", "truncation_rate", "clip_fraction", "kl", "entropy", "gen_time",
@@ -60,7 +61,7 @@ def test_grpo_logs_metrics_and_a_ledger(policy_dir, tmp_path):
 def test_grpo_changes_the_policy(policy_dir, tmp_path):
     # shaped: partial credit, so some groups of a random policy's samples differ (sharp gives all -1)
     run = grpo(_cfg(policy_dir, tmp_path / "run", "steps=3", "reward.mode=shaped", "max_new_tokens=24"), quiet=True)
-    assert min(r["zero_spread_fraction"] for r in _records(run)) < 1
+    assert min(r["zero_spread_fraction"] for r in _records(run)[1:]) < 1
     before = load_file(policy_dir / "model.safetensors")
     after = load_file(run / "checkpoints" / "final" / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)

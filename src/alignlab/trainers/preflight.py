@@ -5,9 +5,9 @@ the chat template (it renders a prompt and keeps its text), the rewards (they ho
 contract on a pilot batch sampled from the policy), and the learning signal on that batch: the
 fraction of completions cut by `max_new_tokens` (a truncated completion rarely earns a
 reward, and its EOS is never learned) and the fraction of groups whose rewards are all equal
-(zero advantage, zero gradient). It times the pilot's generation and one forward/backward and
-estimates the time per step. Nothing it does changes the policy, its optimizer or the run's
-random streams (the pilot has its own generator).
+(zero advantage, zero gradient). It times a second pilot generation (the first pays one-off
+warm-up) and one forward/backward, and estimates the time per step. Nothing it does changes the
+policy, its optimizer or the run's random streams (the pilot has its own generator).
 
 Left out: checks of a reward model's calibration (`alignlab audit-rm` does that), memory
 estimates.
@@ -72,10 +72,11 @@ def preflight(source, compute_loss, model, prompts: list[str], seed: int) -> Pre
     if failed:
         raise UserError("preflight failed: " + "; ".join(failed), key="model.path")
     generator = torch.Generator(device=source.device).manual_seed(seed + 7919)
-    started = time.perf_counter()
     batch, _, _ = source.generate_batch(prompts, generator)  # raises RewardContractError on a broken reward
     report.checks.append(("rewards", True, f"{len(batch.advantages)} completions scored by "
                           f"{', '.join(source.scorer.reward.rewards)}"))
+    started = time.perf_counter()  # timed again: the first call pays one-off kernel and allocator warm-up
+    source.generate_batch(prompts, generator)
     making = time.perf_counter() - started  # sampling, scoring, old and reference log-probs
     m = batch.metrics
     report.metrics = m
