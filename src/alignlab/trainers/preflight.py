@@ -5,8 +5,8 @@ the chat template (it renders a prompt and keeps its text), the rewards (they ho
 contract on a pilot batch sampled from the policy), and the learning signal on that batch: the
 fraction of completions cut by `max_new_tokens` (a truncated completion rarely earns a
 reward, and its EOS is never learned) and the fraction of groups whose rewards are all equal
-(zero advantage, zero gradient). It times a second pilot generation (the first pays one-off
-warm-up) and one forward/backward, and estimates the time per step. Nothing it does changes the
+(zero advantage, zero gradient). It times a second pilot generation and a second forward/backward (the
+first pays one-off warm-up), and estimates the time per step. Nothing it does changes the
 policy, its optimizer or the run's random streams (the pilot has its own generator).
 
 Left out: checks of a reward model's calibration (`alignlab audit-rm` does that), memory
@@ -40,7 +40,9 @@ class PreflightReport:
         lines += [f"  [{'ok' if ok else 'FAIL'}] {name}: {detail}" for name, ok, detail in self.checks]
         lines += [f"  WARNING: {w}" for w in self.warnings]
         minutes = self.seconds_per_step * steps / 60
-        lines.append(f"  estimated {self.seconds_per_step:.2f} s/step, {minutes:.1f} min for {steps} steps")
+        lines.append(f"  estimated {self.seconds_per_step:.2f} s/step, {minutes:.1f} min for {steps} steps (an upper "
+                     "bound: the first steps run at this pace, later ones often faster as kernels warm up and "
+                     "completions shorten)")
         return "\n".join(lines)
 
 
@@ -89,12 +91,13 @@ def preflight(source, compute_loss, model, prompts: list[str], seed: int) -> Pre
     if m["zero_spread_fraction"] > ZERO_SPREAD_WARN:
         report.warnings.append(f"{m['zero_spread_fraction']:.0%} of pilot groups have equal rewards (zero advantage): "
                                "raise num_generations or temperature, or use a reward with partial credit")
-    started = time.perf_counter()
-    micro = source.micro
-    for i in range(0, batch.advantages.shape[0], micro):
-        loss, _ = compute_loss(batch.rows(i, i + micro))
-        loss.backward()
-    model.zero_grad(set_to_none=True)
-    update = time.perf_counter() - started
+    update = 0.0
+    for _ in range(2):  # the second pass is the one timed, as for generation
+        started = time.perf_counter()
+        for i in range(0, batch.advantages.shape[0], source.micro):
+            loss, _ = compute_loss(batch.rows(i, i + source.micro))
+            loss.backward()
+        model.zero_grad(set_to_none=True)
+        update = time.perf_counter() - started
     report.seconds_per_step = making / source.cfg.num_iterations + update
     return report
