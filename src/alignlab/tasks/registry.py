@@ -5,7 +5,8 @@ rate, degeneration, reasons); its `reward(mode)` is what a policy may be trained
 from the same rules. Keeping both here lets a trainer evaluate held-out prompts without
 depending on `eval/`.
 
-Left out: GSM8K (the experiments issue adds it), user-defined tasks from a recipe.
+Left out: GSM8K as a trainable task (`tasks/gsm8k.py` has its prompts, answer extractor, rewards and
+pass@k; the trainers do not yet pass per-prompt answer columns to rewards), user-defined tasks.
 """
 
 from __future__ import annotations
