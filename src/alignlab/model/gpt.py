@@ -85,6 +85,39 @@ class KVCache:
         self.length += steps
 
 
+class PrefixKV:
+    """Keys and values of shared prompts, kept with their gradient, for continuations that attend to them.
+
+    Training-time counterpart of `KVCache` (which writes in place and so cannot carry gradients):
+    a first forward over the B / G distinct prompts records each layer's keys and values; `expand(G)`
+    repeats them for the G continuations of each prompt; a second forward over the continuations
+    concatenates its keys and values behind them. The result equals one forward over
+    prompt + continuation rows, while the prompt tokens are computed once per group.
+    """
+
+    def __init__(self):
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.length = 0
+        self.recording = True
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        if self.recording:
+            self.keys.append(k)  # (B / G, K, P, D)
+            self.values.append(v)
+            return k, v
+        return torch.cat([self.keys[layer], k], 2), torch.cat([self.values[layer], v], 2)  # (B, K, P + T, D)
+
+    def advance(self, steps: int) -> None:
+        self.length += steps
+
+    def expand(self, group_size: int) -> None:
+        """Repeat every recorded prompt for `group_size` consecutive continuation rows; stop recording."""
+        self.keys = [k.repeat_interleave(group_size, 0) for k in self.keys]
+        self.values = [v.repeat_interleave(group_size, 0) for v in self.values]
+        self.recording = False
+
+
 class Attention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()

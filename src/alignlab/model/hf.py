@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from alignlab.config import GPTConfig
 from alignlab.errors import UserError
-from alignlab.model.gpt import GPT
+from alignlab.model.gpt import GPT, PrefixKV
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -192,3 +192,23 @@ def completion_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tens
         return model.lm_head(hidden)  # (B, n, V)
     out = model(input_ids=input_ids, attention_mask=attention_mask.long(), logits_to_keep=n + 1)
     return out.logits[:, :-1]  # (B, n, V)
+
+
+def grouped_completion_logits(model: GPT, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int,
+                              group_size: int) -> torch.Tensor:
+    """`completion_logits` for rows that come in groups of `group_size` sharing one prompt (GRPO's
+    layout), computing each prompt once: its keys and values, gradient included, are repeated for
+    the group's completions (`PrefixKV`). Same numbers as `completion_logits` up to float rounding;
+    the prompt's share of the work drops by (G - 1) / G. Native GPT only.
+
+    Shapes: input_ids (B, P + n) long with B a multiple of G, attention_mask (B, P + n) bool -> (B, n, V).
+    """
+    p = input_ids.shape[1] - n
+    prefix = PrefixKV()
+    prompt = model.hidden_states(input_ids[::group_size, :p], attention_mask[::group_size, :p], cache=prefix)
+    first = prompt[:, -1:].repeat_interleave(group_size, 0)  # (B, 1, C): predicts completion token 0
+    prefix.expand(group_size)
+    if n == 1:
+        return model.lm_head(first)  # (B, 1, V)
+    rest = model.hidden_states(input_ids[:, p:-1], attention_mask[:, :-1], cache=prefix)  # (B, n - 1, C)
+    return model.lm_head(torch.cat([first, rest], 1))  # (B, n, V)

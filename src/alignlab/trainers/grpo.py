@@ -34,7 +34,15 @@ from alignlab.runtime import make_generator, parse_dtype, resolve_runtime
 from alignlab.tasks.registry import get_task
 from alignlab.trainers.loop import Loop, TrainSpec
 from alignlab.trainers.preflight import preflight
-from alignlab.trainers.rollouts import LEDGER, GRPOBatch, Ledger, RolloutSource, Scorer, policy_logps
+from alignlab.trainers.rollouts import (
+    LEDGER,
+    GRPOBatch,
+    Ledger,
+    RolloutSource,
+    Scorer,
+    policy_logps,
+    shared_prompt_groups,
+)
 
 EVAL_SEED_OFFSET = 104729  # held-out sampling has its own stream: every evaluation sees the same draws
 
@@ -42,9 +50,11 @@ EVAL_SEED_OFFSET = 104729  # held-out sampling has its own stream: every evaluat
 def make_loss(model, cfg: GRPOConfig):
     """compute_loss(batch) -> (loss, metrics) for the loop: clipped objective, entropy and KL readings."""
 
+    shared = shared_prompt_groups(cfg)
+
     def compute_loss(batch: GRPOBatch):
         logps, entropy = policy_logps(model, batch.input_ids, batch.attention_mask, batch.completion_ids,
-                                      cfg.generation.temperature, entropy=True)  # (B, C) each
+                                      cfg.generation.temperature, entropy=True, group_size=shared)  # (B, C) each
         old = batch.old_logps if batch.old_logps is not None else logps.detach()
         mask = batch.completion_mask
         result = grpo_loss(logps, old, batch.advantages, mask, epsilon=cfg.epsilon,

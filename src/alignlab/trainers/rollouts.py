@@ -38,7 +38,8 @@ from alignlab.algorithms.grpo import group_advantages, zero_spread_fraction
 from alignlab.config import GRPOConfig, RewardConfig
 from alignlab.data.tokenizer import Tokenizer
 from alignlab.generation.engine import Rollout, generate
-from alignlab.model.hf import completion_logits
+from alignlab.model.gpt import GPT
+from alignlab.model.hf import completion_logits, grouped_completion_logits
 from alignlab.rewards.base import Reward, combine
 from alignlab.tasks.registry import Task
 
@@ -68,10 +69,28 @@ class Scorer:
         return scores.total, scores.parts, rows, verdicts
 
 
-def policy_logps(model, input_ids, attention_mask, completion_ids, temperature: float, *, entropy: bool = False):
+def _shares_prompts(input_ids, attention_mask, n: int, group_size: int) -> bool:
+    """True when the rows come in groups of `group_size` with identical prompt tokens and masks."""
+    if input_ids.shape[0] % group_size:
+        return False
+    p = input_ids.shape[1] - n
+    ids = input_ids[:, :p].reshape(-1, group_size, p)  # (B / G, G, P)
+    mask = attention_mask[:, :p].reshape(-1, group_size, p)
+    return bool((ids == ids[:, :1]).all() and (mask == mask[:, :1]).all())
+
+
+def policy_logps(model, input_ids, attention_mask, completion_ids, temperature: float, *, entropy: bool = False,
+                 group_size: int | None = None):
     """Log-probs (B, C) of the completion tokens under `model` at the sampling temperature, and
-    optionally the per-token entropy (B, C) (detached). TRL divides logits by the temperature too."""
-    logits = completion_logits(model, input_ids, attention_mask, completion_ids.shape[1])  # (B, C, V)
+    optionally the per-token entropy (B, C) (detached). TRL divides logits by the temperature too.
+
+    With `group_size`, when the rows do come in groups of G sharing a prompt (checked), the native
+    GPT computes each prompt once for its group (`grouped_completion_logits`, the same numbers)."""
+    n = completion_ids.shape[1]
+    if group_size and isinstance(model, GPT) and _shares_prompts(input_ids, attention_mask, n, group_size):
+        logits = grouped_completion_logits(model, input_ids, attention_mask, n, group_size)  # (B, C, V)
+    else:
+        logits = completion_logits(model, input_ids, attention_mask, n)  # (B, C, V)
     if temperature > 0:
         logits = logits / temperature
     logps = token_logps(logits, completion_ids)  # (B, C)
@@ -115,12 +134,19 @@ class GRPOBatch:
         return GRPOBatch(**cut)
 
 
-def _batch_logps(model, batch: GRPOBatch, temperature: float, micro: int) -> torch.Tensor:
+def _batch_logps(model, batch: GRPOBatch, temperature: float, micro: int, group_size: int | None) -> torch.Tensor:
     """No-grad log-probs (B, C) of a whole generation batch, `micro` rows at a time."""
     with torch.no_grad():
-        parts = [policy_logps(model, b.input_ids, b.attention_mask, b.completion_ids, temperature)[0]
+        parts = [policy_logps(model, b.input_ids, b.attention_mask, b.completion_ids, temperature,
+                              group_size=group_size)[0]
                  for b in (batch.rows(i, i + micro) for i in range(0, batch.advantages.shape[0], micro))]
     return torch.cat(parts)
+
+
+def shared_prompt_groups(cfg: GRPOConfig) -> int | None:
+    """G when every micro-batch holds whole groups (their prompt can be computed once), else None."""
+    micro = cfg.run.batch_size // cfg.optim.grad_accum
+    return cfg.num_generations if micro % cfg.num_generations == 0 else None
 
 
 class Ledger:
@@ -231,8 +257,10 @@ class RolloutSource:
             advantages=group_advantages(rewards, g, cfg.scale_rewards), old_logps=None, ref_logps=None,
             token_normaliser=max(int(mask.sum()), 1) / cfg.optim.grad_accum, metrics=metrics)
         temperature = cfg.generation.temperature
-        old = _batch_logps(self.model, batch, temperature, self.micro) if cfg.num_iterations > 1 else None
-        ref = _batch_logps(self.reference, batch, temperature, self.micro) if self.reference is not None else None
+        shared = shared_prompt_groups(cfg)
+        old = _batch_logps(self.model, batch, temperature, self.micro, shared) if cfg.num_iterations > 1 else None
+        ref = (_batch_logps(self.reference, batch, temperature, self.micro, shared)
+               if self.reference is not None else None)
         batch = GRPOBatch(**{**{f.name: getattr(batch, f.name) for f in fields(batch)},
                              "old_logps": old, "ref_logps": ref})
         return batch, rollout, [totals, parts, verdicts]
