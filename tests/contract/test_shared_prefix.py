@@ -53,3 +53,19 @@ def test_policy_logps_shares_only_true_groups():
     a, _ = policy_logps(model, shuffled, shuffled_mask, shuffled[:, -C:], 0.7)
     b, _ = policy_logps(model, shuffled, shuffled_mask, shuffled[:, -C:], 0.7, group_size=G)
     assert torch.equal(a, b)
+
+
+def test_generation_prefills_each_distinct_prompt_once(byte_tok):
+    """Repeated prompts (GRPO groups, N samples per prompt) share one prefill; greedy output per prompt
+    is the same as generating that prompt alone."""
+    from alignlab.config import GenerationConfig
+    from alignlab.generation.engine import generate
+
+    torch.manual_seed(2)
+    model = GPT(GPTConfig(vocab_size=byte_tok.vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2)).eval()
+    greedy = GenerationConfig(max_new_tokens=12, temperature=0.0)
+    rows = ["plan a", "plan a", "a longer second prompt", "a longer second prompt", "a longer second prompt", "x"]
+    together = generate(model, byte_tok, rows, greedy).texts
+    alone = {p: generate(model, byte_tok, [p], greedy).texts[0] for p in set(rows)}
+    assert together == [alone[p] for p in rows]

@@ -90,12 +90,11 @@ def generate_native(model: GPT, prompt_ids, prompt_mask, config: GenerationConfi
     """KV-cache decoding. prompt_ids/mask (B, P) -> completion ids (B, C), mask (B, C), truncated (B,)."""
     b, p = prompt_ids.shape
     n, device = config.max_new_tokens, prompt_ids.device
-    cache = model.new_cache(b, p + n)
     padded = not bool(prompt_mask.all())  # without padding, decode steps need no mask at all
     key_mask = torch.ones(b, p + n, dtype=torch.bool, device=device)  # (B, S_max)
     key_mask[:, :p] = prompt_mask
     next_position = prompt_mask.sum(-1, keepdim=True)  # (B, 1) position of the first new token
-    hidden = model.hidden_states(prompt_ids, key_mask[:, :p] if padded else None, cache=cache)[:, -1]
+    cache, hidden = _prefill(model, prompt_ids, key_mask[:, :p] if padded else None, p + n)
     logits = model.lm_head(hidden)  # (B, V)
     out = torch.full((b, n), pad_id, dtype=torch.long, device=device)
     stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
@@ -115,6 +114,31 @@ def generate_native(model: GPT, prompt_ids, prompt_mask, config: GenerationConfi
         mask = key_mask[:, : p + t + 1] if padded else None
         logits = model(token[:, None], mask, next_position + t, cache=cache)[:, -1]  # (B, V)
     return _package(out, ended, pad_id, n)
+
+
+def _prefill(model: GPT, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor | None, max_len: int):
+    """(cache filled with the prompts, last hidden state (B, C)), each distinct prompt computed once.
+
+    Rows repeating the row before them (GRPO's groups, N samples per prompt) share its prefill:
+    the distinct rows run through the model and their keys and values are copied to the repeats.
+    """
+    b, p = prompt_ids.shape
+    same = torch.zeros(b, dtype=torch.bool, device=prompt_ids.device)
+    same[1:] = (prompt_ids[1:] == prompt_ids[:-1]).all(-1)
+    if prompt_mask is not None:
+        same[1:] &= (prompt_mask[1:] == prompt_mask[:-1]).all(-1)
+    cache = model.new_cache(b, max_len)
+    if not bool(same.any()):
+        return cache, model.hidden_states(prompt_ids, prompt_mask, cache=cache)[:, -1]
+    firsts = (~same).nonzero().flatten()  # (U,) the first row of each run
+    counts = torch.diff(torch.cat([firsts, firsts.new_tensor([b])]))  # (U,) rows per run
+    distinct = model.new_cache(len(firsts), p)
+    mask = prompt_mask[firsts] if prompt_mask is not None else None
+    hidden = model.hidden_states(prompt_ids[firsts], mask, cache=distinct)[:, -1]  # (U, C)
+    cache.keys[:, :, :, :p] = distinct.keys.repeat_interleave(counts, dim=1)  # (L, B, K, P, D)
+    cache.values[:, :, :, :p] = distinct.values.repeat_interleave(counts, dim=1)
+    cache.advance(p)
+    return cache, hidden.repeat_interleave(counts, dim=0)  # (B, C)
 
 
 def _package(out: torch.Tensor, ended: torch.Tensor, pad_id: int, max_new: int):
