@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help=COMMANDS["demo"])
     d.add_argument("--out", default="runs/demo", help="run directory")
-    d.add_argument("--steps", type=int, default=250, help="GRPO steps")
+    d.add_argument("--steps", type=int, default=350, help="GRPO steps")
     d.add_argument("--fresh", action="store_true", help="rebuild the cached base policy")
     return parser
 

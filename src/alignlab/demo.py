@@ -41,7 +41,7 @@ BASE = ["compliance_rate=0.3", "synthetic_per_prompt=8", "steps=400", "run.batch
 POLICY = ["num_generations=8", "run.batch_size=64", "max_new_tokens=96", "temperature=0.7", "reward.mode=sharp",
           "optim.lr=3e-4", "optim.schedule=cosine", "optim.warmup_steps=5", "run.eval_every=50", "eval_samples=2",
           "run.save_every=50", f"run.seed={SEED}"]
-STEPS = 250
+STEPS = 350
 GEN = GenerationConfig(max_new_tokens=96, temperature=0.7)
 
 
