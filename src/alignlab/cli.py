@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -202,6 +201,7 @@ def cmd_audit_rm(args) -> int:
 
     from alignlab.data.sources import read_preferences
     from alignlab.eval.reward_audit import audit_reward_model, format_markdown, format_report
+    from alignlab.eval.sampling_eval import write_texts
     from alignlab.model.heads import load_reward_model
     from alignlab.runtime import resolve_device
 
@@ -219,14 +219,7 @@ def cmd_audit_rm(args) -> int:
     if out is not None:
         texts = {"audit.json": json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n",
                  "audit.md": format_markdown(report)}
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            for name, text in texts.items():  # each file appears whole or not at all
-                tmp = out / f".{name}.tmp-{os.getpid()}"
-                tmp.write_text(text, encoding="utf-8")
-                os.replace(tmp, out / name)
-        except OSError as err:
-            raise UserError(f"cannot write the audit: {err.strerror or err}", file=str(out)) from err
+        write_texts(out, texts)
         print(f"wrote {out / 'audit.json'} and {out / 'audit.md'}")
     return 0
 

@@ -177,6 +177,15 @@ def write_eval(out: str | Path, name: str, samples: Sequence[ScoredSample], summ
     texts = {"summary.md": f"# alignlab eval: {name}\n\n{markdown_table({name: summary})}\n\n"
                            f"```\n{format_verdict(verdict)}\n```\n",
              "summary.json": json.dumps(record, indent=2, ensure_ascii=False) + "\n"}
+    write_texts(out, texts)
+    write_samples(out / "samples.jsonl", samples)
+    return out
+
+
+def write_texts(out: str | Path, texts: Mapping[str, str]) -> None:
+    """Write each text to out/<name>, creating `out`; each file appears whole or not at all
+    (a temp file renamed into place). An OSError becomes a UserError naming `out`."""
+    out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         for file_name, text in texts.items():
@@ -185,5 +194,3 @@ def write_eval(out: str | Path, name: str, samples: Sequence[ScoredSample], summ
             os.replace(tmp, out / file_name)
     except OSError as err:
         raise UserError(f"cannot write: {err.strerror or err}", file=str(out)) from err
-    write_samples(out / "samples.jsonl", samples)
-    return out

@@ -22,6 +22,7 @@ keeping only groups with reward spread (DAPO's dynamic sampling).
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import math
@@ -261,8 +262,7 @@ class RolloutSource:
         old = _batch_logps(self.model, batch, temperature, self.micro, shared) if cfg.num_iterations > 1 else None
         ref = (_batch_logps(self.reference, batch, temperature, self.micro, shared)
                if self.reference is not None else None)
-        batch = GRPOBatch(**{**{f.name: getattr(batch, f.name) for f in fields(batch)},
-                             "old_logps": old, "ref_logps": ref})
+        batch = dataclasses.replace(batch, old_logps=old, ref_logps=ref)
         return batch, rollout, [totals, parts, verdicts]
 
     def next_batch(self) -> GRPOBatch:
@@ -280,8 +280,7 @@ class RolloutSource:
         self.cursor += 1
         batch = self.batch.rows(start, start + self.micro)
         if not fresh:  # the generation's own cost belongs to the step that made it
-            batch = GRPOBatch(**{**{f.name: getattr(batch, f.name) for f in fields(batch)},
-                                 "metrics": {**batch.metrics, "gen_time": 0.0}})
+            batch = dataclasses.replace(batch, metrics={**batch.metrics, "gen_time": 0.0})
         return batch
 
     def state_dict(self) -> dict:
