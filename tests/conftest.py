@@ -36,3 +36,14 @@ def tiny_gpt(tiny_arch, byte_tok):
 
     torch.manual_seed(0)
     return GPT(dataclasses.replace(tiny_arch, vocab_size=byte_tok.vocab_size)).eval()
+
+
+@pytest.fixture
+def policy_dir(tmp_path, tiny_gpt, byte_tok):
+    """A random tiny native GPT with the byte tokenizer (its chat template included), saved as a checkpoint."""
+    from alignlab.model.checkpoint import save_model
+
+    path = tmp_path / "policy"
+    path.mkdir()
+    save_model(tiny_gpt, byte_tok, path)
+    return path

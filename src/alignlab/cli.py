@@ -27,6 +27,7 @@ COMMANDS = {
     "check": "score completions made anywhere (JSONL prompt/completion) with a task's rules",
     "compare": "one table of several evaluations (eval --out directories), with a verdict for two",
     "report": "write report.html and report.md for a run directory (curves, before/after, verdict, samples)",
+    "sweep": "run variants of a GRPO recipe (seeds too) and compare them: held-out pass rate, verdict, plot",
     "demo": "offline demo: a weak tiny policy, GRPO with the sharp reward, before/after evaluation and report",
 }
 
@@ -58,6 +59,8 @@ def _add_trainer_parsers(sub) -> None:
         p.add_argument("args", nargs="*", metavar="[RECIPE.yaml] key=value", help="recipe and overrides")
         p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
         p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+        p.add_argument("--model", metavar="PATH_OR_HUB_ID", help="model.path: an alignlab checkpoint, a local "
+                       "transformers model directory or a hub id")
         if name == "grpo":
             p.add_argument("--preflight-only", action="store_true", help="check tokenizer, chat template, rewards "
                            "and learning signal on a pilot batch, estimate the time per step, and stop")
@@ -77,12 +80,13 @@ def _add_audit_rm_parser(sub) -> None:
 def _add_eval_parser(sub) -> None:
     ev = sub.add_parser("eval", help=COMMANDS["eval"])
     ev.add_argument("checkpoint", help="alignlab checkpoint, HF model directory or hub id")
-    ev.add_argument("--task", default="study-plan", help="built-in task whose rules score the samples")
+    ev.add_argument("--task", default="study-plan", help="built-in task whose check judges the samples: study-plan "
+                    "(rule by rule) or gsm8k (pass@k; needs --prompts)")
     ev.add_argument("--samples", type=int, default=5, help="completions per prompt")
     ev.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy")
     ev.add_argument("--max-new-tokens", type=int, default=128)
     ev.add_argument("--prompts", metavar="FILE.jsonl", help="records with a `prompt` field instead of the "
-                    "task's held-out prompts")
+                    "task's held-out prompts (gsm8k: question / answer records)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--device", default="auto")
     ev.add_argument("--batch-size", type=int, default=32, help="sequences generated at once")
@@ -103,13 +107,30 @@ def _add_compare_parser(sub) -> None:
                     "summary.json), checkpoints or run directories (evaluated on the held-out prompts); with "
                     "two, the second is judged against the first")
     co.add_argument("--samples", type=int, default=5, help="samples per prompt for checkpoints evaluated here")
+    co.add_argument("--temperature", type=float, default=0.7, help="sampling temperature for checkpoints")
+    co.add_argument("--max-new-tokens", type=int, default=128, help="token limit for checkpoints")
     co.add_argument("--seed", type=int, default=0)
     co.add_argument("--device", default="auto")
+    co.add_argument("--out", metavar="DIR", help="also write DIR/compare.html, compare.md (table, pass-rate plot, "
+                    "verdict) and each checkpoint's evaluation under DIR/<n>/")
+
+
+def _add_sweep_parser(sub) -> None:
+    sw = sub.add_parser("sweep", help=COMMANDS["sweep"])
+    sw.add_argument("recipe", help="sweep recipe YAML: base GRPO recipe, policy, set, variants and/or grid, seeds, "
+                    "eval, out_dir (see docs in alignlab.sweep)")
+    sw.add_argument("overrides", nargs="*", metavar="key=value", help="GRPO settings applied to every variant")
+    sw.add_argument("--jobs", type=int, default=1, help="runs at once, in separate processes (threads split)")
+    sw.add_argument("--out", metavar="DIR", help="sweep directory (default: the recipe's out_dir)")
+    sw.add_argument("--resume", action="store_true", help="keep finished runs, resume interrupted ones")
+    sw.add_argument("--overwrite", action="store_true", help="replace an existing sweep directory")
+    sw.add_argument("--dry-run", action="store_true", help="check every run's config, print the plan and stop")
 
 
 def _add_command_parsers(sub) -> None:
     """Commands whose parser is built by its own helper (keeps build_parser short)."""
-    for add_parser in (_add_audit_rm_parser, _add_eval_parser, _add_check_parser, _add_compare_parser):
+    for add_parser in (_add_audit_rm_parser, _add_eval_parser, _add_check_parser, _add_compare_parser,
+                       _add_sweep_parser):
         add_parser(sub)
 
 
@@ -161,8 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _recipe_and_overrides(args) -> tuple[str | None, list[str]]:
+    """The recipe (a first argument without "="), then the overrides; `model=X` and `--model X` mean
+    model.path=X, as in the commands that take a checkpoint."""
     recipe = args.args[0] if args.args and "=" not in args.args[0] else None
-    return recipe, (args.args[1:] if recipe else args.args)
+    overrides = [f"model.path={a.partition('=')[2]}" if a.startswith("model=") else a
+                 for a in (args.args[1:] if recipe else args.args)]
+    if getattr(args, "model", None):
+        overrides.append(f"model.path={args.model}")
+    return recipe, overrides
 
 
 def cmd_train(args) -> int:
@@ -232,7 +259,6 @@ def cmd_eval(args) -> int:
     from alignlab.model.checkpoint import load_model
     from alignlab.runtime import resolve_device
 
-    held_out = task_prompts(args.task)
     for key in ("samples", "max_new_tokens", "batch_size"):
         if getattr(args, key) < 1:
             raise UserError(f"expected a positive integer, got {getattr(args, key)}", key="--" + key.replace("_", "-"))
@@ -240,6 +266,9 @@ def cmd_eval(args) -> int:
     out = Path(args.out).expanduser() if args.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise UserError("exists and is not a directory", file=str(out))
+    if args.task != "study-plan":
+        return _eval_task(args, gen, out)
+    held_out = task_prompts(args.task)
     prompts = read_prompts(args.prompts) if args.prompts else held_out
     device = resolve_device(args.device)
     model, tokenizer = load_model(args.checkpoint, device=device)
@@ -255,6 +284,30 @@ def cmd_eval(args) -> int:
                 "samples_per_prompt": args.samples, "temperature": args.temperature,
                 "max_new_tokens": args.max_new_tokens, "seed": args.seed}
         write_eval(out, name, samples, summary, verdict, info)
+        print(f"wrote {out / 'samples.jsonl'}, {out / 'summary.md'} and {out / 'summary.json'}")
+    return 0
+
+
+def _eval_task(args, gen, out: Path | None) -> int:
+    """`alignlab eval` of a task other than the study plan: its own check, pass@k."""
+    from alignlab.eval.task_eval import evaluate_task, format_task_summary, write_task_eval
+    from alignlab.model.checkpoint import load_model
+    from alignlab.runtime import resolve_device
+    from alignlab.tasks.registry import get_task
+
+    task = get_task(args.task)
+    examples = task.held_out_examples(args.prompts or "")
+    if not examples:
+        raise UserError(f"task {args.task} has no built-in held-out examples: pass --prompts FILE.jsonl",
+                        key="--prompts")
+    model, tokenizer = load_model(args.checkpoint, device=resolve_device(args.device))
+    records, summary = evaluate_task(model, tokenizer, task, examples, args.samples, gen, args.seed, args.batch_size)
+    print(f"eval: {args.checkpoint}, temperature {args.temperature}, max {args.max_new_tokens} new tokens")
+    print(format_task_summary(summary))
+    if out is not None:
+        info = {"checkpoint": args.checkpoint, "task": args.task, "prompts": args.prompts,
+                "temperature": args.temperature, "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+        write_task_eval(out, records, summary, info)
         print(f"wrote {out / 'samples.jsonl'}, {out / 'summary.md'} and {out / 'summary.json'}")
     return 0
 
@@ -285,13 +338,23 @@ def cmd_compare(args) -> int:
     from alignlab.runtime import resolve_device
 
     device = resolve_device(args.device)
-    loaded = {arg: load_or_evaluate(arg, samples_per_prompt=args.samples, seed=args.seed, device=device)
+    if len(set(args.runs)) != len(args.runs):
+        raise UserError("the same path is given twice", key="runs")
+    loaded = {arg: load_or_evaluate(arg, samples_per_prompt=args.samples, seed=args.seed, device=device,
+                                    temperature=args.temperature, max_new_tokens=args.max_new_tokens)
               for arg in args.runs}
     print(format_table({arg: summary for arg, (summary, _) in loaded.items()}))
+    verdict = None
     if len(args.runs) == 2:
         (before, _), (after, after_samples) = loaded[args.runs[0]], loaded[args.runs[1]]
+        verdict = compare_verdict(before, after, after_samples or [])
         print(f"{args.runs[1]} against {args.runs[0]}:")
-        print(format_verdict(compare_verdict(before, after, after_samples or [])))
+        print(format_verdict(verdict))
+    if args.out:
+        from alignlab.eval.sweep_report import write_compare_report
+
+        html, _ = write_compare_report(Path(args.out), loaded, verdict)
+        print(f"report: {html}")
     return 0
 
 
@@ -338,9 +401,21 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from alignlab.sweep import plan, read_sweep, run_sweep
+
+    sweep = read_sweep(args.recipe, args.overrides, args.out)
+    if args.dry_run:
+        print(plan(sweep))
+        return 0
+    run_sweep(sweep, jobs=args.jobs, resume=args.resume, overwrite=args.overwrite)
+    return 0
+
+
 HANDLERS = {**dict.fromkeys(TRAINERS, cmd_train), "score": cmd_score, "audit-rm": cmd_audit_rm,
             "eval": cmd_eval, "check": cmd_check, "compare": cmd_compare,
-            "generate": cmd_generate, "export": cmd_export, "report": cmd_report, "demo": cmd_demo}
+            "generate": cmd_generate, "export": cmd_export, "report": cmd_report, "demo": cmd_demo,
+            "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:

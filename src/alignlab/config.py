@@ -243,11 +243,13 @@ class RewardConfig:
     rules_weight: float = knob(1.0, "weight of the rule reward in the total; 0 = reward model only")
     model: str = knob("", "reward model checkpoint (alignlab train-rm output); empty = rules only")
     model_weight: float = knob(1.0, "weight of the reward model's score in the total")
+    function: str = knob("", 'your reward function, "file.py:name" or "package.module:name", TRL signature')
+    function_weight: float = knob(1.0, "weight of reward.function in the total")
 
     def __post_init__(self):
-        _check(self, ">= 0", lambda v: v >= 0, "rules_weight", "model_weight")
-        if self.rules_weight == 0 and not self.model:
-            raise ValueError("rules_weight must be > 0 when no reward model is set (reward.model), got 0")
+        _check(self, ">= 0", lambda v: v >= 0, "rules_weight", "model_weight", "function_weight")
+        if self.rules_weight == 0 and not (self.model or self.function):
+            raise ValueError("rules_weight must be > 0 when neither reward.model nor reward.function is set, got 0")
 
 
 @dataclass(frozen=True)
@@ -258,7 +260,11 @@ class GRPOConfig:
     prompts; names follow TRL's GRPOConfig where TRL has the knob.
     """
 
-    task: Literal["study-plan"] = knob("study-plan", "built-in task: train / held-out prompts and the pass check")
+    task: Literal["study-plan", "gsm8k"] = knob("study-plan", "built-in task: examples, pass check and reward")
+    data: str = knob("", "the task's train examples (JSONL); empty = its built-in prompts (gsm8k needs a file)")
+    eval_data: str = knob("", "held-out examples (JSONL); empty = the task's built-in held-out prompts, if any")
+    backend: Literal["alignlab", "trl"] = knob("alignlab", "training engine: alignlab's, or TRL's GRPOTrainer "
+                                                           "(pip install 'alignlab[trl]') with alignlab's rewards")
     prompts: int = knob(0, "train prompts used (the first N of the task's); 0 = all")
     num_generations: int = knob(8, "completions per prompt (the group size G)")
     num_iterations: int = knob(1, "optimizer steps on each generation batch (mu); > 1 reuses old log-probs")

@@ -119,6 +119,13 @@ def test_compare_accepts_a_checkpoint_directly(untrained_ckpt, tmp_path, capsys)
     prompts = _one_prompt_file(tmp_path)
     assert _eval(untrained_ckpt, tmp_path / "first", "--prompts", str(prompts)) == 0
     capsys.readouterr()
-    assert main(["compare", str(tmp_path / "first"), str(untrained_ckpt), "--samples", "1", "--device", "cpu"]) == 0
+    report = tmp_path / "cmp"
+    assert main(["compare", str(tmp_path / "first"), str(untrained_ckpt), "--samples", "1", "--device", "cpu",
+                 "--max-new-tokens", "16", "--out", str(report)]) == 0
     out = capsys.readouterr().out
     assert str(untrained_ckpt) in out.splitlines()[0] and "pass rate" in out
+    samples = [json.loads(line) for line in (report / "2" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == len(held_out_prompts())  # the checkpoint: every held-out prompt, one sample each
+    page = (report / "compare.html").read_text()
+    assert "data:image/png;base64," in page and "verdict" in page
+    assert (report / "compare_files" / "pass_rate.png").is_file()

@@ -13,17 +13,7 @@ from safetensors.torch import load_file
 from alignlab.cli import main
 from alignlab.config import GRPOConfig, load_config
 from alignlab.errors import UserError
-from alignlab.model.checkpoint import save_model
 from alignlab.trainers.grpo import grpo
-
-
-@pytest.fixture
-def policy_dir(tmp_path, tiny_gpt, byte_tok):
-    """A random tiny native GPT with the byte tokenizer (its chat template included), saved as a checkpoint."""
-    path = tmp_path / "policy"
-    path.mkdir()
-    save_model(tiny_gpt, byte_tok, path)
-    return path
 
 
 def _cfg(policy_dir, out, *extra):
@@ -103,3 +93,27 @@ def test_bad_grpo_configs_are_user_errors(policy_dir, tmp_path, capsys):
         grpo(load_config(GRPOConfig, None, [f"run.out_dir={tmp_path / 'b'}"]), quiet=True)
     assert main(["grpo", "num_generations=1"]) == 2
     assert "num_generations must be >= 2" in capsys.readouterr().err
+
+
+def test_a_users_reward_function_from_a_file_joins_the_total(policy_dir, tmp_path):
+    rewards = tmp_path / "my_rewards.py"
+    rewards.write_text("def brevity(prompts, completions, **kwargs):\n"
+                       "    return [-len(c) / 100 for c in completions]\n", encoding="utf-8")
+    run = grpo(_cfg(policy_dir, tmp_path / "run", f"reward.function={rewards}:brevity", "reward.function_weight=0.5",
+                    "steps=1"), quiet=True)
+    step = _records(run)[-1]
+    assert step["reward/brevity"] < 0 and "reward/rules" in step
+    with gzip.open(run / "rollouts.jsonl.gz", "rt", encoding="utf-8") as handle:
+        first = json.loads(handle.readline())
+    assert first["parts"]["brevity"] == pytest.approx(-len(first["completion"]) / 100)
+    assert first["reward"] == pytest.approx(first["parts"]["rules"] + 0.5 * first["parts"]["brevity"])
+
+
+@pytest.mark.parametrize(("spec", "message"), [("nocolon", "expected 'file.py:function'"),
+                                               ("missing.py:f", "no such file"),
+                                               ("alignlab.tasks.gsm8k:nothing", "no callable 'nothing'"),
+                                               ("no_such_module_xyz:f", "cannot import")])
+def test_bad_reward_function_specs_are_user_errors(policy_dir, tmp_path, spec, message):
+    with pytest.raises(UserError, match=message):
+        grpo(_cfg(policy_dir, tmp_path / "run", f"reward.function={spec}"), quiet=True)
+    assert not (tmp_path / "run").exists()

@@ -238,7 +238,7 @@ _ROWS: tuple[tuple[str, Callable[[EvalSummary], str]], ...] = (
 )
 
 
-def _table_rows(summaries: Mapping[str, EvalSummary]) -> list[list[str]]:
+def table_rows(summaries: Mapping[str, EvalSummary]) -> list[list[str]]:
     """Header row, then one row per metric and per rule ("fails: <rule>"), one column per summary."""
     rows = [["metric", *summaries]]
     rows += [[label, *(show(s) for s in summaries.values())] for label, show in _ROWS]
@@ -259,7 +259,7 @@ def _aligned(row: list[str], widths: list[int]) -> str:
 
 def format_table(summaries: Mapping[str, EvalSummary]) -> str:
     """A plain-text table for the terminal: one row per metric, one column per named summary."""
-    rows = _table_rows(summaries)
+    rows = table_rows(summaries)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [_aligned(row, widths) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -268,7 +268,7 @@ def format_table(summaries: Mapping[str, EvalSummary]) -> str:
 
 def markdown_table(summaries: Mapping[str, EvalSummary]) -> str:
     """The same table in GitHub markdown (metric column left-aligned, values right-aligned)."""
-    rows = _table_rows(summaries)
+    rows = table_rows(summaries)
     escaped = [[cell.replace("|", "\\|") for cell in row] for row in rows]
     lines = ["| " + " | ".join(row) + " |" for row in escaped]
     lines.insert(1, "|" + "|".join([":---", *(["---:"] * (len(rows[0]) - 1))]) + "|")

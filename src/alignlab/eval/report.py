@@ -32,12 +32,13 @@ import yaml
 
 from alignlab.data.sources import read_jsonl_records
 from alignlab.errors import UserError
-from alignlab.eval.metrics import EvalSummary, ScoredSample, _table_rows, markdown_table
+from alignlab.eval.metrics import EvalSummary, ScoredSample, markdown_table, table_rows
 from alignlab.eval.sampling_eval import load_or_evaluate
 from alignlab.eval.verdict import Verdict, compare_verdict, log_verdict
 from alignlab.rewards.base import MODES, study_plan_reward
 
-__all__ = ["plot_curves", "read_metrics", "write_report"]
+__all__ = ["evaluation_verdict", "figures_section", "note", "plot_curves", "read_metrics", "table_section",
+           "verdict_section", "write_pages", "write_report"]
 
 SIDE_BY_SIDE = 6  # held-out prompts shown before | after
 DPI = 100
@@ -59,6 +60,7 @@ IMAGE_CHECK = ("<script>addEventListener('load',function(){var m=document.images
                "if(m[i].complete&&m[i].naturalWidth>0)n++;document.body.dataset.images=n+'/'+m.length})</script>")
 
 Section = tuple[str, str]  # (markdown, html)
+Figure = tuple[str, str, bytes]  # (file name, caption, PNG)
 Evaluation = tuple[EvalSummary, list[ScoredSample]]
 esc = html.escape
 
@@ -143,7 +145,7 @@ def _draw(ax, records: Sequence[Mapping], key: str, band) -> None:
         ax.fill_between(band_steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
 
 
-def plot_curves(records: Sequence[Mapping]) -> list[tuple[str, str, bytes]]:
+def plot_curves(records: Sequence[Mapping]) -> list[Figure]:
     """(name, caption, PNG bytes) of each figure with at least one curve of MIN_POINTS values."""
     from matplotlib.figure import Figure  # lazy: matplotlib is slow to import and only reports need it
 
@@ -215,6 +217,11 @@ def _fenced(text: str) -> str:
     return f"{fence}text\n{text}\n{fence}"
 
 
+def table_section(rows: Sequence[Sequence[str]], cls: str = "") -> Section:
+    """A table (header row first) as markdown and HTML; `cls` "num" right-aligns all but the first column."""
+    return _md_table(rows), _html_table(rows, cls)
+
+
 def _md_table(rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(_md(cell) for cell in row) + " |" for row in rows]
     lines.insert(1, "|" + "|".join(":---" for _ in rows[0]) + "|")
@@ -227,32 +234,38 @@ def _html_table(rows: Sequence[Sequence[str]], cls: str = "") -> str:
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _note(text: str) -> Section:
+def note(text: str) -> Section:
+    """A one-line italic note (a section whose input is missing)."""
     return f"_{_md(text)}_", f'<p class="note">{esc(text)}</p>'
 
 
 def _config_section(config_text: str, config: Mapping) -> Section:
     if not config:
-        return _note("config.yaml: missing or empty")
+        return note("config.yaml: missing or empty")
     rows = _config_rows(config)
     return (_md_table(rows),
             _html_table(rows) + f"<details><summary>full config.yaml</summary><pre>{esc(config_text)}</pre></details>")
 
 
-def _curves_section(figures: Sequence[tuple[str, str, bytes]]) -> Section:
-    if not figures:
-        return _note(f"no curves: metrics.jsonl has fewer than {MIN_POINTS} values of every plotted key")
-    md = [f"![{_md(caption)}](report_files/{name}.png)" for name, caption, _ in figures]
+def figures_section(figures: Sequence[Figure], folder: str = "report_files") -> Section:
+    """The figures as markdown images under `folder`/<name>.png and as inline HTML images."""
+    md = [f"![{_md(caption)}]({folder}/{name}.png)" for name, caption, _ in figures]
     page = [f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
             f"<figcaption>{esc(caption)}</figcaption></figure>" for name, caption, png in figures]
     return "\n\n".join(md), "".join(page)
 
 
+def _curves_section(figures: Sequence[Figure]) -> Section:
+    if not figures:
+        return note(f"no curves: metrics.jsonl has fewer than {MIN_POINTS} values of every plotted key")
+    return figures_section(figures)
+
+
 def _table_section(before: Evaluation | None, after: Evaluation | None) -> Section:
     summaries = {name: e[0] for name, e in (("before", before), ("after", after)) if e is not None}
     if not summaries:
-        return _note("no evaluations: run `alignlab eval --out` into eval_before/ and eval_after/")
-    return markdown_table(summaries), _html_table(_table_rows(summaries), "num")
+        return note("no evaluations: run `alignlab eval --out` into eval_before/ and eval_after/")
+    return markdown_table(summaries), _html_table(table_rows(summaries), "num")
 
 
 def _tags(sample: ScoredSample) -> list[str]:
@@ -281,7 +294,7 @@ def _sample_html(sample: ScoredSample, heading: str = "") -> str:
             f"<ul>{reasons}</ul></div>")
 
 
-def _verdict_section(heading: str, verdict: Verdict) -> Section:
+def verdict_section(heading: str, verdict: Verdict) -> Section:
     md = [f"### {heading}", "", f"**verdict: {verdict.label}**", ""]
     md += [f"- flag: {_md(flag)}" for flag in verdict.flags] + [f"- {_md(note)}" for note in verdict.notes]
     page = [f'<h3>{esc(heading)}</h3><p><span class="badge label-{LABEL_CLASS.get(verdict.label, "neutral")}">'
@@ -304,26 +317,33 @@ def _trained_reward(config: Mapping, samples: Sequence[ScoredSample]) -> float |
     return sum(fn.score(s.prompt, s.completion) for s in samples) / len(samples)
 
 
+def evaluation_verdict(before: Evaluation, after: Evaluation, config: Mapping) -> Verdict:
+    """`compare_verdict` of two evaluations, its reward being the rule reward the run trained on
+    (`config`'s reward.mode) when the samples can be re-scored with it, else the sharp reward."""
+    trained = _trained_reward(config, before[1]), _trained_reward(config, after[1])
+    if None in trained:
+        return compare_verdict(before[0], after[0], after[1])
+    return compare_verdict(before[0], after[0], after[1], *trained)
+
+
 def _verdicts(before: Evaluation | None, after: Evaluation | None, records: Sequence[Mapping],
               config: Mapping) -> list[Section]:
     if before is not None and after is not None:
-        trained = _trained_reward(config, before[1]), _trained_reward(config, after[1])
-        verdict = compare_verdict(before[0], after[0], after[1], *trained) if None not in trained else \
-            compare_verdict(before[0], after[0], after[1])
-        first = _verdict_section("Evaluations, before -> after (reward: the one trained on)", verdict)
+        first = verdict_section("Evaluations, before -> after (reward: the one trained on)",
+                                evaluation_verdict(before, after, config))
     else:
-        first = _note("no evaluation verdict: it needs both eval_before/ and eval_after/")
-    return [first, _verdict_section("Training log (metrics.jsonl)", log_verdict(records))]
+        first = note("no evaluation verdict: it needs both eval_before/ and eval_after/")
+    return [first, verdict_section("Training log (metrics.jsonl)", log_verdict(records))]
 
 
 def _samples_section(before: Evaluation | None, after: Evaluation | None) -> Section:
     if before is None or after is None:
-        return _note("no side-by-side samples: they need both eval_before/ and eval_after/")
+        return note("no side-by-side samples: they need both eval_before/ and eval_after/")
     first_before = {s.prompt: s for s in reversed(before[1])}  # reversed: the first sample per prompt wins
     first_after = {s.prompt: s for s in reversed(after[1])}
     prompts = [p for p in dict.fromkeys(s.prompt for s in before[1]) if p in first_after][:SIDE_BY_SIDE]
     if not prompts:
-        return _note("no side-by-side samples: the two evaluations share no prompt")
+        return note("no side-by-side samples: the two evaluations share no prompt")
     md, rows = [], []
     for i, prompt in enumerate(prompts, 1):
         b, a = first_before[prompt], first_after[prompt]
@@ -363,7 +383,13 @@ def write_report(run_dir: str | Path, *, before: str | Path | None = None, after
                 ("Curves", _curves_section(figures)), ("Before / after training", _table_section(*evals)),
                 ("Reward-hacking verdict", *_verdicts(*evals, records, config or {})),
                 ("Held-out samples, before | after", _samples_section(*evals))]
-    line = _run_line(run, records, manifest)
+    return write_pages(run, "report", title, _run_line(run, records, manifest), sections, figures)
+
+
+def write_pages(out: Path, stem: str, title: str, line: str, sections: Sequence[tuple[str, Section]],
+                figures: Sequence[Figure]) -> tuple[Path, Path]:
+    """Write out/<stem>.html (self-contained) and out/<stem>.md with its figures under
+    out/<stem>_files/, each file atomically; `sections` are (heading, section, ...) tuples."""
     md = [f"# {_md(title)}", "", _md(line)]
     page = [f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
             f"<style>{CSS}</style>{IMAGE_CHECK}</head><body><h1>{esc(title)}</h1><p>{esc(line)}</p>"]
@@ -371,10 +397,10 @@ def write_report(run_dir: str | Path, *, before: str | Path | None = None, after
         md += ["", f"## {heading}", *("\n" + part[0] for part in parts)]
         page += [f"<h2>{esc(heading)}</h2>", *(part[1] for part in parts)]
     if figures:
-        (run / "report_files").mkdir(exist_ok=True)
+        (out / f"{stem}_files").mkdir(exist_ok=True)
         for name, _, png in figures:
-            _write_atomic(run / "report_files" / f"{name}.png", png)
-    paths = run / "report.html", run / "report.md"
+            _write_atomic(out / f"{stem}_files" / f"{name}.png", png)
+    paths = out / f"{stem}.html", out / f"{stem}.md"
     _write_atomic(paths[0], ("".join(page) + "</body></html>\n").encode("utf-8"))
     _write_atomic(paths[1], ("\n".join(md) + "\n").encode("utf-8"))
     return paths

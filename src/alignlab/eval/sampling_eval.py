@@ -134,7 +134,7 @@ def write_samples(path: str | Path, samples: Sequence[ScoredSample], extras: Seq
 
 
 def load_or_evaluate(arg: str, *, samples_per_prompt: int = 5, temperature: float = 0.7, seed: int = 0,
-                     device="cpu") -> tuple[EvalSummary, list[ScoredSample] | None]:
+                     device="cpu", max_new_tokens: int = 128) -> tuple[EvalSummary, list[ScoredSample] | None]:
     """(summary, scored samples) for `alignlab compare`: an `eval --out` directory (or its summary.json)
     is read; a checkpoint or a run directory (its checkpoints/final) is evaluated on the task's
     held-out prompts with the eval defaults, so runs of different training compare on one eval set."""
@@ -148,7 +148,7 @@ def load_or_evaluate(arg: str, *, samples_per_prompt: int = 5, temperature: floa
     if not (model_dir / "config.json").is_file():
         raise UserError("expected an `alignlab eval --out` directory, a checkpoint or a run directory", file=arg)
     model, tokenizer = load_model(str(model_dir), device=device)
-    gen = GenerationConfig(max_new_tokens=128, temperature=temperature)
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature)
     samples, summary = evaluate_model(model, tokenizer, held_out_prompts(), samples_per_prompt, gen, seed)
     return summary, samples
 

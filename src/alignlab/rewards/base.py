@@ -346,3 +346,39 @@ def combine(rewards: Mapping[str, tuple[RewardFn, float]], name: str = "combined
         if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
             raise UserError(f"expected a finite number as weight, got {weight!r}", key=key)
     return CombinedReward(rewards, name)
+
+
+def load_reward_function(spec: str) -> RewardFn:
+    """The reward function named by `spec`: "path/to/file.py:name" (the file is run as a module) or
+    "package.module:name" (imported). This runs the user's code, as the user asked.
+
+    >>> load_reward_function("alignlab.tasks.gsm8k:format_reward").__name__
+    'format_reward'
+    """
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name.isidentifier():
+        raise UserError(f"expected 'file.py:function' or 'module:function', got {spec!r}", key="reward.function")
+    if where.endswith(".py"):
+        path = Path(where).expanduser()
+        if not path.is_file():
+            raise UserError("no such file", file=str(path), key="reward.function")
+        module_spec = importlib.util.spec_from_file_location(f"alignlab_user_reward_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as err:  # the user's file failed to run: say where
+            raise UserError(f"running it raised {type(err).__name__}: {err}", file=str(path),
+                            key="reward.function") from err
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as err:
+            raise UserError(f"cannot import {where!r}: {err}", key="reward.function") from err
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise UserError(f"{where} has no callable {name!r}", key="reward.function")
+    return fn

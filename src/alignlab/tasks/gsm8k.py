@@ -9,6 +9,11 @@ number as a canonical string (`normalise_number`), so a TRL-style trainer passes
 Numbers are compared as canonical strings, never as floats: `$1,000.00`, `1000` and `1000.0`
 all become "1000"; `2.50` becomes "2.5"; the unicode minus `−12` becomes "-12".
 
+As a task (`task=gsm8k data=train.jsonl eval_data=test.jsonl`): prompts carry an instruction to end
+with `#### <number>`; the pass check is correctness (lenient extraction), with repetition and
+garbled text as degeneration; rewards by mode: naive = correctness, shaped = correctness + 0.2 x
+format, sharp = +1 correct and formatted / -1 degenerate / -0.5 otherwise.
+
 Left out: downloading the data set, tool use (a calculator or code interpreter), few-shot
 prompting, fractions and scientific notation in answers (GSM8K references are plain numbers).
 """
@@ -23,6 +28,8 @@ from pathlib import Path
 from alignlab.data.sources import read_jsonl_records
 from alignlab.errors import UserError
 from alignlab.rewards.base import completion_text
+from alignlab.rewards.penalties import RuleResult, check_garbled, check_repetition
+from alignlab.rewards.rules import StudyPlanVerdict
 
 # A number as written in text: optional sign (not after a word character, so "3-4" is 3 and 4),
 # optional `$`, thousands groups "1,234" or plain digits, optional decimals. "42." stops at 42.
@@ -178,3 +185,63 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     for i in range(n - c + 1, n + 1):
         product *= 1.0 - k / i
     return 1.0 - product
+
+
+INSTRUCTION = "Solve the problem step by step, then give the final answer on the last line as '#### <number>'."
+DEGENERATE_CHECKS = (check_repetition, check_garbled)  # a worked solution may restate the question: no echo check
+
+
+def gsm8k_prompt(question: str) -> str:
+    """The user turn for a GSM8K question: the question, then the answer-format instruction."""
+    return f"{question.strip()}\n\n{INSTRUCTION}"
+
+
+def gsm8k_examples(path: str) -> list[dict[str, str]]:
+    """`{"prompt", "answer"}` records of a GSM8K JSONL, the prompt carrying the format instruction."""
+    if not path:
+        raise UserError("the gsm8k task reads its questions from a file: set data= (and eval_data=) to GSM8K "
+                        "JSONL files with question / answer fields", key="data")
+    return [{"prompt": gsm8k_prompt(r["prompt"]), "answer": r["answer"]} for r in read_gsm8k(path)]
+
+
+def gsm8k_verdict(prompt: str, completion: str, answer: str = "") -> StudyPlanVerdict:
+    """Passed: the extracted answer (lenient) equals `answer`; degenerate: token runs or garbled text."""
+    found = extract_answer(completion)
+    reference = _reference(answer, 0)
+    correct = RuleResult(found == reference, float(found == reference),
+                         () if found == reference else (f"answer {found!r}, expected {reference!r}",))
+    reasons = tuple(r for check in DEGENERATE_CHECKS for r in check(prompt, completion).reasons)
+    return StudyPlanVerdict({"correct": correct}, reasons)
+
+
+def sharp_reward(prompts: Sequence, completions: Sequence, answer: Sequence, **kwargs) -> list[float]:
+    """+1 for a correct answer on a last line `#### <number>` (`format_reward`); -1 for a degenerate
+    completion (token runs, garbled text); -0.5 otherwise (wrong, missing, or right but unformatted).
+
+    >>> sharp_reward(["q"] * 3, ["2 + 2 = 4\\n#### 4", "The answer is 4.", "#### 5"], answer=["4"] * 3)
+    [1.0, -0.5, -0.5]
+    """
+    scores = []
+    formatted = format_reward(prompts, completions)
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        text = completion_text(c)
+        if any(not check(str(p), text).passed for check in DEGENERATE_CHECKS):
+            scores.append(-1.0)
+        else:
+            right = formatted[i] == 1.0 and extract_answer(text, strict=True) == _reference(answer[i], i)
+            scores.append(1.0 if right else -0.5)
+    return scores
+
+
+def gsm8k_reward(mode: str = "sharp"):
+    """naive: correctness (lenient: the last number counts); shaped: correctness + 0.2 x format;
+    sharp: `sharp_reward`. Each takes the `answer` column as a keyword, as TRL passes it."""
+    from alignlab.rewards.base import MODES, combine
+
+    if mode == "naive":
+        return correctness_reward
+    if mode == "shaped":
+        return combine({"correct": (correctness_reward, 1.0), "format": (format_reward, 0.2)}, name="gsm8k_shaped")
+    if mode == "sharp":
+        return sharp_reward
+    raise UserError(f"unknown reward mode {mode!r}; expected one of {', '.join(MODES)}", key="mode")

@@ -14,8 +14,10 @@ prompt, judged by the task's check: `eval/pass_rate` with its 95% Wilson bounds,
 and the training reward. That held-out pass rate, not the training reward, is what says
 whether the policy learned the task or the reward's loopholes.
 
-Left out: multi-process training (the scale-out issue), LoRA, TRL as the engine (`backend=trl`,
-the experiments issue).
+With `backend=trl` the same recipe trains through TRL's GRPOTrainer (`backends/trl.py`); the
+policy load, rewards, evaluation, metrics and run directory stay alignlab's.
+
+Left out: multi-process training (the scale-out issue), LoRA.
 """
 
 from __future__ import annotations
@@ -73,17 +75,18 @@ def make_loss(model, cfg: GRPOConfig):
     return compute_loss
 
 
-def make_evaluate(model, tokenizer, cfg: GRPOConfig, prompts: list[str], scorer: Scorer, device):
+def make_evaluate(model, tokenizer, cfg: GRPOConfig, examples: list[dict], scorer: Scorer, device):
     """Held-out evaluation: pass rate (+ Wilson bounds), degeneration and reward of fresh samples."""
 
     def evaluate() -> dict:
-        rows = [p for p in prompts for _ in range(cfg.eval_samples)]
+        rows = [e for e in examples for _ in range(cfg.eval_samples)]
+        prompts = [e["prompt"] for e in rows]
         generator = make_generator(cfg.run.seed + EVAL_SEED_OFFSET, device)
         was_training = model.training
         model.eval()
         texts = []
         for start in range(0, len(rows), cfg.run.batch_size):
-            texts += generate(model, tokenizer, rows[start:start + cfg.run.batch_size], cfg.generation,
+            texts += generate(model, tokenizer, prompts[start:start + cfg.run.batch_size], cfg.generation,
                               generator).texts
         model.train(was_training)
         totals, _, _, verdicts = scorer(rows, texts)
@@ -103,10 +106,12 @@ def load_policy(cfg: GRPOConfig, device):
         raise UserError("GRPO needs a policy to start from: set model.path to an alignlab checkpoint, "
                         "a transformers model directory or a hub id (e.g. an `alignlab sft` run's "
                         "checkpoints/final)", key="model.path")
-    model, tokenizer = load_model(cfg.model.path, engine=cfg.model.engine, dtype=parse_dtype(cfg.model.dtype),
+    engine = "hf" if cfg.backend == "trl" else cfg.model.engine  # TRL trains a transformers model
+    model, tokenizer = load_model(cfg.model.path, engine=engine, dtype=parse_dtype(cfg.model.dtype),
                                   device=device, trust_remote_code=cfg.model.trust_remote_code)
     reference = None
-    if cfg.beta > 0:  # the initial policy, frozen; with beta = 0 no second copy exists
+    # The initial policy, frozen; with beta = 0 no second copy exists, and TRL keeps its own.
+    if cfg.beta > 0 and cfg.backend == "alignlab":
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     return model, tokenizer, reference
 
@@ -117,20 +122,24 @@ def grpo(cfg: GRPOConfig, *, resume: bool = False, overwrite: bool = False, quie
 
     With `preflight_only`, run the preflight checks, print them and return None (no run directory).
     """
+    if cfg.backend == "trl":
+        from alignlab.backends.trl import check_supported
+
+        check_supported(cfg)
     task = get_task(cfg.task)
     runtime = resolve_runtime(cfg.run.device, cfg.run.precision)
-    train = task.train_prompts()[: cfg.prompts or None]
-    held_out = task.held_out_prompts()[: cfg.eval_prompts or None]
+    train = task.train_examples(cfg.data)[: cfg.prompts or None]
+    held_out = task.held_out_examples(cfg.eval_data)[: cfg.eval_prompts or None]
     if len(train) < 1:
-        raise UserError("no train prompts", key="prompts")
+        raise UserError("no train examples", key="prompts")
     model, tokenizer, reference = load_policy(cfg, runtime.device)
     scorer = Scorer(task, cfg.reward, runtime.device)
     compute_loss = make_loss(model, cfg)
     if preflight_only or (cfg.preflight and not resume):
         pilot = RolloutSource(cfg, model, tokenizer, train, scorer, runtime.device, None, reference)
-        pilot_prompts = (train * cfg.prompts_per_step)[: cfg.prompts_per_step]
+        pilot_examples = (train * cfg.prompts_per_step)[: cfg.prompts_per_step]
         with runtime.autocast():
-            report = preflight(pilot, compute_loss, model, pilot_prompts, cfg.run.seed)
+            report = preflight(pilot, compute_loss, model, pilot_examples, cfg.run.seed)
         if not quiet:
             print(report.format(cfg.run.steps), flush=True)
         if preflight_only:
@@ -145,6 +154,10 @@ def grpo(cfg: GRPOConfig, *, resume: bool = False, overwrite: bool = False, quie
               f"completions per step, reward {scorer.reward.__name__}({', '.join(scorer.reward.rewards)}; "
               f"mode {cfg.reward.mode}), beta {cfg.beta}, {runtime.device} -> {run.root}")
     evaluate = make_evaluate(model, tokenizer, cfg, held_out, scorer, runtime.device) if held_out else None
+    if cfg.backend == "trl":
+        from alignlab.backends.trl import grpo_trl
+
+        return grpo_trl(cfg, model, tokenizer, train, scorer, run, evaluate, resume=resume, quiet=quiet)
     spec = TrainSpec(model, source, compute_loss, lambda d: save_model(model, tokenizer, d), evaluate=evaluate,
                      status=grpo_status)
     loop = Loop(spec, cfg.optim, cfg.run, runtime, run)

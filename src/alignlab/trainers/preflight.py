@@ -63,22 +63,22 @@ def _tokenizer_checks(tokenizer, prompt: str) -> list[tuple[str, bool, str]]:
     return checks
 
 
-def preflight(source, compute_loss, model, prompts: list[str], seed: int) -> PreflightReport:
-    """Run the checks with `source` (a RolloutSource) on a pilot batch of `prompts`; see the module doc.
+def preflight(source, compute_loss, model, examples: list[dict], seed: int) -> PreflightReport:
+    """Run the checks with `source` (a RolloutSource) on a pilot batch of `examples`; see the module doc.
 
     `compute_loss(batch) -> (loss, metrics)` is the trainer's own, timed with one backward whose
     gradients are dropped. Fails (UserError) on a broken tokenizer or reward; warns on weak signal.
     """
-    report = PreflightReport(checks=_tokenizer_checks(source.tokenizer, prompts[0]))
+    report = PreflightReport(checks=_tokenizer_checks(source.tokenizer, examples[0]["prompt"]))
     failed = [f"{name}: {detail}" for name, ok, detail in report.checks if not ok]
     if failed:
         raise UserError("preflight failed: " + "; ".join(failed), key="model.path")
     generator = torch.Generator(device=source.device).manual_seed(seed + 7919)
-    batch, _, _ = source.generate_batch(prompts, generator)  # raises RewardContractError on a broken reward
+    batch, _, _ = source.generate_batch(examples, generator)  # raises RewardContractError on a broken reward
     report.checks.append(("rewards", True, f"{len(batch.advantages)} completions scored by "
                           f"{', '.join(source.scorer.reward.rewards)}"))
     started = time.perf_counter()  # timed again: the first call pays one-off kernel and allocator warm-up
-    source.generate_batch(prompts, generator)
+    source.generate_batch(examples, generator)
     making = time.perf_counter() - started  # sampling, scoring, old and reference log-probs
     m = batch.metrics
     report.metrics = m

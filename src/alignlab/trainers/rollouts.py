@@ -41,18 +41,19 @@ from alignlab.data.tokenizer import Tokenizer
 from alignlab.generation.engine import Rollout, generate
 from alignlab.model.gpt import GPT
 from alignlab.model.hf import completion_logits, grouped_completion_logits
-from alignlab.rewards.base import Reward, combine
+from alignlab.rewards.base import Reward, combine, load_reward_function, reward_name
 from alignlab.tasks.registry import Task
 
 LEDGER = "rollouts.jsonl.gz"
 
 
 class Scorer:
-    """The configured reward (rules, a reward model, or their weighted sum) plus the task's verdict."""
+    """The configured reward (the task's rules, a reward model, a user's function: their weighted sum)
+    plus the task's verdict."""
 
     def __init__(self, task: Task, cfg: RewardConfig, device):
         self.task = task
-        self.rules: Reward | None = task.reward(cfg.mode) if cfg.rules_weight > 0 else None
+        self.rules: Reward | None = task.reward(cfg.mode) if cfg.rules_weight > 0 else None  # or any RewardFn
         parts = {"rules": (self.rules, cfg.rules_weight)} if self.rules else {}
         if cfg.model:
             from alignlab.model.heads import load_reward_model
@@ -60,13 +61,20 @@ class Scorer:
 
             rm, rm_tokenizer = load_reward_model(cfg.model, device=device)
             parts["reward_model"] = (RewardModelReward(rm.eval(), rm_tokenizer), cfg.model_weight)
+        if cfg.function:
+            fn = load_reward_function(cfg.function)
+            parts[reward_name(fn)] = (fn, cfg.function_weight)
         self.reward = combine(parts, name="reward")
 
-    def __call__(self, prompts: Sequence[str], completions: Sequence[str]):
-        """(totals with None for abstentions, {part: values}, rule breakdown rows or None, verdicts)."""
-        scores = self.reward.score(prompts, completions)
-        rows = self.rules.breakdown(prompts, completions) if self.rules else None
-        verdicts = [self.task.check(p, c) for p, c in zip(prompts, completions, strict=True)]
+    def __call__(self, examples: Sequence[dict], completions: Sequence[str]):
+        """(totals with None for abstentions, {part: values}, rule breakdown rows or None, verdicts) of
+        one completion per example; the task's columns reach the rewards as keyword lists."""
+        prompts = [e["prompt"] for e in examples]
+        columns = self.task.row_columns(list(examples))
+        scores = self.reward.score(prompts, completions, **columns)
+        rows = self.rules.breakdown(prompts, completions) if hasattr(self.rules, "breakdown") else None
+        verdicts = [self.task.check(e["prompt"], c, **{k: e[k] for k in self.task.columns})
+                    for e, c in zip(examples, completions, strict=True)]
         return scores.total, scores.parts, rows, verdicts
 
 
@@ -172,10 +180,10 @@ class Ledger:
         tmp.replace(self.path)
 
 
-def _ledger_records(step: int, group_size: int, prompts, rollout: Rollout, totals, parts, verdicts) -> list[dict]:
+def _ledger_records(step: int, group_size: int, examples, rollout: Rollout, totals, parts, verdicts) -> list[dict]:
     records = []
-    for i, (prompt, text, verdict) in enumerate(zip(prompts, rollout.texts, verdicts, strict=True)):
-        records.append({"step": step, "group": i // group_size, "prompt": prompt, "completion": text,
+    for i, (example, text, verdict) in enumerate(zip(examples, rollout.texts, verdicts, strict=True)):
+        records.append({"step": step, "group": i // group_size, **example, "completion": text,
                         "reward": totals[i], "parts": {k: v[i] for k, v in parts.items()},
                         "passed": verdict.passed, "failed": list(verdict.failed), "reasons": list(verdict.reasons),
                         "degenerate": list(verdict.degenerate_reasons), "truncated": bool(rollout.truncated[i]),
@@ -213,9 +221,9 @@ def generation_metrics(totals, parts, rows, verdicts, rollout: Rollout, group_si
 class RolloutSource:
     """The GRPO `BatchSource`: generation batches, scored, split into micro-batches (see the module doc)."""
 
-    def __init__(self, cfg: GRPOConfig, model, tokenizer: Tokenizer, prompts: Sequence[str], scorer: Scorer,
+    def __init__(self, cfg: GRPOConfig, model, tokenizer: Tokenizer, examples: Sequence[dict], scorer: Scorer,
                  device, ledger: Ledger | None, reference=None):
-        self.cfg, self.model, self.tokenizer, self.prompts = cfg, model, tokenizer, list(prompts)
+        self.cfg, self.model, self.tokenizer, self.examples = cfg, model, tokenizer, list(examples)
         self.scorer, self.device, self.ledger, self.reference = scorer, device, ledger, reference
         self.micro = cfg.run.batch_size // cfg.optim.grad_accum
         self.uses = cfg.optim.grad_accum * cfg.num_iterations  # micro-batches served per generation
@@ -223,25 +231,25 @@ class RolloutSource:
         self.epoch, self.position, self.generations, self.cursor = 0, 0, 0, 0
         self.batch: GRPOBatch | None = None
 
-    def _next_prompts(self, n: int) -> list[str]:
+    def _next_examples(self, n: int) -> list[dict]:
         chosen = []
         while len(chosen) < n:
-            order = list(range(len(self.prompts)))
+            order = list(range(len(self.examples)))
             random.Random(self.cfg.run.seed * 1_000_003 + self.epoch).shuffle(order)
             take = order[self.position:self.position + n - len(chosen)]
-            chosen += [self.prompts[i] for i in take]
+            chosen += [self.examples[i] for i in take]
             self.position += len(take)
-            if self.position >= len(self.prompts):
+            if self.position >= len(self.examples):
                 self.epoch, self.position = self.epoch + 1, 0
         return chosen
 
-    def generate_batch(self, prompts: Sequence[str], generator: torch.Generator) -> tuple[GRPOBatch, Rollout, list]:
-        """Sample, score and assemble one generation batch for `prompts` (each repeated G times)."""
+    def generate_batch(self, examples: Sequence[dict], generator: torch.Generator) -> tuple[GRPOBatch, Rollout, list]:
+        """Sample, score and assemble one generation batch for `examples` (each repeated G times)."""
         cfg, g = self.cfg, self.cfg.num_generations
-        rows = [p for p in prompts for _ in range(g)]
+        rows = [e for e in examples for _ in range(g)]
         started, was_training = time.perf_counter(), self.model.training
         self.model.eval()
-        rollout = generate(self.model, self.tokenizer, rows, cfg.generation, generator)
+        rollout = generate(self.model, self.tokenizer, [e["prompt"] for e in rows], cfg.generation, generator)
         self.model.train(was_training)
         gen_time = time.perf_counter() - started
         totals, parts, breakdown, verdicts = self.scorer(rows, rollout.texts)
@@ -267,12 +275,12 @@ class RolloutSource:
 
     def next_batch(self) -> GRPOBatch:
         if self.batch is None or self.cursor >= self.uses:
-            prompts = self._next_prompts(self.cfg.prompts_per_step)
-            self.batch, rollout, (totals, parts, verdicts) = self.generate_batch(prompts, self.generator)
+            examples = self._next_examples(self.cfg.prompts_per_step)
+            self.batch, rollout, (totals, parts, verdicts) = self.generate_batch(examples, self.generator)
             self.generations, self.cursor = self.generations + 1, 0
             step = (self.generations - 1) * self.cfg.num_iterations + 1  # first optimizer step using it
             if self.ledger is not None:
-                rows = [p for p in prompts for _ in range(self.cfg.num_generations)]
+                rows = [e for e in examples for _ in range(self.cfg.num_generations)]
                 self.ledger.append(_ledger_records(step, self.cfg.num_generations, rows, rollout, totals, parts,
                                                    verdicts))
         fresh = self.cursor < self.cfg.optim.grad_accum
