@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from alignlab.errors import UserError
+from alignlab.errors import TrainingStopped, UserError
 
 COMMANDS = {
     "pretrain": "train a native GPT (and a BPE tokenizer) on a text file",
@@ -434,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"alignlab {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except TrainingStopped as err:
+        print(f"alignlab {args.command}: stopped: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print(f"alignlab {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -115,6 +115,8 @@ class OptimConfig:
     min_lr_ratio: float = knob(0.1, "final learning rate as a fraction of lr")
     grad_clip: float = knob(1.0, "max global gradient norm; 0 disables")
     grad_accum: int = knob(1, "micro-batches per optimizer step")
+    nan_policy: Literal["stop", "skip_step"] = knob(
+        "stop", "a non-finite loss or gradient norm: stop (the last good checkpoint stays) or skip_step (no update)")
 
     def __post_init__(self):
         _check(self, "positive", lambda v: v > 0, "lr", "eps")

@@ -238,6 +238,11 @@ def _build(cls: type, prefix: str, entries: dict[str, _Entry], template: Any) ->
     try:
         return cls(**kwargs)
     except ValueError as err:
+        # "steps must be >= 1, got -5": point at the recipe line (or override) that set the field.
+        field, _, rest = str(err).partition(" ")
+        entry = entries.get(prefix + field)
+        if entry is not None:
+            raise UserError(rest, file=entry.file, line=entry.line, key=prefix + field) from None
         raise UserError(str(err), key=prefix.rstrip(".") or None) from None
 
 

@@ -24,3 +24,22 @@ class UserError(Exception):
         if self.key is not None:
             where += f"{self.key}: "
         return where + self.message
+
+
+class TrainingStopped(Exception):
+    """A run stopped on purpose, its last good checkpoint kept: a non-finite loss or gradient
+    (`NonFinite`), or a stop signal (`Interrupted`). The message says where to resume from."""
+
+    exit_code = 1
+
+
+class NonFinite(TrainingStopped):
+    """A non-finite loss or gradient norm under nan_policy=stop."""
+
+
+class Interrupted(TrainingStopped):
+    """SIGINT or SIGTERM: the loop saved a checkpoint after the step in flight and stopped."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM

@@ -84,6 +84,8 @@ class Run:
         if overwrite and not resume and root.exists():
             shutil.rmtree(root)
         (root / "checkpoints").mkdir(parents=True, exist_ok=True)
+        for stale in (root / "checkpoints").glob(".*"):  # a killed process's half-written checkpoint
+            shutil.rmtree(stale, ignore_errors=True)
         (root / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
         manifest = {
             "config_hash": config_hash(config),
@@ -135,6 +137,24 @@ class Run:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     writer.add_scalar(key, value, step)
+
+    def keep_metrics_until(self, step: int) -> None:
+        """Cut metrics.jsonl back to records of steps <= `step` (a resumed run's crashed tail, and a
+        line a killed process left half-written), so resuming never logs a step twice."""
+        path = self.root / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line + "\n")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.replace(path)
 
     def _tensorboard(self):
         if self._tb is None:

@@ -92,7 +92,7 @@ def test_bad_grpo_configs_are_user_errors(policy_dir, tmp_path, capsys):
     with pytest.raises(UserError, match="model.path"):
         grpo(load_config(GRPOConfig, None, [f"run.out_dir={tmp_path / 'b'}"]), quiet=True)
     assert main(["grpo", "num_generations=1"]) == 2
-    assert "num_generations must be >= 2" in capsys.readouterr().err
+    assert "num_generations: must be >= 2" in capsys.readouterr().err
 
 
 def test_a_users_reward_function_from_a_file_joins_the_total(policy_dir, tmp_path):

@@ -168,15 +168,19 @@ def test_a_section_is_not_a_value():
         load_config(PretrainConfig, None, ["optim=3"])
 
 
-def test_validation_error_becomes_user_error_with_the_section_key():
+def test_validation_error_names_the_full_key_and_where_it_was_set(tmp_path):
     with pytest.raises(UserError) as info:
         load_config(PretrainConfig, None, ["model.arch.hidden_size=130"])
-    assert str(info.value).startswith("model.arch: hidden_size must be a multiple of num_attention_heads")
+    assert str(info.value).startswith("model.arch.hidden_size: must be a multiple of num_attention_heads")
     assert info.value.__cause__ is None and info.value.__suppress_context__
-    with pytest.raises(UserError, match=r"^optim: lr must be positive"):
+    with pytest.raises(UserError, match=r"^optim.lr: must be positive"):
         load_config(PretrainConfig, None, ["lr=0"])
-    with pytest.raises(UserError, match=r"^top_p must be in \(0, 1\]"):
+    with pytest.raises(UserError, match=r"^top_p: must be in \(0, 1\]"):
         load_config(GenerationConfig, None, ["top_p=0"])  # the top-level class has no prefix
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("run:\n  steps: 0\n")
+    with pytest.raises(UserError, match=r"r.yaml:2: run.steps: must be >= 1, got 0$"):
+        load_config(PretrainConfig, recipe)
 
 
 def test_direct_construction_validates():
@@ -230,7 +234,7 @@ def test_yaml_round_trip(tmp_path):
 def test_describe_config_lists_every_leaf():
     rows = describe_config(PretrainConfig)
     by_key = {key: (default, why) for key, default, why in rows}
-    assert len(rows) == len(by_key) == 47
+    assert len(rows) == len(by_key) == 48
     assert by_key["run.steps"] == ("200", "optimizer steps")
     assert by_key["sample.max_new_tokens"][0] == "64"
     assert by_key["sample_prompts"][0] == '["The ", "ROMEO:"]'

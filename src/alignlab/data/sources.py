@@ -95,11 +95,15 @@ def parse_source(spec: str | Path) -> tuple[Path, slice | None]:
     return Path(match["path"]).expanduser(), slice(start, stop, step)
 
 
+MAX_LINE_BYTES = 4 * 2**20  # a record this long is a mistake (a document pasted into one field), not data
+
+
 def read_jsonl_records(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yield (1-based line number, object) for each non-blank line of a JSONL file, gzipped or not.
 
     Raises UserError naming the file (and line) for a missing or unreadable file, bad gzip data,
-    text that is not UTF-8, invalid JSON, a line that is not a JSON object, or no records at all.
+    a line over MAX_LINE_BYTES, text that is not UTF-8, invalid JSON, a line that is not a JSON
+    object, or no records at all.
     """
     name, path = str(path), Path(path).expanduser()
     if not path.is_file():
@@ -110,6 +114,9 @@ def read_jsonl_records(path: str | Path) -> Iterator[tuple[int, dict]]:
             compressed = raw.read(2) == GZIP_MAGIC  # the magic bytes decide, not the suffix
         with (gzip.open(path, "rb") if compressed else path.open("rb")) as stream:
             for lineno, line in enumerate(stream, 1):
+                if len(line) > MAX_LINE_BYTES:
+                    raise UserError(f"line of {len(line) / 2**20:.1f} MiB; lines over {MAX_LINE_BYTES // 2**20} MiB "
+                                    "are refused (one record per line)", file=name, line=lineno)
                 if line.strip():
                     n_records += 1
                     yield lineno, _decode(line, name, lineno)
@@ -344,4 +351,7 @@ def _conversation(record, where: Where) -> list[dict]:
                     {"role": "assistant", "content": record[reply_key]}]
     if messages[-1]["role"] != "assistant":
         raise _error(where, "messages", "the last message must be the assistant reply to learn")
+    if not messages[-1]["content"].strip():
+        raise _error(where, "messages" if "messages" in record else reply_key,
+                     "empty reply: nothing to learn (expected the assistant's text)")
     return messages

@@ -151,4 +151,14 @@ def load_model(source: str, *, engine: str = "auto", dtype: torch.dtype | None =
         model = load_auto_causal_lm(str(directory), dtype=dtype, device=device,
                                     trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(str(directory), trust_remote_code=trust_remote_code)
+    check_vocabulary(model, tokenizer, directory)
     return model, tokenizer
+
+
+def check_vocabulary(model, tokenizer: Tokenizer, directory) -> None:
+    """A tokenizer whose ids run past the model's embedding does not belong to it: UserError.
+    (An embedding with spare rows is normal: vocabularies are padded to a multiple of 64.)"""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if tokenizer.vocab_size > rows:
+        raise UserError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary (embedding) has "
+                        f"{rows} rows: tokenizer and weights do not belong together", file=str(directory))

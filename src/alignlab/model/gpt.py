@@ -239,6 +239,10 @@ class GPT(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.lm_head.weight.dtype
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The token embedding, by transformers' name for it."""
+        return self.model.embed_tokens
+
     def hidden_states(self, input_ids, attention_mask=None, position_ids=None, cache=None):
         """input_ids (B, T) -> final normed hidden states (B, T, C); see `Decoder.forward`."""
         return self.model(input_ids, attention_mask, position_ids, cache)

@@ -119,7 +119,7 @@ def reward_model_from(source: str, *, pooling: str = "auto", engine: str = "auto
     quiet_hub()
     from transformers import AutoModel
 
-    backbone = AutoModel.from_pretrained(str(directory), dtype=dtype or torch.float32,
+    backbone = AutoModel.from_pretrained(str(directory), dtype=dtype or torch.float32, use_safetensors=True,
                                          trust_remote_code=trust_remote_code)
     decoder = any(a.endswith("ForCausalLM") for a in hf_config.get("architectures") or [])
     chosen = pooling if pooling != "auto" else ("last" if decoder else "mean")
@@ -171,7 +171,7 @@ def load_reward_model(path: str, *, device="cpu") -> tuple[RewardModel, Tokenize
     quiet_hub()
     from transformers import AutoModel
 
-    backbone = AutoModel.from_pretrained(str(directory), dtype=torch.float32)
+    backbone = AutoModel.from_pretrained(str(directory), dtype=torch.float32, use_safetensors=True)
     model = RewardModel(backbone, backbone.config.hidden_size, pooling=meta["pooling"])
     head = load_file(str(directory / HEAD))
     model.score.weight.data.copy_(head["score.weight"])

@@ -114,6 +114,11 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
         if not file.exists():
+            pickles = sorted(p.name for p in directory.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl"))
+            if pickles:
+                raise UserError(f"no safetensors weights, only {', '.join(pickles)} (a pickle): alignlab never "
+                                f"unpickles weights; convert them with transformers' save_pretrained("
+                                f"safe_serialization=True)", file=str(directory))
             raise UserError("weights file not found", file=str(file))
         try:
             tensors.update(load_file(str(file)))
@@ -149,6 +154,12 @@ def from_hf(path: str | Path, *, dtype: torch.dtype | None = None, device="cpu")
     if missing or unexpected:
         detail = f"missing {sorted(missing)[:3]}" if missing else f"unexpected {sorted(unexpected)[:3]}"
         raise UserError(f"weights do not match the config: {detail}", file=str(directory))
+    shapes = model.state_dict()
+    wrong = [k for k in sorted(state) if tuple(state[k].shape) != tuple(shapes[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise UserError(f"weights do not match config.json: {k} has shape {list(state[k].shape)} in the weights, "
+                        f"{list(shapes[k].shape)} by the config ({len(wrong)} tensors differ)", file=str(directory))
     target = dtype or next(iter(state.values())).dtype
     model.load_state_dict({k: v.to(target) for k, v in state.items()}, strict=False, assign=True)
     if config.tie_word_embeddings:
@@ -164,7 +175,8 @@ def load_auto_causal_lm(source: str, *, dtype: torch.dtype | None, device, trust
 
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype or "auto", trust_remote_code=trust_remote_code)
+            source, dtype=dtype or "auto", trust_remote_code=trust_remote_code,
+            use_safetensors=True)  # never unpickle weights (pytorch_model.bin)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"could not load model '{source}' (not a local model directory, and the hub "

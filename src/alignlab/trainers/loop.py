@@ -9,13 +9,22 @@ the full trainer state, and resume from the newest complete checkpoint.
 
 The learning rate is a pure function of the step, so there is no scheduler state to save.
 
-Left out: the skip-step NaN policy and signal handling (the reliability issue), DDP.
+Failures keep the last good checkpoint: a non-finite loss (named with its micro-batch) or
+gradient norm (named with the first parameter whose gradient is not finite) stops the run
+(`NonFinite`), or with `optim.nan_policy=skip_step` drops that step's update and counts it
+(`skipped_steps`). SIGINT and SIGTERM are deferred to the end of the step in flight, which is then
+checkpointed before the run stops (`Interrupted`); a second signal stops at once. A broken reward
+is never skipped: its contract error names the step, the function and the sample.
+
+Left out: DDP.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,8 +35,10 @@ import torch
 from torch import nn
 
 from alignlab.config import OptimConfig, RunConfig
+from alignlab.errors import Interrupted, NonFinite
 from alignlab.model.checkpoint import atomic_dir
 from alignlab.model.hf import read_weights
+from alignlab.rewards.base import RewardContractError
 from alignlab.runs import Run
 from alignlab.runtime import Runtime, rng_state, set_rng_state
 
@@ -81,6 +92,38 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
 
 
+class StopSignals:
+    """Defers SIGINT / SIGTERM while active: the first sets `signum`, a second stops at once.
+    Installed only in the main thread (Python delivers signals there); a no-op elsewhere."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt  # a second signal: stop now, the last checkpoint stays
+        self.signum = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def _first_bad_gradient(model: nn.Module) -> str:
+    for name, param in model.named_parameters():
+        if param.grad is not None and not torch.isfinite(param.grad).all():
+            return name
+    return "none found"
+
+
 class Loop:
     """Runs `run_cfg.steps` optimizer steps of a `TrainSpec`, checkpointing as it goes."""
 
@@ -88,6 +131,7 @@ class Loop:
         self.spec, self.optim_cfg, self.run_cfg, self.runtime, self.run = spec, optim, run_cfg, runtime, run
         self.optimizer = build_optimizer(spec.model, optim)
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
+        self.skipped = 0  # steps whose update a non-finite loss or gradient dropped (nan_policy=skip_step)
         self.step = 0
 
     def train(self, resume: bool = False) -> dict:
@@ -96,40 +140,79 @@ class Loop:
         cfg, metrics = self.run_cfg, {}
         self.run.start_progress(cfg.steps, self.step)
         try:
-            while self.step < cfg.steps:
-                metrics = self.optimizer_step()
-                self.step += 1
-                if cfg.eval_every and self.spec.evaluate and self.step % cfg.eval_every == 0:
-                    metrics.update({f"eval/{k}": v for k, v in self.spec.evaluate().items()})
-                evaluated = any(key.startswith("eval/") for key in metrics)
-                if self.step % max(cfg.log_every, 1) == 0 or self.step == cfg.steps or evaluated:
-                    self.run.log(self.step, metrics)
-                self.run.advance(self.step, (self.spec.status or _status)(metrics))
-                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
-                    self.save(self.run.checkpoint_path(self.step))
-                    self.run.prune(cfg.keep_checkpoints)
+            with StopSignals() as stop:
+                while self.step < cfg.steps:
+                    metrics = self._train_step(stop)
         finally:
             self.run.close()
         self.save(self.run.checkpoint_path(None))
         return metrics
 
+    def _train_step(self, stop: StopSignals) -> dict:
+        """One step with its evaluation, logging and checkpoint; a pending stop signal ends the run here."""
+        cfg = self.run_cfg
+        metrics = self.optimizer_step()
+        self.step += 1
+        if cfg.eval_every and self.spec.evaluate and self.step % cfg.eval_every == 0:
+            metrics.update({f"eval/{k}": v for k, v in self.spec.evaluate().items()})
+        evaluated = any(key.startswith("eval/") for key in metrics)
+        if self.step % max(cfg.log_every, 1) == 0 or self.step == cfg.steps or evaluated or "skipped" in metrics:
+            self.run.log(self.step, metrics)
+        self.run.advance(self.step, (self.spec.status or _status)(metrics))
+        if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
+            self.save(self.run.checkpoint_path(self.step))
+            self.run.prune(cfg.keep_checkpoints)
+        if stop.signum is not None:
+            path = self.run.checkpoint_path(self.step)
+            if not path.exists():
+                self.save(path)
+            raise Interrupted(f"{signal.Signals(stop.signum).name} after step {self.step}: checkpoint saved to "
+                              f"{path}; continue with --resume", stop.signum)
+        return metrics
+
+    def _micro_batches(self) -> tuple[dict, str | None]:
+        """Forward and backward over `grad_accum` micro-batches -> (summed metrics, why not finite or None)."""
+        accum, totals = self.optim_cfg.grad_accum, {}
+        for i in range(accum):
+            try:
+                batch = self.spec.source.next_batch()
+            except RewardContractError as err:  # a broken reward is never skipped; say when it broke
+                raise RewardContractError(f"step {self.step + 1}: {err.message}") from err
+            with self.runtime.autocast():
+                loss, parts = self.spec.compute_loss(batch)
+            if not torch.isfinite(loss):
+                return totals, f"loss {loss.item()} in micro-batch {i + 1} of {accum}"
+            self.scaler.scale(loss / accum).backward()
+            for key, value in {"loss": loss.item(), **parts}.items():
+                totals[key] = totals.get(key, 0.0) + float(value) / accum
+        return totals, None
+
+    def _not_finite(self, what: str) -> dict:
+        """Drop the step's gradients; stop (nan_policy=stop) or count the skipped step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped += 1
+        if self.optim_cfg.nan_policy == "skip_step":
+            self.run.print(f"step {self.step + 1}: non-finite {what}; update skipped (nan_policy=skip_step)")
+            return {"skipped": 1, "skipped_steps": self.skipped, "lr": lr_at(self.step, self.optim_cfg,
+                                                                             self.run_cfg.steps)}
+        last = self.run.latest_checkpoint()
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
+        raise NonFinite(f"step {self.step + 1}: non-finite {what}; {kept} (continue from it with --resume, or set "
+                        f"optim.nan_policy=skip_step to skip such steps)")
+
     def optimizer_step(self) -> dict:
         """One optimizer step over `grad_accum` micro-batches -> metrics of the step."""
         model, started = self.spec.model, time.perf_counter()
         model.train()
-        accum, totals = self.optim_cfg.grad_accum, {}
-        for _ in range(accum):
-            batch = self.spec.source.next_batch()
-            with self.runtime.autocast():
-                loss, parts = self.spec.compute_loss(batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step + 1}")
-            self.scaler.scale(loss / accum).backward()
-            for key, value in {"loss": loss.item(), **parts}.items():
-                totals[key] = totals.get(key, 0.0) + float(value) / accum
+        totals, bad = self._micro_batches()
+        if bad is not None:
+            return self._not_finite(bad)
         self.scaler.unscale_(self.optimizer)
         clip = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if not torch.isfinite(grad_norm) and not self.scaler.is_enabled():  # fp16's scaler skips such steps itself
+            return self._not_finite(f"gradient norm {grad_norm.item()} (first non-finite gradient: "
+                                    f"{_first_bad_gradient(model)})")
         lr = lr_at(self.step, self.optim_cfg, self.run_cfg.steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -141,12 +224,12 @@ class Loop:
         if "gen_time" in totals:  # RL trainers: the rest of the step is the update (and scoring)
             totals["update_time"] = elapsed - totals["gen_time"]
         if "tokens" in totals:
-            totals["tokens_per_s"] = totals["tokens"] * accum / elapsed
+            totals["tokens_per_s"] = totals["tokens"] * self.optim_cfg.grad_accum / elapsed
         return totals
 
     def save(self, directory: Path) -> None:
         """Model files + trainer_state.pt + state.json, complete or absent."""
-        state = {"format": 1, "step": self.step, "optimizer": self.optimizer.state_dict(),
+        state = {"format": 1, "step": self.step, "skipped": self.skipped, "optimizer": self.optimizer.state_dict(),
                  "scaler": self.scaler.state_dict(), "source": self.spec.source.state_dict(),
                  "rng": rng_state()}
         with atomic_dir(directory) as tmp:
@@ -159,6 +242,7 @@ class Loop:
         directory = self.run.latest_checkpoint()
         if directory is None:
             self.run.print(f"no complete checkpoint in {self.run.checkpoints}: starting from step 0")
+            self.run.keep_metrics_until(0)
             return
         restore_weights(self.spec.model, directory)
         state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
@@ -166,12 +250,15 @@ class Loop:
         self.scaler.load_state_dict(state["scaler"])
         self.spec.source.load_state_dict(state["source"])
         set_rng_state(state["rng"])
-        self.step = state["step"]
+        self.step, self.skipped = state["step"], state.get("skipped", 0)
+        self.run.keep_metrics_until(self.step)
         self.run.print(f"resuming from {directory} (step {self.step})")
 
 
 def _status(metrics: dict) -> str:
     """The progress line's tail: loss, accuracy when the trainer reports one, held-out figures, lr."""
+    if "skipped" in metrics:
+        return f"step skipped (non-finite; {metrics['skipped_steps']} so far)"
     parts = [f"loss {metrics['loss']:.4f}"]
     parts += [f"{key.replace('eval/', 'held-out ')} {metrics[key]:.3f}"
               for key in ("accuracy", "eval/loss", "eval/accuracy") if key in metrics]

@@ -28,6 +28,7 @@ import json
 import math
 import random
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -172,8 +173,17 @@ class Ledger:
         """Drop records of generations first used after `step` (a crashed run's tail)."""
         if not self.path.exists():
             return
-        with gzip.open(self.path, "rt", encoding="utf-8") as handle:
-            kept = [line for line in handle if json.loads(line)["step"] <= step]
+        kept = []
+        try:
+            with gzip.open(self.path, "rt", encoding="utf-8") as handle:
+                for line in handle:
+                    try:
+                        if json.loads(line)["step"] <= step:
+                            kept.append(line)
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        continue  # a line a killed process left half-written
+        except (EOFError, OSError, zlib.error):
+            pass  # a gzip stream a killed process left unfinished: keep what reads back
         tmp = self.path.with_name(self.path.name + ".tmp")
         with gzip.open(tmp, "wt", encoding="utf-8") as handle:
             handle.writelines(kept)
