@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -440,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"alignlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `alignlab ... | head`: the reader left; say nothing more
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (Python flushes stdout once more at exit)
+        return 0
 
 
 if __name__ == "__main__":
