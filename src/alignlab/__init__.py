@@ -24,6 +24,8 @@ _API = {
     "train_reward_model": "alignlab.trainers.reward_model",
     "sft": "alignlab.trainers.sft",
     "grpo": "alignlab.trainers.grpo",
+    "dpo": "alignlab.trainers.dpo",
+    "DPOConfig": "alignlab.config",
     "GRPOConfig": "alignlab.config",
     "SFTConfig": "alignlab.config",
     "study_plan_reward": "alignlab.rewards.base",

@@ -22,6 +22,7 @@ COMMANDS = {
     "export": "write a checkpoint as a transformers model directory",
     "train-rm": "train a Bradley-Terry reward model on preference pairs",
     "grpo": "GRPO: sample groups of completions, reward them, push the policy towards the better ones",
+    "dpo": "DPO / IPO / hinge: push a policy towards the chosen reply of preference pairs, against a reference",
     "score": "score preference pairs with a reward model: accuracy and Good/Bad/Margin lines",
     "audit-rm": "audit a reward model before RL: calibration, length bias, exploit probes",
     "eval": "sample N completions per held-out prompt, score them: pass rate, degeneration, verdict",
@@ -48,6 +49,7 @@ TRAINERS = {
     "sft": ("SFTConfig", "alignlab.trainers.sft", "sft"),
     "train-rm": ("RewardModelConfig", "alignlab.trainers.reward_model", "train_reward_model"),
     "grpo": ("GRPOConfig", "alignlab.trainers.grpo", "grpo"),
+    "dpo": ("DPOConfig", "alignlab.trainers.dpo", "dpo"),
 }
 
 

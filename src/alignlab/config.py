@@ -26,7 +26,7 @@ from alignlab.config_io import (
     load_config,
 )
 
-__all__ = ["GPTConfig", "GRPOConfig", "GenerationConfig", "ModelConfig", "OptimConfig", "PretrainConfig",
+__all__ = ["DPOConfig", "GPTConfig", "GRPOConfig", "GenerationConfig", "ModelConfig", "OptimConfig", "PretrainConfig",
            "RewardConfig", "RewardModelConfig", "RunConfig", "SFTConfig", "TokenizerConfig", "config_from_dict",
            "config_hash", "config_to_dict", "describe_config", "dump_yaml", "knob", "load_config"]
 
@@ -233,6 +233,37 @@ class SFTConfig:
         _check(self, ">= 8", lambda v: v >= 8, "max_length")
         _check(self, ">= 1", lambda v: v >= 1, "synthetic_per_prompt")
         _check(self, "in [0, 1]", lambda v: 0 <= v <= 1, "compliance_rate")
+        _check(self, "in [0, 1)", lambda v: 0 <= v < 1, "eval_fraction")
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """`alignlab dpo`: Direct Preference Optimization of a policy on (prompt, chosen, rejected) pairs."""
+
+    data: tuple[str, ...] = knob((), 'preference JSONL(.gz) files (the reward model\'s formats), each may be sliced '
+                                     '"f.jsonl[:500]"; empty = synthetic study-plan pairs')
+    eval_data: tuple[str, ...] = knob((), "held-out preference files; empty = the tail of data")
+    dummy_pairs: int = knob(400, "synthetic study-plan pairs (compliant vs not) when data is empty")
+    eval_fraction: float = knob(0.1, "tail of data held out when eval_data is empty")
+    beta: float = knob(0.1, "strength of the pull towards the reference (DPO's beta; IPO's tau)")
+    loss_type: Literal["sigmoid", "hinge", "ipo"] = knob("sigmoid", "sigmoid (DPO), hinge (SLiC), ipo (IPO)")
+    label_smoothing: float = knob(0.0, "sigmoid only: probability that a pair's label is wrong (cDPO)")
+    precompute_ref: bool = knob(True, "reference log-probs computed once before training (cached in the run "
+                                      "directory) instead of a second model in memory")
+    max_length: int = knob(256, "tokens per prompt + reply; longer ones lose the start of the prompt")
+    eval_batch_size: int = knob(32, "pairs per batch in evaluation and reference precomputation")
+    model: ModelConfig = knob(ModelConfig(), "the policy to train: model.path (alignlab checkpoint or HF model)")
+    optim: OptimConfig = knob(OptimConfig(lr=1e-5, weight_decay=0.0, warmup_steps=5, schedule="cosine"),
+                              "optimizer and schedule")
+    run: RunConfig = knob(RunConfig(out_dir="runs/dpo", steps=200, batch_size=8, eval_every=50),
+                          "run directory, length and cadence; batch_size counts pairs")
+
+    def __post_init__(self):
+        _check(self, "> 0", lambda v: v > 0, "beta")
+        _check(self, "in [0, 0.5)", lambda v: 0 <= v < 0.5, "label_smoothing")
+        _check(self, ">= 8", lambda v: v >= 8, "max_length")
+        _check(self, ">= 1", lambda v: v >= 1, "eval_batch_size")
+        _check(self, ">= 0", lambda v: v >= 0, "dummy_pairs")
         _check(self, "in [0, 1)", lambda v: 0 <= v < 1, "eval_fraction")
 
 

@@ -135,12 +135,17 @@ class PreferenceCollator:
         """Token ids of prompt + response within max_length."""
         if not self.chat:
             return self._encoder_sequence(messages, response)
+        return self.reply_sequence(messages, response)[0]
+
+    def reply_sequence(self, messages: list[dict], response: str) -> tuple[list[int], int]:
+        """(token ids of prompt + response within max_length, index of the first reply token): the
+        chat-template path, for a policy whose reply log-probs are needed (DPO)."""
         prompt = self.prompt_ids(messages)
         reply = self.tokenizer.encode(response)
         if self.tokenizer.eos_id is not None:
             reply = reply + [self.tokenizer.eos_id]
         keep_prompt, keep_reply = self._keep(len(prompt), len(reply), self.max_length)
-        return prompt[len(prompt) - keep_prompt:] + reply[:keep_reply]
+        return prompt[len(prompt) - keep_prompt:] + reply[:keep_reply], keep_prompt
 
     def _encoder_sequence(self, messages: list[dict], response: str) -> list[int]:
         """The tokenizer's own pair format ([CLS] prompt [SEP] reply [SEP] for BERT) via its

@@ -1,0 +1,215 @@
+"""`alignlab dpo`: Direct Preference Optimization (and IPO, hinge) of a policy on preference pairs.
+
+Pairs come in the reward model's formats (our JSONL, TRL's conversational form, HH-RLHF) or, with
+no data, as synthetic study-plan pairs (a compliant plan against a non-compliant one for the same
+train prompt). Each pair is tokenized once as prompt (chat template) + reply + end of turn, the
+reply's first token recorded. A step: B pairs -> one forward over the 2B sequences -> summed
+reply log-probs -> `algorithms/dpo.py` against the frozen reference's.
+
+The reference is the policy as loaded. With `precompute_ref` (default) its log-probs for every
+pair are computed once before step 1 and cached in the run directory
+(`reference_logps.safetensors`, reused on resume), so no second model stays in memory; otherwise
+a frozen copy scores each batch. Held-out pairs every `run.eval_every` steps: implicit-reward
+accuracy (95% Wilson interval), margin, the loss; train metrics: loss, accuracy, margin, chosen and
+rejected rewards and log-probs.
+
+Left out: sampling-based evaluation during training (run `alignlab eval` on a checkpoint),
+multi-process training, reference-model syncing (TR-DPO).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from alignlab.algorithms.common import wilson_interval
+from alignlab.algorithms.dpo import dpo_loss, sequence_logps
+from alignlab.config import DPOConfig
+from alignlab.data.batches import PreferenceCollator, ShuffledBatches, right_pad
+from alignlab.data.sources import read_preferences
+from alignlab.errors import UserError
+from alignlab.model.checkpoint import load_model, save_model
+from alignlab.model.hf import causal_lm_logits
+from alignlab.runs import Run
+from alignlab.runtime import parse_dtype, resolve_runtime
+from alignlab.tasks.study_plan import preference_pairs
+from alignlab.trainers.loop import Loop, TrainSpec
+
+REFERENCE = "reference_logps.safetensors"
+
+
+@dataclass(frozen=True)
+class DPOItem:
+    """One pair as token ids; `*_start` is the index of the first reply token; ref_* are the
+    reference's summed reply log-probs once computed."""
+
+    chosen_ids: list[int]
+    chosen_start: int
+    rejected_ids: list[int]
+    rejected_start: int
+    ref_chosen: float | None = None
+    ref_rejected: float | None = None
+
+
+@dataclass(frozen=True)
+class DPOBatch:
+    """B pairs, chosen rows [0, B) then rejected rows [B, 2B).
+
+    input_ids   (2B, T) long, right-padded
+    attention_mask (2B, T) bool
+    reply_mask  (2B, T) bool: True on reply tokens (the end-of-turn token included)
+    ref_logps   (2B,) float, or None when the reference scores the batch on the fly
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    reply_mask: torch.Tensor
+    ref_logps: torch.Tensor | None
+
+    def to(self, device) -> DPOBatch:
+        return DPOBatch(*(t.to(device) if t is not None else None for t in dataclasses.astuple(self)))
+
+
+def collate(items: list[DPOItem], pad_id: int) -> DPOBatch:
+    seqs = [i.chosen_ids for i in items] + [i.rejected_ids for i in items]
+    starts = torch.tensor([i.chosen_start for i in items] + [i.rejected_start for i in items])  # (2B,)
+    ids, mask = right_pad(seqs, pad_id)
+    reply = mask & (torch.arange(ids.shape[1])[None, :] >= starts[:, None])  # (2B, T)
+    have_ref = all(i.ref_chosen is not None for i in items)
+    ref = torch.tensor([i.ref_chosen for i in items] + [i.ref_rejected for i in items]) if have_ref else None
+    return DPOBatch(ids, mask, reply, ref)
+
+
+def load_pairs(cfg: DPOConfig):
+    """(train pairs, held-out pairs, data files)."""
+    if cfg.data:
+        pairs = [p for spec in cfg.data for p in read_preferences(spec)]
+    else:
+        pairs = read_preferences(preference_pairs(cfg.dummy_pairs, seed=cfg.run.seed))
+    if cfg.eval_data:
+        held_out = [p for spec in cfg.eval_data for p in read_preferences(spec)]
+    else:
+        n = int(len(pairs) * cfg.eval_fraction)
+        pairs, held_out = pairs[: len(pairs) - n], pairs[len(pairs) - n:]
+    if not pairs:
+        raise UserError("no training pairs left after holding out the evaluation split", key="data")
+    return pairs, held_out, [spec.split("[")[0] for spec in (*cfg.data, *cfg.eval_data)]
+
+
+def pair_logps(model, batch: DPOBatch) -> torch.Tensor:
+    """(2B,) summed reply log-probs of a batch under `model`."""
+    logits = causal_lm_logits(model, batch.input_ids, batch.attention_mask)  # (2B, T, V)
+    return sequence_logps(logits, batch.input_ids, batch.reply_mask)
+
+
+def with_reference(items: list[DPOItem], model, pad_id: int, batch_size: int, device, cache: Path | None):
+    """The items with the reference's log-probs, read from `cache` when it holds them, else computed
+    (no grad) and written there."""
+    if cache is not None and cache.is_file():
+        saved = load_file(str(cache))
+        if saved["chosen"].shape[0] == len(items):
+            chosen, rejected = saved["chosen"].tolist(), saved["rejected"].tolist()
+            return [dataclasses.replace(i, ref_chosen=c, ref_rejected=r) for i, c, r in zip(items, chosen, rejected,
+                                                                                             strict=True)]
+    was_training = model.training
+    model.eval()
+    chosen, rejected = [], []
+    with torch.no_grad():
+        for start in range(0, len(items), batch_size):
+            logps = pair_logps(model, collate(items[start:start + batch_size], pad_id).to(device)).float().cpu()
+            c, r = logps.chunk(2)
+            chosen += c.tolist()
+            rejected += r.tolist()
+    model.train(was_training)
+    if cache is not None:
+        tmp = cache.with_name(cache.name + ".tmp")
+        save_file({"chosen": torch.tensor(chosen), "rejected": torch.tensor(rejected)}, str(tmp))
+        tmp.replace(cache)
+    return [dataclasses.replace(i, ref_chosen=c, ref_rejected=r) for i, c, r in zip(items, chosen, rejected,
+                                                                                     strict=True)]
+
+
+def make_loss(model, reference, cfg: DPOConfig):
+    def compute_loss(batch: DPOBatch):
+        logps = pair_logps(model, batch)  # (2B,)
+        if batch.ref_logps is not None:
+            ref = batch.ref_logps.to(logps.dtype)
+        else:
+            with torch.no_grad():
+                ref = pair_logps(reference, batch)
+        chosen, rejected = logps.chunk(2)
+        ref_chosen, ref_rejected = ref.chunk(2)
+        result = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=cfg.beta, loss_type=cfg.loss_type,
+                          label_smoothing=cfg.label_smoothing, lengths=batch.reply_mask[:, 1:].sum(-1))
+        return result.loss, {"accuracy": result.accuracy, "margin": result.margin,
+                             "rewards/chosen": result.chosen_rewards.mean().item(),
+                             "rewards/rejected": result.rejected_rewards.mean().item(),
+                             "logps/chosen": chosen.mean().item(), "logps/rejected": rejected.mean().item(),
+                             "tokens": int(batch.attention_mask.sum())}
+
+    return compute_loss
+
+
+def make_evaluate(compute_loss, model, items: list[DPOItem], pad_id: int, cfg: DPOConfig, device):
+    def evaluate() -> dict:
+        was_training = model.training
+        model.eval()
+        losses, right, margins = [], 0, []
+        with torch.no_grad():
+            for start in range(0, len(items), cfg.eval_batch_size):
+                part = items[start:start + cfg.eval_batch_size]
+                loss, m = compute_loss(collate(part, pad_id).to(device))
+                losses.append(loss.item() * len(part))
+                right += round(m["accuracy"] * len(part))
+                margins.append(m["margin"] * len(part))
+        model.train(was_training)
+        low, high = wilson_interval(right, len(items))
+        return {"loss": sum(losses) / len(items), "accuracy": right / len(items), "accuracy_low": low,
+                "accuracy_high": high, "margin": sum(margins) / len(items)}
+
+    return evaluate
+
+
+def dpo(cfg: DPOConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> Path:
+    """Train with DPO and return the run directory (the policy ends in <run>/checkpoints/final)."""
+    if not cfg.model.path:
+        raise UserError("DPO needs a policy to start from: set model.path (e.g. an `alignlab sft` run's "
+                        "checkpoints/final, or a transformers model directory)", key="model.path")
+    train_pairs, held_out_pairs, files = load_pairs(cfg)
+    runtime = resolve_runtime(cfg.run.device, cfg.run.precision)
+    model, tokenizer = load_model(cfg.model.path, engine=cfg.model.engine, dtype=parse_dtype(cfg.model.dtype),
+                                  device=runtime.device, trust_remote_code=cfg.model.trust_remote_code)
+    collator = PreferenceCollator(tokenizer, cfg.max_length)
+
+    def tokenize(pair) -> DPOItem:
+        return DPOItem(*collator.reply_sequence(pair.messages, pair.chosen),
+                       *collator.reply_sequence(pair.messages, pair.rejected))
+
+    train, held_out = [tokenize(p) for p in train_pairs], [tokenize(p) for p in held_out_pairs]
+    run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, data_files=files,
+                     device=str(runtime.device), dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+                     quiet=quiet, progress=cfg.run.progress)
+    run.print(f"dpo ({cfg.loss_type}, beta {cfg.beta}): {sum(p.numel() for p in model.parameters())} parameters, "
+              f"{len(train)} train / {len(held_out)} held-out pairs, reference "
+              f"{'precomputed' if cfg.precompute_ref else 'on the fly'}, {runtime.device} -> {run.root}")
+    reference, pad_id = None, tokenizer.pad_id
+    if cfg.precompute_ref:
+        train = with_reference(train, model, pad_id, cfg.eval_batch_size, runtime.device, run.root / REFERENCE)
+        held_out = with_reference(held_out, model, pad_id, cfg.eval_batch_size, runtime.device, None)
+    else:
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    compute_loss = make_loss(model, reference, cfg)
+    evaluate = make_evaluate(compute_loss, model, held_out, pad_id, cfg, runtime.device) if held_out else None
+    source = ShuffledBatches(train, lambda items: collate(items, pad_id), cfg.run.batch_size, cfg.run.seed,
+                             runtime.device)
+    spec = TrainSpec(model, source, compute_loss, lambda d: save_model(model, tokenizer, d), evaluate=evaluate)
+    loop = Loop(spec, cfg.optim, cfg.run, runtime, run)
+    if evaluate is not None and cfg.run.eval_every and not resume:
+        run.log(0, {f"eval/{k}": v for k, v in evaluate().items()})
+    loop.train(resume=resume)
+    return run.root
