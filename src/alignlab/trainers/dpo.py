@@ -31,14 +31,13 @@ from alignlab.algorithms.common import wilson_interval
 from alignlab.algorithms.dpo import dpo_loss, sequence_logps
 from alignlab.config import DPOConfig
 from alignlab.data.batches import PreferenceCollator, ShuffledBatches, right_pad
-from alignlab.data.sources import read_preferences
 from alignlab.errors import UserError
 from alignlab.model.checkpoint import load_model, save_model
 from alignlab.model.hf import causal_lm_logits
 from alignlab.runs import Run
 from alignlab.runtime import parse_dtype, resolve_runtime
-from alignlab.tasks.study_plan import preference_pairs
 from alignlab.trainers.loop import Loop, TrainSpec
+from alignlab.trainers.reward_model import load_pairs
 
 REFERENCE = "reference_logps.safetensors"
 
@@ -83,22 +82,6 @@ def collate(items: list[DPOItem], pad_id: int) -> DPOBatch:
     have_ref = all(i.ref_chosen is not None for i in items)
     ref = torch.tensor([i.ref_chosen for i in items] + [i.ref_rejected for i in items]) if have_ref else None
     return DPOBatch(ids, mask, reply, ref)
-
-
-def load_pairs(cfg: DPOConfig):
-    """(train pairs, held-out pairs, data files)."""
-    if cfg.data:
-        pairs = [p for spec in cfg.data for p in read_preferences(spec)]
-    else:
-        pairs = read_preferences(preference_pairs(cfg.dummy_pairs, seed=cfg.run.seed))
-    if cfg.eval_data:
-        held_out = [p for spec in cfg.eval_data for p in read_preferences(spec)]
-    else:
-        n = int(len(pairs) * cfg.eval_fraction)
-        pairs, held_out = pairs[: len(pairs) - n], pairs[len(pairs) - n:]
-    if not pairs:
-        raise UserError("no training pairs left after holding out the evaluation split", key="data")
-    return pairs, held_out, [spec.split("[")[0] for spec in (*cfg.data, *cfg.eval_data)]
 
 
 def pair_logps(model, batch: DPOBatch) -> torch.Tensor:
@@ -180,7 +163,7 @@ def dpo(cfg: DPOConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     if not cfg.model.path:
         raise UserError("DPO needs a policy to start from: set model.path (e.g. an `alignlab sft` run's "
                         "checkpoints/final, or a transformers model directory)", key="model.path")
-    train_pairs, held_out_pairs, files = load_pairs(cfg)
+    train_pairs, held_out_pairs, files = load_pairs(cfg)  # the reward model's data, split the same way
     runtime = resolve_runtime(cfg.run.device, cfg.run.precision)
     model, tokenizer = load_model(cfg.model.path, engine=cfg.model.engine, dtype=parse_dtype(cfg.model.dtype),
                                   device=runtime.device, trust_remote_code=cfg.model.trust_remote_code)

@@ -32,8 +32,9 @@ from alignlab.tasks.study_plan import preference_pairs
 from alignlab.trainers.loop import Loop, TrainSpec
 
 
-def load_pairs(cfg: RewardModelConfig, pairs=None):
-    """(train pairs, eval pairs, data files) from `pairs` (a list), cfg.data, or dummy pairs."""
+def load_pairs(cfg, pairs=None):
+    """(train pairs, eval pairs, data files) from `pairs` (a list), cfg.data, or dummy pairs; `cfg` is
+    any config with data, eval_data, dummy_pairs, eval_fraction and run.seed (train-rm's, DPO's)."""
     if pairs is None and cfg.data:
         pairs = [p for spec in cfg.data for p in read_preferences(spec)]
     elif pairs is None:
