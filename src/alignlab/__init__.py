@@ -23,7 +23,7 @@ _API = {
     "train_rm": "alignlab.trainers.reward_model",
     "train_reward_model": "alignlab.trainers.reward_model",
     "sft": "alignlab.trainers.sft",
-    "grpo": "alignlab.trainers.grpo",
+    "grpo": "alignlab.backends.grpo",
     "dpo": "alignlab.trainers.dpo",
     "DPOConfig": "alignlab.config",
     "GRPOConfig": "alignlab.config",

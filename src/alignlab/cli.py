@@ -48,7 +48,7 @@ TRAINERS = {
     "pretrain": ("PretrainConfig", "alignlab.trainers.pretrain", "pretrain"),
     "sft": ("SFTConfig", "alignlab.trainers.sft", "sft"),
     "train-rm": ("RewardModelConfig", "alignlab.trainers.reward_model", "train_reward_model"),
-    "grpo": ("GRPOConfig", "alignlab.trainers.grpo", "grpo"),
+    "grpo": ("GRPOConfig", "alignlab.backends.grpo", "grpo"),
     "dpo": ("DPOConfig", "alignlab.trainers.dpo", "dpo"),
 }
 

@@ -291,7 +291,7 @@ def _mean_of(records: Sequence[Mapping], key: str, tail: bool) -> float | None:
 
 def run_one(run: SweepRun, before_dir: str, spec: EvalSpec, quiet: bool, threads: int = 0) -> dict:
     """Train one variant at one seed (resuming an interrupted run), evaluate it, report it; its result."""
-    from alignlab.trainers.grpo import grpo
+    from alignlab.backends.grpo import grpo
 
     if threads:
         import torch

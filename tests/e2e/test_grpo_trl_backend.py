@@ -7,10 +7,10 @@ import json
 
 import pytest
 
+from alignlab.backends.grpo import grpo
 from alignlab.cli import main
 from alignlab.config import GRPOConfig, load_config
 from alignlab.errors import UserError
-from alignlab.trainers.grpo import grpo
 
 pytest.importorskip("trl")
 

@@ -139,12 +139,11 @@ def _callback(run: Run, reward: LedgerReward, evaluate, eval_every: int):
 def grpo_trl(cfg: GRPOConfig, model, tokenizer, train: list[dict], scorer: Scorer, run: Run, evaluate, *,
              resume: bool = False, quiet: bool = False) -> Path:
     """Train `model` with TRL's GRPOTrainer inside alignlab's run directory; the policy ends in
-    <run>/checkpoints/final. `evaluate` (alignlab's held-out evaluation) may be None."""
+    <run>/checkpoints/final. `evaluate` (alignlab's held-out evaluation) may be None. The recipe has
+    passed `check_supported` (backends/grpo.py calls it before anything is loaded)."""
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOTrainer
-
-    check_supported(cfg)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     reward = LedgerReward(scorer, Ledger(run.root / LEDGER), cfg.num_generations)
     if evaluate is not None and not resume and cfg.run.eval_every:

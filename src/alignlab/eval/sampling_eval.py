@@ -18,6 +18,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch
+
 from alignlab.config import GenerationConfig
 from alignlab.data.sources import read_jsonl_records
 from alignlab.errors import UserError
@@ -37,6 +39,18 @@ def task_prompts(task: str) -> list[str]:
     return TASKS[task]()
 
 
+def start_sampling(model, n_prompts: int, samples_per_prompt: int, batch_size: int, seed: int) -> torch.Generator:
+    """Check the sampling arguments, put `model` in eval mode and return the seeded generator every
+    sampled evaluation draws from (one per evaluation, on the model's device)."""
+    if samples_per_prompt < 1 or batch_size < 1:
+        raise UserError(f"expected at least 1 sample per prompt and a batch size >= 1, got {samples_per_prompt} "
+                        f"and {batch_size}")
+    if n_prompts == 0:
+        raise UserError("no prompts to evaluate on")
+    model.eval()
+    return make_generator(seed, next(model.parameters()).device)
+
+
 def evaluate_model(model, tokenizer, prompts: Sequence[str], samples_per_prompt: int, gen: GenerationConfig,
                    seed: int, batch_size: int = 32) -> tuple[list[ScoredSample], EvalSummary]:
     """Sample `samples_per_prompt` chat completions per prompt, score and summarise them.
@@ -45,13 +59,7 @@ def evaluate_model(model, tokenizer, prompts: Sequence[str], samples_per_prompt:
     `batch_size` rows at a time from one generator seeded with `seed`: the same arguments give
     the same samples. The model is put in eval mode.
     """
-    if samples_per_prompt < 1 or batch_size < 1:
-        raise UserError(f"expected at least 1 sample per prompt and a batch size >= 1, got {samples_per_prompt} "
-                        f"and {batch_size}")
-    if not prompts:
-        raise UserError("no prompts to evaluate on")
-    model.eval()
-    generator = make_generator(seed, next(model.parameters()).device)
+    generator = start_sampling(model, len(prompts), samples_per_prompt, batch_size, seed)
     rows = [p for p in prompts for _ in range(samples_per_prompt)]
     samples = []
     for start in range(0, len(rows), batch_size):

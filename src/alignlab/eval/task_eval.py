@@ -21,9 +21,8 @@ from pathlib import Path
 from alignlab.algorithms.common import wilson_interval
 from alignlab.config import GenerationConfig
 from alignlab.errors import UserError
-from alignlab.eval.sampling_eval import write_texts
+from alignlab.eval.sampling_eval import start_sampling, write_texts
 from alignlab.generation.engine import generate
-from alignlab.runtime import make_generator
 from alignlab.tasks.gsm8k import pass_at_k
 from alignlab.tasks.registry import Task
 
@@ -76,13 +75,7 @@ def summarize_task(task: str, records: Sequence[Mapping], samples_per_example: i
 def evaluate_task(model, tokenizer, task: Task, examples: Sequence[dict], samples_per_example: int,
                   gen: GenerationConfig, seed: int, batch_size: int = 32) -> tuple[list[dict], TaskEvalSummary]:
     """Sample and judge `samples_per_example` completions per example; (records, summary)."""
-    if samples_per_example < 1 or batch_size < 1:
-        raise UserError(f"expected at least 1 sample per example and a batch size >= 1, got {samples_per_example} "
-                        f"and {batch_size}")
-    if not examples:
-        raise UserError("no examples to evaluate on")
-    model.eval()
-    generator = make_generator(seed, next(model.parameters()).device)
+    generator = start_sampling(model, len(examples), samples_per_example, batch_size, seed)
     rows = [(i, e) for i, e in enumerate(examples) for _ in range(samples_per_example)]
     records = []
     for start in range(0, len(rows), batch_size):

@@ -14,8 +14,9 @@ prompt, judged by the task's check: `eval/pass_rate` with its 95% Wilson bounds,
 and the training reward. That held-out pass rate, not the training reward, is what says
 whether the policy learned the task or the reward's loopholes.
 
-With `backend=trl` the same recipe trains through TRL's GRPOTrainer (`backends/trl.py`); the
-policy load, rewards, evaluation, metrics and run directory stay alignlab's.
+`prepare` builds what every engine shares (examples, policy, scorer, preflight, run directory,
+held-out evaluation); `grpo` then trains with alignlab's engine. `backends/grpo.py` is the entry
+point that picks the engine (`backend=trl`: TRL's GRPOTrainer on the same setup).
 
 Left out: multi-process training (the scale-out issue), LoRA.
 """
@@ -23,7 +24,9 @@ Left out: multi-process training (the scale-out issue), LoRA.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from alignlab.algorithms.common import masked_mean, wilson_interval
 from alignlab.algorithms.grpo import grpo_loss
@@ -116,16 +119,24 @@ def load_policy(cfg: GRPOConfig, device):
     return model, tokenizer, reference
 
 
-def grpo(cfg: GRPOConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
-         preflight_only: bool = False) -> Path | None:
-    """Train with GRPO and return the run directory (the policy ends in <run>/checkpoints/final).
+@dataclass(frozen=True)
+class GRPOSetup:
+    """Everything a GRPO run needs before its first step, whichever engine then trains."""
 
-    With `preflight_only`, run the preflight checks, print them and return None (no run directory).
-    """
-    if cfg.backend == "trl":
-        from alignlab.backends.trl import check_supported
+    model: Any
+    tokenizer: Any
+    reference: Any
+    scorer: Scorer
+    train: list[dict]
+    evaluate: Any
+    run: Run
+    runtime: Any
 
-        check_supported(cfg)
+
+def prepare(cfg: GRPOConfig, *, resume: bool, overwrite: bool, quiet: bool,
+            preflight_only: bool = False) -> GRPOSetup | None:
+    """Examples, policy (+ reference), scorer, the preflight, the run directory and the held-out
+    evaluation; None after a preflight-only call (no run directory is made)."""
     task = get_task(cfg.task)
     runtime = resolve_runtime(cfg.run.device, cfg.run.precision)
     train = task.train_examples(cfg.data)[: cfg.prompts or None]
@@ -134,12 +145,11 @@ def grpo(cfg: GRPOConfig, *, resume: bool = False, overwrite: bool = False, quie
         raise UserError("no train examples", key="prompts")
     model, tokenizer, reference = load_policy(cfg, runtime.device)
     scorer = Scorer(task, cfg.reward, runtime.device)
-    compute_loss = make_loss(model, cfg)
     if preflight_only or (cfg.preflight and not resume):
         pilot = RolloutSource(cfg, model, tokenizer, train, scorer, runtime.device, None, reference)
         pilot_examples = (train * cfg.prompts_per_step)[: cfg.prompts_per_step]
         with runtime.autocast():
-            report = preflight(pilot, compute_loss, model, pilot_examples, cfg.run.seed)
+            report = preflight(pilot, make_loss(model, cfg), model, pilot_examples, cfg.run.seed)
         if not quiet:
             print(report.format(cfg.run.steps), flush=True)
         if preflight_only:
@@ -147,25 +157,37 @@ def grpo(cfg: GRPOConfig, *, resume: bool = False, overwrite: bool = False, quie
     run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, device=str(runtime.device),
                      dtype=str(next(model.parameters()).dtype).removeprefix("torch."), quiet=quiet,
                      progress=cfg.run.progress)
-    ledger = Ledger(run.root / LEDGER)
-    source = RolloutSource(cfg, model, tokenizer, train, scorer, runtime.device, ledger, reference)
-    run.print(f"grpo: {sum(p.numel() for p in model.parameters())} parameters, {len(train)} train / "
+    run.print(f"grpo ({cfg.backend}): {sum(p.numel() for p in model.parameters())} parameters, {len(train)} train / "
               f"{len(held_out)} held-out prompts, {cfg.prompts_per_step} prompts x {cfg.num_generations} "
               f"completions per step, reward {scorer.reward.__name__}({', '.join(scorer.reward.rewards)}; "
               f"mode {cfg.reward.mode}), beta {cfg.beta}, {runtime.device} -> {run.root}")
     evaluate = make_evaluate(model, tokenizer, cfg, held_out, scorer, runtime.device) if held_out else None
-    if cfg.backend == "trl":
-        from alignlab.backends.trl import grpo_trl
+    return GRPOSetup(model, tokenizer, reference, scorer, train, evaluate, run, runtime)
 
-        return grpo_trl(cfg, model, tokenizer, train, scorer, run, evaluate, resume=resume, quiet=quiet)
-    spec = TrainSpec(model, source, compute_loss, lambda d: save_model(model, tokenizer, d), evaluate=evaluate,
-                     status=grpo_status)
-    loop = Loop(spec, cfg.optim, cfg.run, runtime, run)
+
+def grpo(cfg: GRPOConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+         preflight_only: bool = False) -> Path | None:
+    """Train with alignlab's GRPO engine and return the run directory (the policy ends in
+    <run>/checkpoints/final). With `preflight_only`, print the preflight checks and return None.
+    `alignlab.grpo` (backends/grpo.py) is the entry point that also honours backend=trl."""
+    if cfg.backend != "alignlab":
+        raise UserError(f"trainers.grpo.grpo is alignlab's engine; run backend={cfg.backend} through alignlab.grpo "
+                        f"or `alignlab grpo`", key="backend")
+    setup = prepare(cfg, resume=resume, overwrite=overwrite, quiet=quiet, preflight_only=preflight_only)
+    if setup is None:
+        return None
+    model, run = setup.model, setup.run
+    ledger = Ledger(run.root / LEDGER)
+    source = RolloutSource(cfg, model, setup.tokenizer, setup.train, setup.scorer, setup.runtime.device, ledger,
+                           setup.reference)
+    spec = TrainSpec(model, source, make_loss(model, cfg), lambda d: save_model(model, setup.tokenizer, d),
+                     evaluate=setup.evaluate, status=grpo_status)
+    loop = Loop(spec, cfg.optim, cfg.run, setup.runtime, run)
     if resume:
         loop.resume()
         ledger.keep_until(loop.step)
-    elif evaluate is not None and cfg.run.eval_every:  # the baseline every later evaluation is read against
-        run.log(0, {f"eval/{k}": v for k, v in evaluate().items()})
+    elif setup.evaluate is not None and cfg.run.eval_every:  # the baseline later evaluations are read against
+        run.log(0, {f"eval/{k}": v for k, v in setup.evaluate().items()})
     loop.train(resume=False)
     return run.root
 

@@ -1,0 +1,27 @@
+"""`alignlab grpo` and `alignlab.grpo`: GRPO on the engine the recipe names (`backend`).
+
+`alignlab` trains with `trainers/grpo.py`; `trl` checks the recipe against what TRL can honour
+(before anything is loaded or written), builds the same setup (`trainers.grpo.prepare`) and trains
+with TRL's GRPOTrainer (`backends/trl.py`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alignlab.backends.trl import check_supported, grpo_trl
+from alignlab.config import GRPOConfig
+from alignlab.trainers import grpo as engine
+
+
+def grpo(cfg: GRPOConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+         preflight_only: bool = False) -> Path | None:
+    """Train with GRPO on cfg.backend and return the run directory (None after `preflight_only`)."""
+    if cfg.backend == "alignlab":
+        return engine.grpo(cfg, resume=resume, overwrite=overwrite, quiet=quiet, preflight_only=preflight_only)
+    check_supported(cfg)
+    setup = engine.prepare(cfg, resume=resume, overwrite=overwrite, quiet=quiet, preflight_only=preflight_only)
+    if setup is None:
+        return None
+    return grpo_trl(cfg, setup.model, setup.tokenizer, setup.train, setup.scorer, setup.run, setup.evaluate,
+                    resume=resume, quiet=quiet)
