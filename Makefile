@@ -14,7 +14,7 @@ $(BIN)/python:
 
 venv: $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev,trl,tensorboard]"
+	$(BIN)/pip install -q -e ".[dev,trl,tensorboard,peft]"
 
 demo: venv
 	HF_HUB_OFFLINE=1 $(BIN)/alignlab demo

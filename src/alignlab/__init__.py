@@ -25,6 +25,8 @@ _API = {
     "sft": "alignlab.trainers.sft",
     "grpo": "alignlab.backends.grpo",
     "dpo": "alignlab.trainers.dpo",
+    "ppo": "alignlab.trainers.ppo",
+    "PPOConfig": "alignlab.config",
     "DPOConfig": "alignlab.config",
     "GRPOConfig": "alignlab.config",
     "SFTConfig": "alignlab.config",

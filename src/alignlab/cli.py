@@ -23,6 +23,7 @@ COMMANDS = {
     "train-rm": "train a Bradley-Terry reward model on preference pairs",
     "grpo": "GRPO: sample groups of completions, reward them, push the policy towards the better ones",
     "dpo": "DPO / IPO / hinge: push a policy towards the chosen reply of preference pairs, against a reference",
+    "ppo": "PPO with a learned critic against a reward model and/or rules (the InstructGPT loop)",
     "score": "score preference pairs with a reward model: accuracy and Good/Bad/Margin lines",
     "audit-rm": "audit a reward model before RL: calibration, length bias, exploit probes",
     "eval": "sample N completions per held-out prompt, score them: pass rate, degeneration, verdict",
@@ -50,6 +51,7 @@ TRAINERS = {
     "train-rm": ("RewardModelConfig", "alignlab.trainers.reward_model", "train_reward_model"),
     "grpo": ("GRPOConfig", "alignlab.backends.grpo", "grpo"),
     "dpo": ("DPOConfig", "alignlab.trainers.dpo", "dpo"),
+    "ppo": ("PPOConfig", "alignlab.trainers.ppo", "ppo"),
 }
 
 
@@ -170,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint")
     e.add_argument("--to", dest="fmt", choices=["hf"], default="hf", help="output format")
     e.add_argument("out", help="output directory")
+    e.add_argument("--merge", action="store_true", help="a LoRA adapter checkpoint: fold the adapter into its "
+                   "base and write the merged model (loads in transformers without peft)")
 
     r = sub.add_parser("report", help=COMMANDS["report"])
     r.add_argument("run", help="run directory (metrics.jsonl, config.yaml)")
@@ -196,7 +200,7 @@ def _recipe_and_overrides(args) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(args) -> int:
-    """pretrain / sft / train-rm: a config from recipe + overrides, then the trainer."""
+    """A training command: a config from recipe + overrides, then the trainer."""
     import importlib
 
     import alignlab.config as config
@@ -206,7 +210,10 @@ def cmd_train(args) -> int:
     extra = {"preflight_only": True} if getattr(args, "preflight_only", False) else {}
     run_dir = getattr(importlib.import_module(module), function)(cfg, resume=args.resume, overwrite=args.overwrite,
                                                                  **extra)
-    print(f"done: {run_dir}/checkpoints/final" if run_dir else "preflight only: nothing trained")
+    from alignlab.distributed import Distributed
+
+    if Distributed.from_env().is_main:  # under torchrun every rank gets here; one line is enough
+        print(f"done: {run_dir}/checkpoints/final" if run_dir else "preflight only: nothing trained")
     return 0
 
 
@@ -336,7 +343,9 @@ def cmd_check(args) -> int:
 
 def cmd_compare(args) -> int:
     from alignlab.eval.metrics import format_table
+    from alignlab.eval.run_info import training_info, training_rows
     from alignlab.eval.sampling_eval import load_or_evaluate
+    from alignlab.eval.sweep_report import format_table as aligned_table
     from alignlab.eval.verdict import compare_verdict, format_verdict
     from alignlab.runtime import resolve_device
 
@@ -347,6 +356,9 @@ def cmd_compare(args) -> int:
                                     temperature=args.temperature, max_new_tokens=args.max_new_tokens)
               for arg in args.runs}
     print(format_table({arg: summary for arg, (summary, _) in loaded.items()}))
+    training = training_rows({arg: training_info(arg) for arg in args.runs})
+    if training:
+        print(f"\ntraining:\n{aligned_table(training)}")
     verdict = None
     if len(args.runs) == 2:
         (before, _), (after, after_samples) = loaded[args.runs[0]], loaded[args.runs[1]]
@@ -356,7 +368,7 @@ def cmd_compare(args) -> int:
     if args.out:
         from alignlab.eval.sweep_report import write_compare_report
 
-        html, _ = write_compare_report(Path(args.out), loaded, verdict)
+        html, _ = write_compare_report(Path(args.out), loaded, verdict, training)
         print(f"report: {html}")
     return 0
 
@@ -380,8 +392,16 @@ def cmd_generate(args) -> int:
 
 def cmd_export(args) -> int:
     from alignlab.model.checkpoint import load_model, to_hf
+    from alignlab.model.lora import is_adapter_dir, merge_lora
 
+    if is_adapter_dir(args.checkpoint) and not args.merge:
+        raise UserError("a LoRA adapter checkpoint (adapter.json): add --merge to write its base with the adapter "
+                        "folded in", file=args.checkpoint)
     model, tokenizer = load_model(args.checkpoint)
+    if args.merge:
+        if not is_adapter_dir(args.checkpoint):
+            raise UserError("--merge needs a LoRA adapter checkpoint (adapter.json)", file=args.checkpoint)
+        model = merge_lora(model)
     out = to_hf(model, args.out, tokenizer)
     print(f"exported {args.checkpoint} -> {out} (loads with transformers.AutoModelForCausalLM)")
     return 0

@@ -26,9 +26,10 @@ from alignlab.config_io import (
     load_config,
 )
 
-__all__ = ["DPOConfig", "GPTConfig", "GRPOConfig", "GenerationConfig", "ModelConfig", "OptimConfig", "PretrainConfig",
-           "RewardConfig", "RewardModelConfig", "RunConfig", "SFTConfig", "TokenizerConfig", "config_from_dict",
-           "config_hash", "config_to_dict", "describe_config", "dump_yaml", "knob", "load_config"]
+__all__ = ["DPOConfig", "GPTConfig", "GRPOConfig", "GenerationConfig", "LoRAConfig", "ModelConfig", "OptimConfig",
+           "PPOConfig", "PretrainConfig", "RewardConfig", "RewardModelConfig", "RunConfig", "SFTConfig",
+           "TokenizerConfig", "config_from_dict", "config_hash", "config_to_dict", "describe_config", "dump_yaml",
+           "knob", "load_config"]
 
 
 def knob(default: Any, why: str) -> Any:
@@ -89,6 +90,30 @@ class ModelConfig:
     trust_remote_code: bool = knob(False, "let transformers run model code shipped with the weights")
 
 
+QWEN2_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """Low-rank adapters (peft's LoRA) on the policy's linear layers; r = 0 trains every weight."""
+
+    r: int = knob(0, "adapter rank; 0 = no adapters (full fine-tuning)")
+    alpha: float = knob(16.0, "scaling numerator: the update is (alpha / r) * B @ A")
+    dropout: float = knob(0.0, "dropout on the adapter's input")
+    target_modules: tuple[str, ...] = knob(QWEN2_LORA_TARGETS, "linear layers that get adapters (Qwen2 names: "
+                                                               "attention q/k/v/o and the MLP projections)")
+
+    def __post_init__(self):
+        _check(self, ">= 0", lambda v: v >= 0, "r")
+        _check(self, "> 0", lambda v: v > 0, "alpha")
+        _check(self, "in [0, 1)", lambda v: 0 <= v < 1, "dropout")
+        _check(self, "non-empty", lambda v: len(v) > 0, "target_modules")
+
+    @property
+    def enabled(self) -> bool:
+        return self.r > 0
+
+
 @dataclass(frozen=True)
 class TokenizerConfig:
     """The tokenizer for a new model (ignored when model.path brings one)."""
@@ -142,6 +167,7 @@ class RunConfig:
     log_every: int = knob(10, "steps between metric lines")
     eval_every: int = knob(50, "steps between validation passes; 0 disables")
     progress: bool = knob(True, "print a progress line while training")
+    fsdp: bool = knob(False, "under torchrun: shard weights, gradients and optimizer state (FSDP) instead of DDP")
 
     def __post_init__(self):
         _check(self, ">= 1", lambda v: v >= 1, "steps", "batch_size", "log_every")
@@ -201,6 +227,7 @@ class RewardModelConfig:
                                                          num_hidden_layers=2, num_attention_heads=2,
                                                          num_key_value_heads=2, max_position_embeddings=512)),
                               "backbone: path to an LM / HF model dir, or a new native GPT from arch")
+    lora: LoRAConfig = knob(LoRAConfig(), "LoRA adapters instead of full fine-tuning (r > 0; alignlab[peft])")
     tokenizer: TokenizerConfig = knob(TokenizerConfig(vocab_size=1024), "tokenizer of a new backbone")
     optim: OptimConfig = knob(OptimConfig(lr=3e-4, weight_decay=0.0), "optimizer and schedule")
     run: RunConfig = knob(RunConfig(out_dir="runs/rm", steps=200, batch_size=8, eval_every=50),
@@ -224,6 +251,7 @@ class SFTConfig:
     eval_fraction: float = knob(0.05, "tail of the examples held out for validation loss")
     max_length: int = knob(256, "tokens per example; longer ones lose the start of the prompt")
     model: ModelConfig = knob(ModelConfig(), "model to fine-tune: path, or a new native GPT from arch")
+    lora: LoRAConfig = knob(LoRAConfig(), "LoRA adapters instead of full fine-tuning (r > 0; alignlab[peft])")
     tokenizer: TokenizerConfig = knob(TokenizerConfig(vocab_size=1024), "tokenizer of a new model")
     optim: OptimConfig = knob(OptimConfig(lr=1e-3, weight_decay=0.0), "optimizer and schedule")
     run: RunConfig = knob(RunConfig(out_dir="runs/sft", steps=300, batch_size=16, eval_every=100),
@@ -253,6 +281,7 @@ class DPOConfig:
     max_length: int = knob(256, "tokens per prompt + reply; longer ones lose the start of the prompt")
     eval_batch_size: int = knob(32, "pairs per batch in evaluation and reference precomputation")
     model: ModelConfig = knob(ModelConfig(), "the policy to train: model.path (alignlab checkpoint or HF model)")
+    lora: LoRAConfig = knob(LoRAConfig(), "LoRA adapters instead of full fine-tuning (r > 0; alignlab[peft])")
     optim: OptimConfig = knob(OptimConfig(lr=1e-5, weight_decay=0.0, warmup_steps=5, schedule="cosine"),
                               "optimizer and schedule")
     run: RunConfig = knob(RunConfig(out_dir="runs/dpo", steps=200, batch_size=8, eval_every=50),
@@ -316,6 +345,7 @@ class GRPOConfig:
     eval_samples: int = knob(2, "completions per held-out prompt in those evaluations")
     preflight: bool = knob(True, "check tokenizer, chat template, rewards and signal on a pilot batch first")
     model: ModelConfig = knob(ModelConfig(), "the policy to train: model.path (alignlab checkpoint or HF model)")
+    lora: LoRAConfig = knob(LoRAConfig(), "LoRA adapters instead of full fine-tuning (r > 0; alignlab[peft])")
     optim: OptimConfig = knob(OptimConfig(lr=1e-5, weight_decay=0.0, warmup_steps=0, schedule="constant"),
                               "optimizer and schedule")
     run: RunConfig = knob(RunConfig(out_dir="runs/grpo", steps=100, batch_size=32, save_every=50, log_every=1,
@@ -338,3 +368,70 @@ class GRPOConfig:
     @property
     def prompts_per_step(self) -> int:
         return self.run.batch_size // self.num_generations
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """`alignlab ppo`: PPO of a policy with a learned critic against a reward model, rules, or both.
+
+    A rollout samples one completion for each of run.batch_size prompts; it then serves
+    num_ppo_epochs passes of num_mini_batches optimizer steps (each over grad_accum micro-batches),
+    so run.steps counts optimizer steps. Names follow TRL's PPOConfig where TRL has the knob.
+    """
+
+    task: Literal["study-plan", "gsm8k"] = knob("study-plan", "built-in task: examples, pass check and rule reward")
+    data: str = knob("", "the task's train examples (JSONL); empty = its built-in prompts (gsm8k needs a file)")
+    eval_data: str = knob("", "held-out examples (JSONL); empty = the task's built-in held-out prompts, if any")
+    prompts: int = knob(0, "train prompts used (the first N of the task's); 0 = all")
+    num_ppo_epochs: int = knob(4, "passes over each rollout")
+    num_mini_batches: int = knob(2, "optimizer steps per pass (the rollout split into shuffled mini-batches)")
+    cliprange: float = knob(0.2, "policy ratio clip: 1 -/+ cliprange")
+    cliprange_value: float = knob(0.2, "new values kept within this of the rollout's values in the value loss")
+    vf_coef: float = knob(0.1, "weight of the value loss in the total")
+    gamma: float = knob(1.0, "discount per token")
+    lam: float = knob(0.95, "GAE lambda: 1 = Monte-Carlo returns, 0 = one-step TD")
+    kl_coef: float = knob(0.05, "per-token k1 KL penalty to the frozen initial policy, folded into the reward; "
+                                "0 = no reference model at all")
+    adaptive_kl_target: float = knob(0.0, "target KL per completion for the adaptive controller; 0 = fixed kl_coef")
+    adaptive_kl_horizon: int = knob(10000, "the adaptive controller's horizon in completions")
+    early_stop_approx_kl: float = knob(0.0, "end a rollout's updates when a mini-batch's approx KL to the rollout "
+                                            "policy exceeds this; 0 = never")
+    whiten_rewards: bool = knob(False, "whiten the per-token rewards of each rollout before GAE")
+    missing_eos_penalty: float = knob(0.0, "subtracted from the score of completions cut by max_new_tokens")
+    value_init: Literal["auto", "reward_model", "policy"] = knob(
+        "auto", "critic's starting weights: the reward model (needs the policy's tokenizer) or the policy's body "
+                "with a zero head; auto = reward_model when reward.model is set")
+    reward: RewardConfig = knob(RewardConfig(), "the score: rules, reward.model, reward.function, weighted")
+    generation: GenerationConfig = knob(GenerationConfig(max_new_tokens=64, temperature=0.7),
+                                        "sampling of rollouts (evaluation uses the same)")
+    eval_prompts: int = knob(0, "held-out prompts evaluated every run.eval_every steps; 0 = all")
+    eval_samples: int = knob(2, "completions per held-out prompt in those evaluations")
+    model: ModelConfig = knob(ModelConfig(), "the policy to train: model.path (alignlab checkpoint or HF model)")
+    lora: LoRAConfig = knob(LoRAConfig(), "LoRA adapters instead of full fine-tuning (r > 0; alignlab[peft])")
+    optim: OptimConfig = knob(OptimConfig(lr=1e-5, weight_decay=0.0, warmup_steps=0, schedule="constant"),
+                              "optimizer (one AdamW over policy and critic, as TRL) and schedule")
+    run: RunConfig = knob(RunConfig(out_dir="runs/ppo", steps=200, batch_size=32, save_every=50, log_every=1,
+                                    eval_every=40), "run directory, length and cadence; batch_size counts "
+                                                    "prompts (= completions) per rollout")
+
+    def __post_init__(self):
+        _check(self, ">= 1", lambda v: v >= 1, "num_ppo_epochs", "num_mini_batches", "eval_samples",
+               "adaptive_kl_horizon")
+        _check(self, ">= 0", lambda v: v >= 0, "prompts", "eval_prompts", "cliprange", "cliprange_value", "vf_coef",
+               "kl_coef", "adaptive_kl_target", "early_stop_approx_kl", "missing_eos_penalty")
+        _check(self, "in [0, 1]", lambda v: 0 <= v <= 1, "gamma", "lam")
+        if self.adaptive_kl_target > 0 and self.kl_coef == 0:
+            raise ValueError("kl_coef must be > 0 for the adaptive KL controller (it scales kl_coef), got 0")
+        mini, rest = divmod(self.run.batch_size, self.num_mini_batches)
+        if rest or mini % self.optim.grad_accum:
+            raise ValueError(f"run.batch_size ({self.run.batch_size}) must split into num_mini_batches "
+                             f"({self.num_mini_batches}) mini-batches of a multiple of optim.grad_accum "
+                             f"({self.optim.grad_accum}) rows")
+
+    @property
+    def mini_batch_size(self) -> int:
+        return self.run.batch_size // self.num_mini_batches
+
+    @property
+    def updates_per_rollout(self) -> int:
+        return self.num_ppo_epochs * self.num_mini_batches

@@ -10,8 +10,12 @@
 
 Nothing is created until a trainer has validated its inputs, so a bad input never leaves a
 half-made run behind. `quiet=True` silences all printing (tests); `progress=False` only the
-progress bar (logs, CI). Rank-0 guards for
-multi-process runs will live here too.
+progress bar (logs, CI).
+
+In a multi-process run (torchrun) this is where the rank-0 guards live: every rank opens the
+`Run` (all read checkpoints when resuming), but only rank 0 creates, writes, prunes and prints;
+`Run.create` checks the directory on every rank before rank 0 touches it, so all ranks raise
+the same error or none does.
 
 Left out: experiment trackers other than TensorBoard.
 """
@@ -28,6 +32,7 @@ from importlib import metadata
 from pathlib import Path
 
 from alignlab.config import config_hash, dump_yaml
+from alignlab.distributed import Distributed
 from alignlab.errors import UserError
 
 
@@ -68,7 +73,8 @@ class Run:
 
     def __init__(self, root: Path, *, quiet: bool = False, progress: bool = True):
         self.root = root
-        self.quiet, self.progress = quiet, progress
+        self.main = Distributed.from_env().is_main  # only rank 0 writes and prints
+        self.quiet, self.progress = quiet or not self.main, progress
         self._tb = None
         self._progress = None
 
@@ -76,11 +82,21 @@ class Run:
     def create(cls, out_dir: str | Path, config, *, resume: bool = False, overwrite: bool = False,
                data_files=(), device: str = "cpu", dtype: str = "float32", quiet: bool = False,
                progress: bool = True):
-        root = Path(out_dir)
+        root, group = Path(out_dir), Distributed.from_env()
         if root.exists() and any(root.iterdir()) and not (resume or overwrite):
             raise UserError("run directory already exists: pass --resume to continue it, "
                             "--overwrite to replace it, or choose another run.out_dir",
                             file=str(root))
+        group.barrier()  # every rank has looked before rank 0 writes
+        if not group.is_main:
+            group.barrier()
+            return cls(root, quiet=quiet, progress=progress)
+        cls._write(root, config, resume, overwrite, data_files, device, dtype)
+        group.barrier()
+        return cls(root, quiet=quiet, progress=progress)
+
+    @staticmethod
+    def _write(root: Path, config, resume: bool, overwrite: bool, data_files, device: str, dtype: str) -> None:
         if overwrite and not resume and root.exists():
             shutil.rmtree(root)
         (root / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -95,12 +111,12 @@ class Run:
             "device": device,
             "dtype": dtype,
             "seed": getattr(getattr(config, "run", None), "seed", None),
+            "world_size": Distributed.from_env().world_size,
             "data": {str(p): file_sha256(p) for p in data_files},
             "command": sys.argv,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        return cls(root, quiet=quiet, progress=progress)
 
     @property
     def checkpoints(self) -> Path:
@@ -124,11 +140,15 @@ class Run:
 
     def prune(self, keep: int) -> None:
         """Remove all but the newest `keep` step_N checkpoints; `final` always stays."""
+        if not self.main:
+            return
         steps = [(s, p) for s, p in self.complete_checkpoints() if p.name != "final"]
         for _, path in steps[: max(len(steps) - keep, 0)]:
             shutil.rmtree(path, ignore_errors=True)
 
     def log(self, step: int, metrics: dict) -> None:
+        if not self.main:
+            return
         record = {"step": step, "time": round(time.time(), 3), **metrics}
         with open(self.root / "metrics.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -142,7 +162,7 @@ class Run:
         """Cut metrics.jsonl back to records of steps <= `step` (a resumed run's crashed tail, and a
         line a killed process left half-written), so resuming never logs a step twice."""
         path = self.root / "metrics.jsonl"
-        if not path.is_file():
+        if not self.main or not path.is_file():
             return
         kept = []
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -168,6 +188,8 @@ class Run:
 
     def write_jsonl(self, name: str, records) -> Path:
         path = self.root / name
+        if not self.main:
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", encoding="utf-8") as handle:
             for record in records:

@@ -4,17 +4,24 @@
 pass it down explicitly. CPU float32 is the path tests take. Autocast always goes through
 `torch.amp.autocast(device_type=...)`.
 
-Left out: process groups (the multi-process issue adds them here).
+Under `torchrun` (WORLD_SIZE > 1) `resolve_runtime` also joins the process group
+(`distributed.py`): each process gets the device of its local rank (cuda:LOCAL_RANK) and the
+`Distributed` it belongs to rides along in `Runtime.dist`. Seeds are NOT offset per rank:
+initial weights must agree (DDP also broadcasts rank 0's), and sampling draws from per-row
+streams keyed by global row index (`generation/sampling.py`), so no draw depends on the rank.
+
+Left out: choosing among several GPUs in one process.
 """
 
 from __future__ import annotations
 
 import random
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from alignlab.distributed import Distributed, init_distributed
 from alignlab.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -22,10 +29,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where tensors live and which autocast dtype (None = full precision) the forward uses."""
+    """Where tensors live, which autocast dtype (None = full precision) the forward uses, and the
+    process group this process belongs to (one process by default)."""
 
     device: torch.device
     amp_dtype: torch.dtype | None = None
+    dist: Distributed = field(default_factory=Distributed)
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -56,8 +65,12 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
-    """auto precision: bf16 autocast on CUDA (fp16 where bf16 is missing), fp16 on MPS, fp32 on CPU."""
+    """auto precision: bf16 autocast on CUDA (fp16 where bf16 is missing), fp16 on MPS, fp32 on CPU.
+    Under torchrun, joins the process group and takes the local rank's GPU."""
     dev = resolve_device(device)
+    group = init_distributed(dev.type)
+    if group.enabled and dev.type == "cuda":
+        dev = torch.device("cuda", group.local_rank)
     if precision == "auto":
         if dev.type == "cuda":
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -67,7 +80,7 @@ def resolve_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     if amp is not None and dev.type == "cpu":
         raise UserError(f"precision={precision} autocast is not supported on CPU here; use "
                         "precision=fp32", key="precision")
-    return Runtime(dev, amp)
+    return Runtime(dev, amp, group)
 
 
 def parse_dtype(name: str | None) -> torch.dtype | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -58,8 +59,6 @@ def test_resume_is_exact(policy_dir, tmp_path):
 
 
 def test_recipes_load():
-    from pathlib import Path
-
     from alignlab.sweep import read_sweep
 
     recipes = Path(__file__).resolve().parents[2] / "recipes"
@@ -67,3 +66,16 @@ def test_recipes_load():
     assert cfg.loss_type == "sigmoid" and cfg.optim.lr == 2e-5 and cfg.run.steps == 100
     sweep = read_sweep(recipes / "mitigations.yaml")
     assert len(sweep.runs) == 16 and sweep.policy == "demo"
+
+
+HH = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"
+
+
+@pytest.mark.skipif(not HH.is_file(), reason="HH-RLHF test split not in ../shared/data")
+def test_dpo_hh_recipe_runs_on_hh_pairs(policy_dir, tmp_path):
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "dpo_hh.yaml"
+    cfg = load_config(DPOConfig, recipe, [f"model.path={policy_dir}", f"data={HH}[:12]", f"eval_data={HH}[12:20]",
+                                          "steps=2", "run.batch_size=4", "max_length=128", "eval_batch_size=4",
+                                          "run.eval_every=2", "run.progress=false", f"run.out_dir={tmp_path / 'hh'}"])
+    records = _records(dpo(cfg, quiet=True))
+    assert records[-1]["step"] == 2 and "eval/accuracy_low" in records[-1]

@@ -50,6 +50,8 @@ def check_supported(cfg: GRPOConfig) -> None:
         problems.append("model.engine: backend=trl trains a transformers model; use auto or hf")
     if cfg.generation.stop_strings:
         problems.append("generation.stop_strings: TRL's generation stops at EOS only")
+    if cfg.lora.enabled:
+        problems.append("lora: alignlab's adapters are not passed to TRL; use backend=alignlab")
     if cfg.model.trust_remote_code:
         problems.append("model.trust_remote_code: not passed to TRL by alignlab; use backend=alignlab")
     if problems:

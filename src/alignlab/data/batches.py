@@ -189,10 +189,16 @@ class ShuffledBatches:
 
     The state (generator, current order, position) is the data position a checkpoint saves,
     so a resumed run draws exactly the batches the uninterrupted one would have.
+
+    `part` (a slice of the batch, `Distributed.shard`) keeps one process's rows: every process
+    draws the same global batches in the same order and collates only its slice, so the state
+    is the same on every rank and does not depend on the number of processes.
     """
 
-    def __init__(self, items: Sequence, collate: Callable, batch_size: int, seed: int, device="cpu"):
+    def __init__(self, items: Sequence, collate: Callable, batch_size: int, seed: int, device="cpu",
+                 part: slice | None = None):
         self.items, self.collate, self.batch, self.device = items, collate, batch_size, device
+        self.part = part or slice(None)
         self.generator = make_generator(seed)
         self.order: list[int] = []
         self.position = 0
@@ -205,7 +211,7 @@ class ShuffledBatches:
                 self.position = 0
             picked.append(self.items[self.order[self.position]])
             self.position += 1
-        return self.collate(picked).to(self.device)
+        return self.collate(picked[self.part]).to(self.device)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "order": self.order, "position": self.position}

@@ -1,12 +1,12 @@
 """Sampling evaluation: N completions per prompt from a model, scored and summarised.
 
 `evaluate_model` samples `samples_per_prompt` completions per prompt with
-`generation.engine.generate` (chat template, one seeded `torch.Generator` on the model's device,
-so the same seed gives the same samples), scores each with `metrics.score_sample` (keeping the
-Rollout's truncated flag) and summarises them. `evaluate_completions` does the same for
-completions produced anywhere. `read_prompts` / `read_completions` load JSONL records with
-errors naming file, line and field; `write_samples` writes scored samples as JSONL, every
-rule's reasons included.
+`generation.engine.generate` (chat template; row i of the evaluation samples from its own stream
+`derive_seed(seed, i)`, so the same seed gives the same samples whatever the batch size), scores
+each with `metrics.score_sample` (keeping the Rollout's truncated flag) and summarises them.
+`evaluate_completions` does the same for completions produced anywhere. `read_prompts` /
+`read_completions` load JSONL records with errors naming file, line and field; `write_samples`
+writes scored samples as JSONL, every rule's reasons included.
 
 Left out: tasks other than the study plan (`TASKS`), distributed evaluation, and pass@k.
 """
@@ -18,15 +18,13 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import torch
-
 from alignlab.config import GenerationConfig
 from alignlab.data.sources import read_jsonl_records
 from alignlab.errors import UserError
 from alignlab.eval.metrics import EvalSummary, ScoredSample, score_sample, summarize
 from alignlab.generation.engine import generate
+from alignlab.generation.sampling import derive_seed
 from alignlab.rewards.base import completion_text, prompt_text
-from alignlab.runtime import make_generator
 from alignlab.tasks.study_plan import held_out_prompts
 
 TASKS = {"study-plan": held_out_prompts}  # task name -> its held-out prompts
@@ -39,16 +37,17 @@ def task_prompts(task: str) -> list[str]:
     return TASKS[task]()
 
 
-def start_sampling(model, n_prompts: int, samples_per_prompt: int, batch_size: int, seed: int) -> torch.Generator:
-    """Check the sampling arguments, put `model` in eval mode and return the seeded generator every
-    sampled evaluation draws from (one per evaluation, on the model's device)."""
+def start_sampling(model, n_prompts: int, samples_per_prompt: int, batch_size: int, seed: int) -> list[int]:
+    """Check the sampling arguments, put `model` in eval mode and return the row seeds every sampled
+    evaluation draws from: one stream per row (prompt-major), so that a sample does not depend on
+    the generation batch it falls in."""
     if samples_per_prompt < 1 or batch_size < 1:
         raise UserError(f"expected at least 1 sample per prompt and a batch size >= 1, got {samples_per_prompt} "
                         f"and {batch_size}")
     if n_prompts == 0:
         raise UserError("no prompts to evaluate on")
     model.eval()
-    return make_generator(seed, next(model.parameters()).device)
+    return [derive_seed(seed, i) for i in range(n_prompts * samples_per_prompt)]
 
 
 def evaluate_model(model, tokenizer, prompts: Sequence[str], samples_per_prompt: int, gen: GenerationConfig,
@@ -56,15 +55,15 @@ def evaluate_model(model, tokenizer, prompts: Sequence[str], samples_per_prompt:
     """Sample `samples_per_prompt` chat completions per prompt, score and summarise them.
 
     Rows are the prompts each repeated `samples_per_prompt` times, in prompt order, generated
-    `batch_size` rows at a time from one generator seeded with `seed`: the same arguments give
-    the same samples. The model is put in eval mode.
+    `batch_size` rows at a time, row i from its own stream seeded by (`seed`, i): the same seed gives
+    the same samples at any batch size. The model is put in eval mode.
     """
-    generator = start_sampling(model, len(prompts), samples_per_prompt, batch_size, seed)
+    seeds = start_sampling(model, len(prompts), samples_per_prompt, batch_size, seed)
     rows = [p for p in prompts for _ in range(samples_per_prompt)]
     samples = []
     for start in range(0, len(rows), batch_size):
         batch = rows[start:start + batch_size]
-        rollout = generate(model, tokenizer, batch, gen, generator, chat=True)
+        rollout = generate(model, tokenizer, batch, gen, chat=True, row_seeds=seeds[start:start + batch_size])
         truncated = rollout.truncated.tolist()  # (B,) bool
         samples += [score_sample(p, text, truncated=bool(cut))
                     for p, text, cut in zip(batch, rollout.texts, truncated, strict=True)]
@@ -153,7 +152,7 @@ def load_or_evaluate(arg: str, *, samples_per_prompt: int = 5, temperature: floa
     if summary_file.is_file():
         return _read_summary(summary_file)
     model_dir = path / "checkpoints" / "final" if (path / "checkpoints" / "final").is_dir() else path
-    if not (model_dir / "config.json").is_file():
+    if not ((model_dir / "config.json").is_file() or (model_dir / "adapter.json").is_file()):
         raise UserError("expected an `alignlab eval --out` directory, a checkpoint or a run directory", file=arg)
     model, tokenizer = load_model(str(model_dir), device=device)
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature)

@@ -163,10 +163,11 @@ def write_sweep_report(out: Path, results: Sequence[Mapping], variants: Sequence
     return write_pages(out, "sweep", title, line, sections, [figure] if figure else [])
 
 
-def write_compare_report(out: Path, loaded: Mapping[str, tuple[EvalSummary, list | None]],
-                         verdict) -> tuple[Path, Path]:
-    """`alignlab compare --out`: compare.html / compare.md with the metric table, a pass-rate plot
-    and, for two evaluations, the verdict of the second against the first; each evaluation's
+def write_compare_report(out: Path, loaded: Mapping[str, tuple[EvalSummary, list | None]], verdict,
+                         training: Sequence[Sequence[str]] | None = None) -> tuple[Path, Path]:
+    """`alignlab compare --out`: compare.html / compare.md with the metric table, the training table
+    (`run_info.training_rows`: trainer, steps, wall time, KL) when any policy is a run, a pass-rate
+    plot and, for two evaluations, the verdict of the second against the first; each evaluation's
     summary and samples under out/<i>/ (1-based, in the order given)."""
     from matplotlib.figure import Figure as MplFigure
 
@@ -194,8 +195,10 @@ def write_compare_report(out: Path, loaded: Mapping[str, tuple[EvalSummary, list
     fig.savefig(buffer, format="png")
     figure = ("pass_rate", "Pass rate per evaluation (95% Wilson interval)", buffer.getvalue())
     summaries = {name: summary for name, (summary, _) in loaded.items()}
-    sections = [("Metrics", table_section(table_rows(summaries), "num")),
-                ("Pass rate", figures_section([figure], "compare_files"))]
+    sections = [("Metrics", table_section(table_rows(summaries), "num"))]
+    if training:
+        sections.append(("Training", table_section(training, "num")))
+    sections.append(("Pass rate", figures_section([figure], "compare_files")))
     if verdict is not None:
         sections.append(("Verdict", verdict_section(f"{names[1]} against {names[0]}", verdict)))
     line = f"{len(names)} evaluations: " + ", ".join(names)

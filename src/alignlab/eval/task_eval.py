@@ -75,12 +75,13 @@ def summarize_task(task: str, records: Sequence[Mapping], samples_per_example: i
 def evaluate_task(model, tokenizer, task: Task, examples: Sequence[dict], samples_per_example: int,
                   gen: GenerationConfig, seed: int, batch_size: int = 32) -> tuple[list[dict], TaskEvalSummary]:
     """Sample and judge `samples_per_example` completions per example; (records, summary)."""
-    generator = start_sampling(model, len(examples), samples_per_example, batch_size, seed)
+    seeds = start_sampling(model, len(examples), samples_per_example, batch_size, seed)  # one stream per row
     rows = [(i, e) for i, e in enumerate(examples) for _ in range(samples_per_example)]
     records = []
     for start in range(0, len(rows), batch_size):
         batch = rows[start:start + batch_size]
-        rollout = generate(model, tokenizer, [e["prompt"] for _, e in batch], gen, generator, chat=True)
+        rollout = generate(model, tokenizer, [e["prompt"] for _, e in batch], gen, chat=True,
+                           row_seeds=seeds[start:start + batch_size])
         for (i, example), text, cut in zip(batch, rollout.texts, rollout.truncated.tolist(), strict=True):
             verdict = task.check(example["prompt"], text, **{k: example[k] for k in task.columns})
             records.append({"example": i, **example, "completion": text, "passed": verdict.passed,

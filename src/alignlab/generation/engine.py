@@ -6,8 +6,13 @@ row at any stop id (EOS and friends) or stop string. Other transformers causal L
 through `model.generate` with the same arguments, given as a fresh `GenerationConfig` so the
 model's own defaults (Qwen's repetition penalty, top_k 20, ...) never leak in.
 
-Randomness comes from the `torch.Generator` passed in: the same seed gives the same
-completions; temperature 0 is greedy and ignores it.
+Randomness comes from the `torch.Generator` passed in (one stream for the batch), or, with
+`row_seeds`, from one stream per row (`sampling.RowStreams`), so that on the native path a
+row's completion depends on its seed alone, not on the batch it was sampled in: the same
+seed gives the same completions; temperature 0 is greedy and ignores both. On the
+transformers path `generate` owns the sampling and draws from the global generator for the whole
+batch; it is seeded from the generator, or from all the row seeds together, so it stays
+reproducible but does depend on the batch layout there.
 
 Left out: speculative decoding, paged attention, continuous batching (a vLLM backend is a
 later step).
@@ -23,7 +28,7 @@ import torch
 from alignlab.config import GenerationConfig
 from alignlab.data.batches import left_pad
 from alignlab.data.tokenizer import Tokenizer
-from alignlab.generation.sampling import sample_next_token
+from alignlab.generation.sampling import RowStreams, derive_seed, sample_next_token
 from alignlab.model.gpt import GPT
 
 
@@ -57,15 +62,21 @@ def generate(
     generator: torch.Generator | None = None,
     *,
     chat: bool = True,
+    row_seeds: Sequence[int] | None = None,
 ) -> Rollout:
     """Sample one completion per prompt. Strings are rendered with the chat template when
-    `chat` (raw text otherwise); token lists are used as they are."""
+    `chat` (raw text otherwise); token lists are used as they are. `row_seeds` (one int per
+    prompt) gives each row its own random stream; `generator` is then not used."""
+    if row_seeds is not None and len(row_seeds) != len(prompts):
+        raise ValueError(f"{len(row_seeds)} row seeds for {len(prompts)} prompts")
     seqs = [_prompt_ids(tokenizer, p, chat) for p in prompts]
     prompt_ids, prompt_mask = left_pad(seqs, tokenizer.pad_id)
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     stop_check = _stop_string_check(tokenizer, config.stop_strings)
     run = generate_native if isinstance(model, GPT) else generate_hf
+    if row_seeds is not None:
+        generator = RowStreams(list(row_seeds), device)
     completion_ids, completion_mask, truncated = run(
         model, prompt_ids, prompt_mask, config, generator,
         stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id, stop_check=stop_check)
@@ -87,7 +98,8 @@ def _prompt_ids(tokenizer: Tokenizer, prompt, chat: bool) -> list[int]:
 @torch.inference_mode()
 def generate_native(model: GPT, prompt_ids, prompt_mask, config: GenerationConfig, generator,
                     *, stop_ids: Sequence[int], pad_id: int, stop_check=None):
-    """KV-cache decoding. prompt_ids/mask (B, P) -> completion ids (B, C), mask (B, C), truncated (B,)."""
+    """KV-cache decoding. prompt_ids/mask (B, P) -> completion ids (B, C), mask (B, C), truncated (B,).
+    `generator` is a torch.Generator, `RowStreams` or None (greedy)."""
     b, p = prompt_ids.shape
     n, device = config.max_new_tokens, prompt_ids.device
     padded = not bool(prompt_mask.all())  # without padding, decode steps need no mask at all
@@ -189,7 +201,9 @@ def generate_hf(model, prompt_ids, prompt_mask, config: GenerationConfig, genera
         top_p=config.top_p if sample else None, top_k=config.top_k if sample else None,
         eos_token_id=list(stop_ids) or None, pad_token_id=pad_id)
     seed = None
-    if sample and generator is not None:
+    if sample and isinstance(generator, RowStreams):  # row seeds: one seed for the batch (see module doc)
+        seed = derive_seed(*generator.seeds) % 2**62
+    elif sample and generator is not None:
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
     device_type = prompt_ids.device.type
     with torch.random.fork_rng(devices=[prompt_ids.device] if device_type == "cuda" else [],

@@ -89,6 +89,11 @@ def _special_ids(tokenizer: Tokenizer | None) -> dict:
 def save_model(model, tokenizer: Tokenizer | None, directory: str | Path) -> None:
     """Write model (+ tokenizer) into an existing directory (wrap in `atomic_dir` for safety)."""
     directory = Path(directory)
+    if getattr(model, "alignlab_lora", None) is not None:  # only the adapters (model/lora.py)
+        from alignlab.model.lora import save_adapter
+
+        save_adapter(model, tokenizer, directory)
+        return
     if isinstance(model, GPT):
         config = hf_config_dict(model.config, model.dtype, _special_ids(tokenizer))
         (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -137,11 +142,16 @@ def resolve_source(source: str) -> Path:
 
 def load_model(source: str, *, engine: str = "auto", dtype: torch.dtype | None = None,
                device="cpu", trust_remote_code: bool = False):
-    """(model, tokenizer) from an alignlab checkpoint, an HF model directory or a hub id.
+    """(model, tokenizer) from an alignlab checkpoint, an HF model directory, a hub id, or a LoRA
+    adapter checkpoint (its base loaded and checked, the adapter applied: `model/lora.py`).
 
     engine "auto" runs Qwen2-architecture weights on the native GPT and everything else
     through transformers; "native" insists on the fast path; "hf" always uses transformers.
     """
+    if (Path(source).expanduser() / "adapter.json").is_file():  # a LoRA adapter checkpoint: base + adapter
+        from alignlab.model.lora import load_adapter
+
+        return load_adapter(source, engine=engine, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     directory = resolve_source(source)
     hf_config = read_json(directory / "config.json")
     why_not = native_unsupported(hf_config)

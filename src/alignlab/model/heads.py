@@ -1,4 +1,4 @@
-"""Scalar heads on a backbone: `RewardModel`, one reward per sequence.
+"""Scalar heads on a backbone: `RewardModel`, one reward per sequence; `ValueModel`, one value per token.
 
 The reward is a linear read-out (no bias: Bradley-Terry only sees differences) of the
 backbone's features, pooled at the last real token for decoders (as
@@ -10,11 +10,16 @@ Backbones: the native GPT body (new, or from an alignlab / Qwen2 checkpoint; sav
 (e.g. a BERT-family encoder; saved as that directory plus `score.safetensors`). Every saved
 reward model carries `reward_model.json` (backbone kind and pooling) and its tokenizer.
 
-Left out: the per-token `ValueModel` for PPO (its issue adds it here).
+`ValueModel` is PPO's critic: the same backbone + linear read-out applied at every position
+(V_t, the value of the state before completion token t), started from a reward model (TRL's
+default: the critic already knows what scores well) or from the policy's body with a zero head
+(every value starts at 0). It must be causal: a value may not see the tokens after it, so an
+encoder reward model (mean / cls pooling) cannot start one.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -23,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from alignlab.config import GPTConfig
+from alignlab.config import GPTConfig, LoRAConfig
 from alignlab.data.tokenizer import Tokenizer, load_tokenizer
 from alignlab.errors import UserError
 from alignlab.model.checkpoint import resolve_source
@@ -38,6 +43,8 @@ from alignlab.model.hf import (
     read_json,
     read_weights,
 )
+from alignlab.model.lora import META as LORA_META
+from alignlab.model.lora import add_lora, check_base, has_lora, load_adapter_weights, save_adapter
 
 META = "reward_model.json"
 HEAD = "score.safetensors"
@@ -131,6 +138,12 @@ def save_reward_model(model: RewardModel, tokenizer: Tokenizer, directory: str |
     """Write a reward model into an existing directory (wrap in `atomic_dir`)."""
     directory = Path(directory)
     meta = {"backbone": "native" if model.native else "hf", "pooling": model.pooling, "format": 1}
+    if has_lora(model.model):  # LoRA on the backbone: its adapters (model/lora.py) + the head
+        save_adapter(model.model, tokenizer, directory)
+        save_file({"score.weight": model.score.weight.detach().contiguous()}, str(directory / HEAD))
+        meta.update(backbone="lora", base=model.model.alignlab_lora["base"])
+        (directory / META).write_text(json.dumps(meta, indent=2) + "\n")
+        return
     if model.native:
         special = {"pad_token_id": tokenizer.pad_id, "eos_token_id": tokenizer.eos_id}
         arch = dataclasses.replace(model.arch, tie_word_embeddings=False)
@@ -153,12 +166,22 @@ def load_reward_model(path: str, *, device="cpu") -> tuple[RewardModel, Tokenize
         if not (directory / META).exists() and (candidate / META).exists():
             directory = candidate
             break
-    directory = resolve_source(str(directory))
+    if not (directory / META).exists():  # a LoRA reward model has no config.json of its own
+        directory = resolve_source(str(directory))
     if not (directory / META).exists():
         raise UserError(f"not a reward model (no {META}); train one with `alignlab train-rm`",
                         file=str(directory))
     meta = read_json(directory / META)
     tokenizer = load_tokenizer(str(directory))
+    if meta.get("backbone") == "lora":  # the base's reward model (or LM body) + the adapters + the head
+        model, _ = reward_model_from(meta["base"], pooling=meta["pooling"], device=device)
+        lora = read_json(directory / LORA_META)
+        check_base(lora, directory)
+        add_lora(model.model, LoRAConfig(**{**lora["lora"], "target_modules": tuple(lora["lora"]["target_modules"])}),
+                 meta["base"])
+        model.model.alignlab_lora = lora
+        restore_lora_reward_model(model, directory)
+        return model.to(device), tokenizer
     if meta.get("backbone") == "native":
         arch = dataclasses.replace(gpt_config_from_hf(read_json(directory / "config.json")),
                                    tie_word_embeddings=False)
@@ -176,3 +199,48 @@ def load_reward_model(path: str, *, device="cpu") -> tuple[RewardModel, Tokenize
     head = load_file(str(directory / HEAD))
     model.score.weight.data.copy_(head["score.weight"])
     return model.to(device), tokenizer
+
+
+def restore_lora_reward_model(model: RewardModel, directory: Path) -> None:
+    """Copy a LoRA reward model's saved adapters and head into `model` (same configuration)."""
+    load_adapter_weights(model.model, directory)
+    model.score.weight.data.copy_(load_file(str(directory / HEAD))["score.weight"].to(model.score.weight.device))
+
+
+class ValueModel(RewardModel):
+    """backbone -> per-token features -> one value per position (float32); see the module docstring."""
+
+    @classmethod
+    def from_reward_model(cls, rm: RewardModel, scale: float = 1.0) -> ValueModel:
+        """A critic with a copy of `rm`'s weights (the reward model itself stays untouched), its head
+        multiplied by `scale`: the reward model's weight in the score, so that the first values are on
+        the score's scale (a critic 10x off the returns makes every first advantage noise)."""
+        if not rm.native and rm.pooling != "last":
+            raise UserError(f"the reward model pools by {rm.pooling!r}, so its backbone is an encoder that sees "
+                            f"the whole sequence; a value model must be causal: use value_init=policy",
+                            key="value_init")
+        value = cls(copy.deepcopy(rm.model), rm.score.in_features, pooling="last", arch=rm.arch)
+        value.score.weight.data.copy_(rm.score.weight.data * scale)
+        return value.to(rm.device)
+
+    @classmethod
+    def from_policy(cls, policy: nn.Module) -> ValueModel:
+        """A critic on a copy of the policy's body (native GPT or a transformers causal LM), head at zero."""
+        if isinstance(policy, GPT):
+            value = cls(copy.deepcopy(policy.model), policy.config.hidden_size, arch=policy.config)
+        else:
+            value = cls(copy.deepcopy(policy.base_model), policy.config.hidden_size)
+        nn.init.zeros_(value.score.weight)
+        return value.to(next(policy.parameters()).device)
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and bool mask -> hidden states (B, T, C)."""
+        if self.native:
+            return self.model(input_ids, attention_mask)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask.long()).last_hidden_state
+
+    def completion_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int) -> torch.Tensor:
+        """Values (B, n) float32 of the states before each of the last `n` tokens (the completion):
+        positions -n-1 .. -2, the same positions whose logits predict those tokens."""
+        hidden = self.hidden(input_ids, attention_mask)[:, -n - 1:-1]  # (B, n, C)
+        return self.score(hidden).squeeze(-1).float()

@@ -13,8 +13,11 @@ a frozen copy scores each batch. Held-out pairs every `run.eval_every` steps: im
 accuracy (95% Wilson interval), margin, the loss; train metrics: loss, accuracy, margin, chosen and
 rejected rewards and log-probs.
 
+Under torchrun each rank takes its slice of every batch of pairs (the loss is a mean over pairs);
+every rank computes the reference log-probs, rank 0 caches them.
+
 Left out: sampling-based evaluation during training (run `alignlab eval` on a checkpoint),
-multi-process training, reference-model syncing (TR-DPO).
+reference-model syncing (TR-DPO).
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ from alignlab.algorithms.dpo import dpo_loss, sequence_logps
 from alignlab.config import DPOConfig
 from alignlab.data.batches import PreferenceCollator, ShuffledBatches, right_pad
 from alignlab.errors import UserError
-from alignlab.model.checkpoint import load_model, save_model
+from alignlab.model.checkpoint import save_model
 from alignlab.model.hf import causal_lm_logits
+from alignlab.model.lora import adapters_off, has_lora, load_trainable
 from alignlab.runs import Run
-from alignlab.runtime import parse_dtype, resolve_runtime
+from alignlab.runtime import resolve_runtime
 from alignlab.trainers.loop import Loop, TrainSpec
 from alignlab.trainers.reward_model import load_pairs
 
@@ -90,9 +94,10 @@ def pair_logps(model, batch: DPOBatch) -> torch.Tensor:
     return sequence_logps(logits, batch.input_ids, batch.reply_mask)
 
 
-def with_reference(items: list[DPOItem], model, pad_id: int, batch_size: int, device, cache: Path | None):
+def with_reference(items: list[DPOItem], model, pad_id: int, batch_size: int, device, cache: Path | None,
+                   write: bool = True):
     """The items with the reference's log-probs, read from `cache` when it holds them, else computed
-    (no grad) and written there."""
+    (no grad) and written there (when `write`: rank 0 of a multi-process run)."""
     if cache is not None and cache.is_file():
         saved = load_file(str(cache))
         if saved["chosen"].shape[0] == len(items):
@@ -109,7 +114,7 @@ def with_reference(items: list[DPOItem], model, pad_id: int, batch_size: int, de
             chosen += c.tolist()
             rejected += r.tolist()
     model.train(was_training)
-    if cache is not None:
+    if cache is not None and write:
         tmp = cache.with_name(cache.name + ".tmp")
         save_file({"chosen": torch.tensor(chosen), "rejected": torch.tensor(rejected)}, str(tmp))
         tmp.replace(cache)
@@ -123,7 +128,7 @@ def make_loss(model, reference, cfg: DPOConfig):
         if batch.ref_logps is not None:
             ref = batch.ref_logps.to(logps.dtype)
         else:
-            with torch.no_grad():
+            with torch.no_grad(), adapters_off(reference):  # a LoRA policy is its own reference
                 ref = pair_logps(reference, batch)
         chosen, rejected = logps.chunk(2)
         ref_chosen, ref_rejected = ref.chunk(2)
@@ -165,8 +170,8 @@ def dpo(cfg: DPOConfig, *, resume: bool = False, overwrite: bool = False, quiet:
                         "checkpoints/final, or a transformers model directory)", key="model.path")
     train_pairs, held_out_pairs, files = load_pairs(cfg)  # the reward model's data, split the same way
     runtime = resolve_runtime(cfg.run.device, cfg.run.precision)
-    model, tokenizer = load_model(cfg.model.path, engine=cfg.model.engine, dtype=parse_dtype(cfg.model.dtype),
-                                  device=runtime.device, trust_remote_code=cfg.model.trust_remote_code)
+    part = runtime.dist.shard(cfg.run.batch_size)
+    model, tokenizer = load_trainable(cfg.model, cfg.lora, runtime.device, seed=cfg.run.seed)
     collator = PreferenceCollator(tokenizer, cfg.max_length)
 
     def tokenize(pair) -> DPOItem:
@@ -177,22 +182,25 @@ def dpo(cfg: DPOConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, data_files=files,
                      device=str(runtime.device), dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
                      quiet=quiet, progress=cfg.run.progress)
-    run.print(f"dpo ({cfg.loss_type}, beta {cfg.beta}): {sum(p.numel() for p in model.parameters())} parameters, "
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    run.print(f"dpo ({cfg.loss_type}, beta {cfg.beta}): {trained} parameters trained, "
               f"{len(train)} train / {len(held_out)} held-out pairs, reference "
               f"{'precomputed' if cfg.precompute_ref else 'on the fly'}, {runtime.device} -> {run.root}")
     reference, pad_id = None, tokenizer.pad_id
     if cfg.precompute_ref:
-        train = with_reference(train, model, pad_id, cfg.eval_batch_size, runtime.device, run.root / REFERENCE)
+        train = with_reference(train, model, pad_id, cfg.eval_batch_size, runtime.device, run.root / REFERENCE,
+                               write=runtime.dist.is_main)
         held_out = with_reference(held_out, model, pad_id, cfg.eval_batch_size, runtime.device, None)
     else:
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
+        reference = model if has_lora(model) else copy.deepcopy(model).eval().requires_grad_(False)
     compute_loss = make_loss(model, reference, cfg)
     evaluate = make_evaluate(compute_loss, model, held_out, pad_id, cfg, runtime.device) if held_out else None
     source = ShuffledBatches(train, lambda items: collate(items, pad_id), cfg.run.batch_size, cfg.run.seed,
-                             runtime.device)
+                             runtime.device, part)
     spec = TrainSpec(model, source, compute_loss, lambda d: save_model(model, tokenizer, d), evaluate=evaluate)
     loop = Loop(spec, cfg.optim, cfg.run, runtime, run)
     if evaluate is not None and cfg.run.eval_every and not resume:
-        run.log(0, {f"eval/{k}": v for k, v in evaluate().items()})
+        with loop.parallel.full_parameters():
+            run.log(0, {f"eval/{k}": v for k, v in evaluate().items()})
     loop.train(resume=resume)
     return run.root

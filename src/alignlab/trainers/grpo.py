@@ -18,7 +18,12 @@ whether the policy learned the task or the reward's loopholes.
 held-out evaluation); `grpo` then trains with alignlab's engine. `backends/grpo.py` is the entry
 point that picks the engine (`backend=trl`: TRL's GRPOTrainer on the same setup).
 
-Left out: multi-process training (the scale-out issue), LoRA.
+Under torchrun each rank samples, scores and trains on whole groups of its own (rollouts.py says
+which rows); held-out evaluation samples every row from its own seeded stream on every rank, so
+its numbers depend neither on the batch size nor on the number of processes.
+
+With `lora.r > 0` the policy trains adapters and, when beta > 0, is its own reference with them off
+(`model/lora.py`). Left out: sharding the held-out evaluation's sampling across ranks.
 """
 
 from __future__ import annotations
@@ -31,11 +36,14 @@ from typing import Any
 from alignlab.algorithms.common import masked_mean, wilson_interval
 from alignlab.algorithms.grpo import grpo_loss
 from alignlab.config import GRPOConfig
+from alignlab.distributed import split_rows
 from alignlab.errors import UserError
 from alignlab.generation.engine import generate
-from alignlab.model.checkpoint import load_model, save_model
+from alignlab.generation.sampling import derive_seed
+from alignlab.model.checkpoint import save_model
+from alignlab.model.lora import has_lora, load_trainable
 from alignlab.runs import Run
-from alignlab.runtime import make_generator, parse_dtype, resolve_runtime
+from alignlab.runtime import resolve_runtime
 from alignlab.tasks.registry import get_task
 from alignlab.trainers.loop import Loop, TrainSpec
 from alignlab.trainers.preflight import preflight
@@ -84,13 +92,13 @@ def make_evaluate(model, tokenizer, cfg: GRPOConfig, examples: list[dict], score
     def evaluate() -> dict:
         rows = [e for e in examples for _ in range(cfg.eval_samples)]
         prompts = [e["prompt"] for e in rows]
-        generator = make_generator(cfg.run.seed + EVAL_SEED_OFFSET, device)
+        seeds = [derive_seed(cfg.run.seed + EVAL_SEED_OFFSET, i) for i in range(len(rows))]  # row i's own stream
         was_training = model.training
         model.eval()
         texts = []
         for start in range(0, len(rows), cfg.run.batch_size):
             texts += generate(model, tokenizer, prompts[start:start + cfg.run.batch_size], cfg.generation,
-                              generator).texts
+                              row_seeds=seeds[start:start + cfg.run.batch_size]).texts
         model.train(was_training)
         totals, _, _, verdicts = scorer(rows, texts)
         passed = sum(v.passed for v in verdicts)
@@ -110,12 +118,12 @@ def load_policy(cfg: GRPOConfig, device):
                         "a transformers model directory or a hub id (e.g. an `alignlab sft` run's "
                         "checkpoints/final)", key="model.path")
     engine = "hf" if cfg.backend == "trl" else cfg.model.engine  # TRL trains a transformers model
-    model, tokenizer = load_model(cfg.model.path, engine=engine, dtype=parse_dtype(cfg.model.dtype),
-                                  device=device, trust_remote_code=cfg.model.trust_remote_code)
+    model, tokenizer = load_trainable(cfg.model, cfg.lora, device, engine=engine, seed=cfg.run.seed)
     reference = None
-    # The initial policy, frozen; with beta = 0 no second copy exists, and TRL keeps its own.
+    # The initial policy, frozen; with beta = 0 no second copy exists, and TRL keeps its own. With LoRA
+    # the policy is its own reference with the adapters off (`rollouts.py`): no second copy either.
     if cfg.beta > 0 and cfg.backend == "alignlab":
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
+        reference = model if has_lora(model) else copy.deepcopy(model).eval().requires_grad_(False)
     return model, tokenizer, reference
 
 
@@ -143,14 +151,17 @@ def prepare(cfg: GRPOConfig, *, resume: bool, overwrite: bool, quiet: bool,
     held_out = task.held_out_examples(cfg.eval_data)[: cfg.eval_prompts or None]
     if len(train) < 1:
         raise UserError("no train examples", key="prompts")
+    # each rank's share of every micro-batch must be whole groups: refuse before anything is loaded or written
+    split_rows(cfg.run.batch_size, cfg.optim.grad_accum, runtime.dist,
+               cfg.num_generations if runtime.dist.enabled else 1)
     model, tokenizer, reference = load_policy(cfg, runtime.device)
     scorer = Scorer(task, cfg.reward, runtime.device)
     if preflight_only or (cfg.preflight and not resume):
-        pilot = RolloutSource(cfg, model, tokenizer, train, scorer, runtime.device, None, reference)
+        pilot = RolloutSource(cfg, model, tokenizer, train, scorer, runtime.device, None, reference, runtime.dist)
         pilot_examples = (train * cfg.prompts_per_step)[: cfg.prompts_per_step]
         with runtime.autocast():
             report = preflight(pilot, make_loss(model, cfg), model, pilot_examples, cfg.run.seed)
-        if not quiet:
+        if not quiet and runtime.dist.is_main:
             print(report.format(cfg.run.steps), flush=True)
         if preflight_only:
             return None
@@ -177,17 +188,19 @@ def grpo(cfg: GRPOConfig, *, resume: bool = False, overwrite: bool = False, quie
     if setup is None:
         return None
     model, run = setup.model, setup.run
-    ledger = Ledger(run.root / LEDGER)
+    ledger = Ledger(run.root / LEDGER) if setup.runtime.dist.is_main else None  # rank 0 writes the whole batch's
     source = RolloutSource(cfg, model, setup.tokenizer, setup.train, setup.scorer, setup.runtime.device, ledger,
-                           setup.reference)
+                           setup.reference, setup.runtime.dist)
     spec = TrainSpec(model, source, make_loss(model, cfg), lambda d: save_model(model, setup.tokenizer, d),
                      evaluate=setup.evaluate, status=grpo_status)
     loop = Loop(spec, cfg.optim, cfg.run, setup.runtime, run)
     if resume:
         loop.resume()
-        ledger.keep_until(loop.step)
+        if ledger is not None:
+            ledger.keep_until(loop.step)
     elif setup.evaluate is not None and cfg.run.eval_every:  # the baseline later evaluations are read against
-        run.log(0, {f"eval/{k}": v for k, v in setup.evaluate().items()})
+        with loop.parallel.full_parameters():
+            run.log(0, {f"eval/{k}": v for k, v in setup.evaluate().items()})
     loop.train(resume=False)
     return run.root
 

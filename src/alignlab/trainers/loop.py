@@ -16,11 +16,20 @@ gradient norm (named with the first parameter whose gradient is not finite) stop
 checkpointed before the run stops (`Interrupted`); a second signal stops at once. A broken reward
 is never skipped: its contract error names the step, the function and the sample.
 
-Left out: DDP.
+Under torchrun the same loop runs in every process (`parallel.py` wraps the model: DDP, or
+FSDP with `run.fsdp`): each rank computes its shard of every micro-batch, gradients are
+averaged once per step (no traffic on the other micro-batches), the step's metrics are reduced
+over ranks before logging, a non-finite loss or a stop signal on any rank stops every rank at
+the same step, and rank 0 alone writes checkpoints while the others wait. Evaluation runs on
+every rank (so FSDP can gather its shards); only rank 0's `Run` writes the numbers.
+
+Left out: overlapping evaluation with training, and elastic world-size changes mid-run (resume
+from a checkpoint at any world size instead).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -35,12 +44,14 @@ import torch
 from torch import nn
 
 from alignlab.config import OptimConfig, RunConfig
-from alignlab.errors import Interrupted, NonFinite
+from alignlab.errors import Interrupted, NonFinite, UserError
 from alignlab.model.checkpoint import atomic_dir
 from alignlab.model.hf import read_weights
+from alignlab.model.lora import is_adapter_dir, load_adapter_weights
 from alignlab.rewards.base import RewardContractError
 from alignlab.runs import Run
 from alignlab.runtime import Runtime, rng_state, set_rng_state
+from alignlab.trainers.parallel import parallel_for
 
 STATE_FILE = "trainer_state.pt"
 
@@ -61,6 +72,7 @@ class TrainSpec:
     save_model: Callable[[Path], None]  # writes model (+ tokenizer) files into a directory
     evaluate: Callable[[], dict] | None = None  # held-out metrics, logged as eval/<name>
     status: Callable[[dict], str] | None = None  # the progress line's tail from a step's metrics
+    restore_model: Callable[[Path], None] | None = None  # reads save_model's files back; default: model.safetensors
 
 
 def lr_at(step: int, optim: OptimConfig, total_steps: int) -> float:
@@ -129,6 +141,9 @@ class Loop:
 
     def __init__(self, spec: TrainSpec, optim: OptimConfig, run_cfg: RunConfig, runtime: Runtime, run: Run):
         self.spec, self.optim_cfg, self.run_cfg, self.runtime, self.run = spec, optim, run_cfg, runtime, run
+        self.dist = runtime.dist
+        # before the optimizer: FSDP replaces the parameters with their shards
+        self.parallel = parallel_for(spec.model, spec.compute_loss, runtime.dist, runtime.device, run_cfg.fsdp)
         self.optimizer = build_optimizer(spec.model, optim)
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
         self.skipped = 0  # steps whose update a non-finite loss or gradient dropped (nan_policy=skip_step)
@@ -154,7 +169,8 @@ class Loop:
         metrics = self.optimizer_step()
         self.step += 1
         if cfg.eval_every and self.spec.evaluate and self.step % cfg.eval_every == 0:
-            metrics.update({f"eval/{k}": v for k, v in self.spec.evaluate().items()})
+            with self.parallel.full_parameters():
+                metrics.update({f"eval/{k}": v for k, v in self.spec.evaluate().items()})
         evaluated = any(key.startswith("eval/") for key in metrics)
         if self.step % max(cfg.log_every, 1) == 0 or self.step == cfg.steps or evaluated or "skipped" in metrics:
             self.run.log(self.step, metrics)
@@ -162,12 +178,13 @@ class Loop:
         if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
             self.save(self.run.checkpoint_path(self.step))
             self.run.prune(cfg.keep_checkpoints)
-        if stop.signum is not None:
+        if self.dist.any(stop.signum is not None):  # every rank stops after the same step
+            signum = stop.signum or signal.SIGTERM
             path = self.run.checkpoint_path(self.step)
             if not path.exists():
                 self.save(path)
-            raise Interrupted(f"{signal.Signals(stop.signum).name} after step {self.step}: checkpoint saved to "
-                              f"{path}; continue with --resume", stop.signum)
+            raise Interrupted(f"{signal.Signals(signum).name} after step {self.step}: checkpoint saved to "
+                              f"{path}; continue with --resume", signum)
         return metrics
 
     def _micro_batches(self) -> tuple[dict, str | None]:
@@ -175,14 +192,16 @@ class Loop:
         accum, totals = self.optim_cfg.grad_accum, {}
         for i in range(accum):
             try:
-                batch = self.spec.source.next_batch()
+                with self.parallel.full_parameters():  # an RL source generates with the policy
+                    batch = self.spec.source.next_batch()
             except RewardContractError as err:  # a broken reward is never skipped; say when it broke
                 raise RewardContractError(f"step {self.step + 1}: {err.message}") from err
-            with self.runtime.autocast():
-                loss, parts = self.spec.compute_loss(batch)
-            if not torch.isfinite(loss):
-                return totals, f"loss {loss.item()} in micro-batch {i + 1} of {accum}"
-            self.scaler.scale(loss / accum).backward()
+            with self.parallel.sync(final=i == accum - 1):  # gradients cross ranks once per step
+                with self.runtime.autocast():
+                    loss, parts = self.parallel.loss(batch)
+                if self.dist.any(not torch.isfinite(loss)):
+                    return totals, f"loss {loss.item()} in micro-batch {i + 1} of {accum}"
+                self.scaler.scale(loss / accum).backward()
             for key, value in {"loss": loss.item(), **parts}.items():
                 totals[key] = totals.get(key, 0.0) + float(value) / accum
         return totals, None
@@ -207,9 +226,10 @@ class Loop:
         totals, bad = self._micro_batches()
         if bad is not None:
             return self._not_finite(bad)
+        totals = self.dist.reduce_metrics(totals)  # this rank's shard -> the whole batch's figures
         self.scaler.unscale_(self.optimizer)
         clip = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        grad_norm = self.parallel.grad_norm(clip)
         if not torch.isfinite(grad_norm) and not self.scaler.is_enabled():  # fp16's scaler skips such steps itself
             return self._not_finite(f"gradient norm {grad_norm.item()} (first non-finite gradient: "
                                     f"{_first_bad_gradient(model)})")
@@ -228,14 +248,24 @@ class Loop:
         return totals
 
     def save(self, directory: Path) -> None:
-        """Model files + trainer_state.pt + state.json, complete or absent."""
-        state = {"format": 1, "step": self.step, "skipped": self.skipped, "optimizer": self.optimizer.state_dict(),
-                 "scaler": self.scaler.state_dict(), "source": self.spec.source.state_dict(),
-                 "rng": rng_state()}
-        with atomic_dir(directory) as tmp:
-            self.spec.save_model(tmp)
-            torch.save(state, tmp / STATE_FILE)
-            (tmp / "state.json").write_text(json.dumps({"step": self.step}) + "\n")
+        """Model files + trainer_state.pt + state.json, complete or absent; written by rank 0 alone (the
+        data position and RNGs are the same on every rank), every rank taking part in FSDP's gathers."""
+        source = self.spec.source.state_dict()  # may gather across ranks: every rank calls it
+        if self.parallel.sharded:
+            optimizer, saving = self.parallel.full_optimizer_state(self.optimizer), self.parallel.saving()
+        else:
+            optimizer, saving = self.optimizer.state_dict(), contextlib.nullcontext()
+        state = {"format": 1, "step": self.step, "skipped": self.skipped, "optimizer": optimizer,
+                 "scaler": self.scaler.state_dict(), "source": source, "rng": rng_state()}
+        if self.parallel.sharded:
+            state["optimizer_by_name"] = True  # FSDP's full optimizer state is keyed by parameter name
+        with saving:
+            if self.dist.is_main:
+                with atomic_dir(directory) as tmp:
+                    self.spec.save_model(tmp)
+                    torch.save(state, tmp / STATE_FILE)
+                    (tmp / "state.json").write_text(json.dumps({"step": self.step}) + "\n")
+        self.dist.barrier()
 
     def resume(self) -> None:
         """Restore weights, optimizer, data position and RNGs from the newest complete checkpoint."""
@@ -244,9 +274,21 @@ class Loop:
             self.run.print(f"no complete checkpoint in {self.run.checkpoints}: starting from step 0")
             self.run.keep_metrics_until(0)
             return
-        restore_weights(self.spec.model, directory)
         state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.parallel.sharded:
+            if not state.get("optimizer_by_name"):
+                raise UserError(f"{directory} was saved without FSDP; resume it with run.fsdp=false",
+                                key="run.fsdp")
+            self.parallel.load_full(read_weights(directory), self.optimizer, state["optimizer"])
+        elif state.get("optimizer_by_name"):
+            raise UserError(f"{directory} was saved by an FSDP run; resume it with run.fsdp=true (its weights "
+                            "load anywhere)", key="run.fsdp")
+        else:
+            if self.spec.restore_model is not None:
+                self.spec.restore_model(directory)
+            else:
+                restore_weights(self.spec.model, directory)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.spec.source.load_state_dict(state["source"])
         set_rng_state(state["rng"])
@@ -267,6 +309,9 @@ def _status(metrics: dict) -> str:
 
 def restore_weights(model: nn.Module, directory: Path) -> None:
     """Load model.safetensors into an existing model in place (tied lm_head may be absent)."""
+    if is_adapter_dir(directory):  # a LoRA checkpoint: only the adapters were trained and saved
+        load_adapter_weights(model, directory)
+        return
     state = read_weights(directory)
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k != "lm_head.weight"]

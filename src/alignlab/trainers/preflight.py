@@ -18,8 +18,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import torch
-
 from alignlab.errors import UserError
 
 TRUNCATION_WARN = 0.5  # most completions cut by the token limit
@@ -73,12 +71,12 @@ def preflight(source, compute_loss, model, examples: list[dict], seed: int) -> P
     failed = [f"{name}: {detail}" for name, ok, detail in report.checks if not ok]
     if failed:
         raise UserError("preflight failed: " + "; ".join(failed), key="model.path")
-    generator = torch.Generator(device=source.device).manual_seed(seed + 7919)
-    batch, _, _ = source.generate_batch(examples, generator)  # raises RewardContractError on a broken reward
+    # pilot streams of their own (negative: training's generation batches count up from 0)
+    batch, _, _ = source.generate_batch(examples, -seed - 7919)  # raises RewardContractError on a broken reward
     report.checks.append(("rewards", True, f"{len(batch.advantages)} completions scored by "
                           f"{', '.join(source.scorer.reward.rewards)}"))
     started = time.perf_counter()  # timed again: the first call pays one-off kernel and allocator warm-up
-    source.generate_batch(examples, generator)
+    source.generate_batch(examples, -seed - 7920)
     making = time.perf_counter() - started  # sampling, scoring, old and reference log-probs
     m = batch.metrics
     report.metrics = m

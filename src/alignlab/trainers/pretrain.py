@@ -45,18 +45,21 @@ def read_corpus(path: str) -> tuple[str, list[Path]]:
 
 
 class TokenBlocks:
-    """Random (input, next-token) blocks from one token stream; the generator state is the position."""
+    """Random (input, next-token) blocks from one token stream; the generator state is the position.
+    `part` keeps one process's slice of each batch (all processes draw the same starts)."""
 
-    def __init__(self, tokens: torch.Tensor, block_size: int, batch_size: int, seed: int, device):
+    def __init__(self, tokens: torch.Tensor, block_size: int, batch_size: int, seed: int, device,
+                 part: slice | None = None):
         if tokens.numel() < block_size + 2:
             raise UserError(f"the corpus has {tokens.numel()} tokens, fewer than block_size + 2 = "
                             f"{block_size + 2}; use a smaller block_size or more text", key="block_size")
         self.tokens, self.block, self.batch, self.device = tokens, block_size, batch_size, device
         self.generator = make_generator(seed)
+        self.part = part or slice(None)
 
     def next_batch(self) -> LMBatch:
         high = self.tokens.numel() - self.block - 1
-        starts = torch.randint(0, high, (self.batch,), generator=self.generator)
+        starts = torch.randint(0, high, (self.batch,), generator=self.generator)[self.part]
         rows = torch.stack([self.tokens[s: s + self.block + 1] for s in starts.tolist()])  # (B, T+1)
         rows = rows.to(self.device)
         return LMBatch(input_ids=rows[:, :-1], labels=rows[:, 1:], loss_mask=None)
@@ -85,12 +88,13 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = Fal
     """Train and return the run directory; the model ends in <run>/checkpoints/final."""
     text, files = read_corpus(cfg.data)
     runtime = resolve_runtime(cfg.run.device, cfg.run.precision)
+    part = runtime.dist.shard(cfg.run.batch_size)
     previous = Run(Path(cfg.run.out_dir)).latest_checkpoint() if resume else None
     model, tokenizer = build_model(cfg, runtime, text, previous)
     tokens = torch.tensor(tokenizer.encode(text), dtype=torch.long)
     n_val = int(tokens.numel() * cfg.val_fraction)
     train_tokens, val_tokens = tokens[: tokens.numel() - n_val], tokens[tokens.numel() - n_val:]
-    source = TokenBlocks(train_tokens, cfg.block_size, cfg.run.batch_size, cfg.run.seed, runtime.device)
+    source = TokenBlocks(train_tokens, cfg.block_size, cfg.run.batch_size, cfg.run.seed, runtime.device, part)
     run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, data_files=files,
                      device=str(runtime.device), dtype=str(model.dtype), quiet=quiet,
                      progress=cfg.run.progress)
@@ -105,8 +109,10 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = Fal
     spec = TrainSpec(model, source, compute_loss, lambda d: save_model(model, tokenizer, d),
                      evaluate=_val_loss(model, val_tokens, cfg, runtime) if n_val > cfg.block_size + 1
                      else None)
-    Loop(spec, cfg.optim, cfg.run, runtime, run).train(resume=resume)
-    _print_samples(model, tokenizer, cfg.sample, cfg.sample_prompts, cfg.run.seed, run)
+    loop = Loop(spec, cfg.optim, cfg.run, runtime, run)
+    loop.train(resume=resume)
+    with loop.parallel.full_parameters():
+        _print_samples(model, tokenizer, cfg.sample, cfg.sample_prompts, cfg.run.seed, run)
     return run.root
 
 

@@ -6,7 +6,10 @@ tiny model can learn). They are tokenized once; each step draws a batch from a s
 shuffle whose state is the data position. Held-out evaluation reports accuracy with a 95%
 Wilson interval, mean margin and reward statistics, and keeps `checkpoints/best`.
 
-Left out: multi-process training. The pre-RL audit is `eval/reward_audit.py` (`alignlab audit-rm`).
+Under torchrun each rank scores its slice of every batch (the loss is a mean over pairs, so DDP's
+average is the one-process gradient); evaluation runs on every rank, rank 0 writes `best`.
+
+Left out: `checkpoints/best` under FSDP (use `final`). The pre-RL audit is `eval/reward_audit.py` (`alignlab audit-rm`).
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from alignlab.data.batches import PreferenceCollator, ShuffledBatches, Tokenized
 from alignlab.data.sources import read_preferences
 from alignlab.data.tokenizer import tokenizer_for_new_model
 from alignlab.errors import UserError
-from alignlab.model.checkpoint import atomic_dir
-from alignlab.model.heads import RewardModel, reward_model_from, save_reward_model
+from alignlab.model.checkpoint import atomic_dir, resolve_source
+from alignlab.model.heads import RewardModel, restore_lora_reward_model, reward_model_from, save_reward_model
+from alignlab.model.lora import add_lora
 from alignlab.rewards.learned import score_ids
 from alignlab.runs import Run
 from alignlab.runtime import parse_dtype, resolve_runtime, seed_everything
@@ -55,9 +59,16 @@ def load_pairs(cfg, pairs=None):
 def build_reward_model(cfg: RewardModelConfig, pairs, runtime, resume_from: Path | None):
     """(reward model, tokenizer): from model.path, or a new native GPT with a tokenizer of its own."""
     if cfg.model.path:
-        return reward_model_from(cfg.model.path, pooling=cfg.pooling, engine=cfg.model.engine,
-                                 dtype=parse_dtype(cfg.model.dtype), device=runtime.device,
-                                 trust_remote_code=cfg.model.trust_remote_code)
+        seed_everything(cfg.run.seed)  # the new scalar head's start: the same in every run of this config
+        model, tokenizer = reward_model_from(cfg.model.path, pooling=cfg.pooling, engine=cfg.model.engine,
+                                             dtype=parse_dtype(cfg.model.dtype), device=runtime.device,
+                                             trust_remote_code=cfg.model.trust_remote_code)
+        if cfg.lora.enabled:  # adapters on the backbone; the scalar head stays fully trainable
+            add_lora(model.model, cfg.lora, cfg.model.path, resolve_source(cfg.model.path), seed=cfg.run.seed)
+        return model, tokenizer
+    if cfg.lora.enabled:
+        raise UserError("LoRA adapts a pretrained backbone: set model.path (a new model trains all its weights)",
+                        key="lora.r")
     texts = (t for p in pairs for t in (p.prompt_text, p.chosen, p.rejected))
     tokenizer = tokenizer_for_new_model(cfg.tokenizer, texts, resume_from)
     seed_everything(cfg.run.seed)
@@ -85,6 +96,7 @@ def train_reward_model(cfg: RewardModelConfig, *, pairs=None, resume: bool = Fal
     """Train and return the run directory (`checkpoints/final`, and `checkpoints/best` by accuracy)."""
     train_pairs, eval_pairs, files = load_pairs(cfg, pairs)
     runtime = resolve_runtime(cfg.run.device, cfg.run.precision)
+    part = runtime.dist.shard(cfg.run.batch_size)
     previous = Run(Path(cfg.run.out_dir)).latest_checkpoint() if resume else None
     model, tokenizer = build_reward_model(cfg, train_pairs, runtime, previous)
     collator = PreferenceCollator(tokenizer, cfg.max_length)
@@ -110,22 +122,28 @@ def train_reward_model(cfg: RewardModelConfig, *, pairs=None, resume: bool = Fal
 
     def evaluate() -> dict:
         metrics = evaluate_pairs(model, eval_items, tokenizer.pad_id, cfg.eval_batch_size) if eval_items else {}
-        if metrics and metrics["accuracy"] > best["accuracy"]:
+        improved = bool(metrics) and metrics["accuracy"] > best["accuracy"]
+        if improved:
             best["accuracy"] = metrics["accuracy"]
+        if improved and runtime.dist.is_main and not cfg.run.fsdp:  # rank 0 writes; FSDP has no whole model here
             with atomic_dir(run.checkpoint_path(None).with_name("best")) as tmp:
                 save_reward_model(model, tokenizer, tmp)
         return metrics
 
-    source = ShuffledBatches(train_items, collator.collate, cfg.run.batch_size, cfg.run.seed, runtime.device)
+    source = ShuffledBatches(train_items, collator.collate, cfg.run.batch_size, cfg.run.seed, runtime.device, part)
     spec = TrainSpec(model, source,
                      compute_loss, lambda d: save_reward_model(model, tokenizer, d),
-                     evaluate=evaluate if eval_items else None)
-    last = Loop(spec, cfg.optim, cfg.run, runtime, run).train(resume=resume)
+                     evaluate=evaluate if eval_items else None,
+                     restore_model=(lambda d: restore_lora_reward_model(model, d)) if cfg.lora.enabled else None)
+    loop = Loop(spec, cfg.optim, cfg.run, runtime, run)
+    last = loop.train(resume=resume)
     if eval_items:
         evaluated = {k.removeprefix("eval/"): v for k, v in last.items() if k.startswith("eval/")}
-        final = evaluated or evaluate()  # the last step may have evaluated already
+        with loop.parallel.full_parameters():
+            final = evaluated or evaluate()  # the last step may have evaluated already
+            report = seed_style_report(model, tokenizer, eval_items, eval_pairs, final)
         run.log(cfg.run.steps, {f"final/{k}": v for k, v in final.items()})
-        run.print(seed_style_report(model, tokenizer, eval_items, eval_pairs, final))
+        run.print(report)
     return run.root
 
 

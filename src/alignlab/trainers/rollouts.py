@@ -13,8 +13,20 @@ completion with its step, group, reward and parts, the task's verdict, failed ru
 reasons and degeneration flags, so a user can find the step where a hack started
 (`zcat rollouts.jsonl.gz | jq 'select(.step == 40)'`).
 
-The source's state (prompt position, sampling generator, the current generation batch and the
-cursor in it) is saved with every checkpoint, so a resumed run continues the same stream.
+Sampling is seeded per row: completion i of generation batch n draws from the stream
+`derive_seed(run.seed, n, i)` (`generation/sampling.py`), so a completion does not depend on the
+batch it was sampled in, nor on the process that sampled it.
+
+Under torchrun each rank generates, scores and trains on its own rows: its contiguous slice of
+each of the generation batch's `grad_accum` micro-batches, whole groups only (design decision 4;
+`distributed.split_rows`). The scores, texts and verdicts are then gathered (small Python
+objects) so every rank computes the same advantages (exact for every `scale_rewards`), the same
+metrics, and rank 0 writes the same ledger as a one-process run; DAPO's token normaliser counts
+the kept tokens of all ranks.
+
+The source's state (prompt position, the current generation batch and the cursor in it) is
+saved with every checkpoint, so a resumed run continues the same stream; in a multi-process run
+a generation batch still in use is gathered whole, so the checkpoint resumes at any world size.
 
 Left out: generating with a separate inference engine (vLLM), asynchronous rollouts, and
 keeping only groups with reward spread (DAPO's dynamic sampling).
@@ -39,9 +51,12 @@ from alignlab.algorithms.common import entropy_from_logits, token_logps
 from alignlab.algorithms.grpo import group_advantages, zero_spread_fraction
 from alignlab.config import GRPOConfig, RewardConfig
 from alignlab.data.tokenizer import Tokenizer
+from alignlab.distributed import Distributed, in_order, split_rows
 from alignlab.generation.engine import Rollout, generate
+from alignlab.generation.sampling import derive_seed
 from alignlab.model.gpt import GPT
 from alignlab.model.hf import completion_logits, grouped_completion_logits
+from alignlab.model.lora import adapters_off
 from alignlab.rewards.base import Reward, combine, load_reward_function, reward_name
 from alignlab.tasks.registry import Task
 
@@ -190,7 +205,18 @@ class Ledger:
         tmp.replace(self.path)
 
 
-def _ledger_records(step: int, group_size: int, examples, rollout: Rollout, totals, parts, verdicts) -> list[dict]:
+@dataclass(frozen=True)
+class Completions:
+    """What the metrics and the ledger read of a `Rollout` (texts: B strings, lengths (B,) long,
+    truncated (B,) bool), for a generation batch gathered from every rank."""
+
+    texts: list[str]
+    lengths: torch.Tensor
+    truncated: torch.Tensor
+
+
+def _ledger_records(step: int, group_size: int, examples, rollout: Rollout | Completions, totals, parts,
+                    verdicts) -> list[dict]:
     records = []
     for i, (example, text, verdict) in enumerate(zip(examples, rollout.texts, verdicts, strict=True)):
         records.append({"step": step, "group": i // group_size, **example, "completion": text,
@@ -201,7 +227,7 @@ def _ledger_records(step: int, group_size: int, examples, rollout: Rollout, tota
     return records
 
 
-def generation_metrics(totals, parts, rows, verdicts, rollout: Rollout, group_size: int) -> dict:
+def generation_metrics(totals, parts, rows, verdicts, rollout: Rollout | Completions, group_size: int) -> dict:
     """Reward mean/std overall and per part and rule, pass and degeneration rates, zero-spread groups,
     completion length and truncation of one generation batch."""
     scored = [t for t in totals if t is not None]
@@ -228,65 +254,102 @@ def generation_metrics(totals, parts, rows, verdicts, rollout: Rollout, group_si
     return metrics
 
 
+def take_examples(examples: Sequence[dict], n: int, seed: int, epoch: int, position: int) -> tuple[list, int, int]:
+    """The next `n` examples of a seeded shuffle, epoch after epoch, from (epoch, position) ->
+    (examples, epoch, position after them): the prompt stream of GRPO and PPO, resumable by two ints."""
+    chosen = []
+    while len(chosen) < n:
+        order = list(range(len(examples)))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        take = order[position:position + n - len(chosen)]
+        chosen += [examples[i] for i in take]
+        position += len(take)
+        if position >= len(examples):
+            epoch, position = epoch + 1, 0
+    return chosen, epoch, position
+
+
 class RolloutSource:
     """The GRPO `BatchSource`: generation batches, scored, split into micro-batches (see the module doc)."""
 
     def __init__(self, cfg: GRPOConfig, model, tokenizer: Tokenizer, examples: Sequence[dict], scorer: Scorer,
-                 device, ledger: Ledger | None, reference=None):
+                 device, ledger: Ledger | None, reference=None, dist: Distributed | None = None):
         self.cfg, self.model, self.tokenizer, self.examples = cfg, model, tokenizer, list(examples)
         self.scorer, self.device, self.ledger, self.reference = scorer, device, ledger, reference
-        self.micro = cfg.run.batch_size // cfg.optim.grad_accum
+        self.dist = dist or Distributed()
+        # this rank's rows of each generation batch (all of them in one process)
+        self.owners = [split_rows(cfg.run.batch_size, cfg.optim.grad_accum, Distributed(r, self.dist.world_size),
+                                  cfg.num_generations if self.dist.enabled else 1)
+                       for r in range(self.dist.world_size)]
+        self.mine = self.owners[self.dist.rank]
+        self.micro = len(self.mine) // cfg.optim.grad_accum
         self.uses = cfg.optim.grad_accum * cfg.num_iterations  # micro-batches served per generation
-        self.generator = torch.Generator(device=device).manual_seed(cfg.run.seed)
         self.epoch, self.position, self.generations, self.cursor = 0, 0, 0, 0
         self.batch: GRPOBatch | None = None
 
     def _next_examples(self, n: int) -> list[dict]:
-        chosen = []
-        while len(chosen) < n:
-            order = list(range(len(self.examples)))
-            random.Random(self.cfg.run.seed * 1_000_003 + self.epoch).shuffle(order)
-            take = order[self.position:self.position + n - len(chosen)]
-            chosen += [self.examples[i] for i in take]
-            self.position += len(take)
-            if self.position >= len(self.examples):
-                self.epoch, self.position = self.epoch + 1, 0
+        chosen, self.epoch, self.position = take_examples(self.examples, n, self.cfg.run.seed, self.epoch,
+                                                          self.position)
         return chosen
 
-    def generate_batch(self, examples: Sequence[dict], generator: torch.Generator) -> tuple[GRPOBatch, Rollout, list]:
-        """Sample, score and assemble one generation batch for `examples` (each repeated G times)."""
+    def _gathered(self, rollout: Rollout, scored: tuple) -> tuple[Completions, list, dict, list | None, list]:
+        """This rank's completions and scores -> the whole generation batch's, in row order, on every rank."""
+        totals, parts, breakdown, verdicts = scored
+        if not self.dist.enabled:
+            return rollout, totals, parts, breakdown, verdicts
+        mine = (rollout.texts, rollout.lengths.tolist(), rollout.truncated.tolist(), totals, parts, breakdown, verdicts)
+        every = self.dist.gather(mine)
+        rows = self.cfg.run.batch_size
+
+        def column(i):
+            return in_order([part[i] for part in every], self.owners, rows)
+
+        parts = {name: in_order([part[4][name] for part in every], self.owners, rows) for name in parts}
+        breakdown = column(5) if breakdown is not None else None
+        done = Completions(column(0), torch.tensor(column(1)), torch.tensor(column(2), dtype=torch.bool))
+        return done, column(3), parts, breakdown, column(6)
+
+    def generate_batch(self, examples: Sequence[dict], stream: int) -> tuple[GRPOBatch, Completions, list]:
+        """Sample, score and assemble one generation batch for `examples` (each repeated G times); row i
+        samples from the stream derive_seed(run.seed, stream, i). Returns this rank's rows as a batch and
+        the whole batch's completions and [totals, parts, verdicts]."""
         cfg, g = self.cfg, self.cfg.num_generations
         rows = [e for e in examples for _ in range(g)]
+        mine = [rows[i] for i in self.mine]
         started, was_training = time.perf_counter(), self.model.training
         self.model.eval()
-        rollout = generate(self.model, self.tokenizer, [e["prompt"] for e in rows], cfg.generation, generator)
+        rollout = generate(self.model, self.tokenizer, [e["prompt"] for e in mine], cfg.generation,
+                           row_seeds=[derive_seed(cfg.run.seed, stream, i) for i in self.mine])
         self.model.train(was_training)
         gen_time = time.perf_counter() - started
-        totals, parts, breakdown, verdicts = self.scorer(rows, rollout.texts)
-        rewards = torch.tensor([math.nan if t is None else t for t in totals], device=self.device)  # (B,)
+        done, totals, parts, breakdown, verdicts = self._gathered(rollout, self.scorer(mine, rollout.texts))
+        rewards = torch.tensor([math.nan if t is None else t for t in totals], device=self.device)  # (B,) all rows
         mask = rollout.completion_mask
         if cfg.mask_truncated_completions:
             mask = mask & ~rollout.truncated[:, None]
-        metrics = generation_metrics(totals, parts, breakdown, verdicts, rollout, g)
-        metrics.update(gen_time=gen_time, gen_tokens_per_s=int(rollout.lengths.sum()) / max(gen_time, 1e-9))
+        metrics = generation_metrics(totals, parts, breakdown, verdicts, done, g)
+        metrics.update(gen_time=gen_time, gen_tokens_per_s=int(done.lengths.sum()) / max(gen_time, 1e-9))
+        kept = self.dist.sum(int(mask.sum()))  # DAPO normalises by the whole generation batch's tokens
         batch = GRPOBatch(  # torch.cat / clone: generation made inference tensors, autograd needs plain ones
             input_ids=torch.cat([rollout.prompt_ids, rollout.completion_ids], 1),  # (B, P + C)
             attention_mask=torch.cat([rollout.prompt_mask, rollout.completion_mask], 1),
             completion_ids=rollout.completion_ids.clone(), completion_mask=mask.clone(),
-            advantages=group_advantages(rewards, g, cfg.scale_rewards), old_logps=None, ref_logps=None,
-            token_normaliser=max(int(mask.sum()), 1) / cfg.optim.grad_accum, metrics=metrics)
+            advantages=group_advantages(rewards, g, cfg.scale_rewards)[self.mine], old_logps=None, ref_logps=None,
+            token_normaliser=max(kept, 1) / (cfg.optim.grad_accum * self.dist.world_size), metrics=metrics)
         temperature = cfg.generation.temperature
         shared = shared_prompt_groups(cfg)
         old = _batch_logps(self.model, batch, temperature, self.micro, shared) if cfg.num_iterations > 1 else None
-        ref = (_batch_logps(self.reference, batch, temperature, self.micro, shared)
-               if self.reference is not None else None)
+        ref = None
+        if self.reference is not None:
+            with adapters_off(self.reference):  # a LoRA policy is its own reference, adapters bypassed
+                ref = _batch_logps(self.reference, batch, temperature, self.micro, shared)
         batch = dataclasses.replace(batch, old_logps=old, ref_logps=ref)
-        return batch, rollout, [totals, parts, verdicts]
+        return batch, done, [totals, parts, verdicts]
 
     def next_batch(self) -> GRPOBatch:
         if self.batch is None or self.cursor >= self.uses:
             examples = self._next_examples(self.cfg.prompts_per_step)
-            self.batch, rollout, (totals, parts, verdicts) = self.generate_batch(examples, self.generator)
+            self.batch, rollout, (totals, parts, verdicts) = self.generate_batch(examples, self.generations)
             self.generations, self.cursor = self.generations + 1, 0
             step = (self.generations - 1) * self.cfg.num_iterations + 1  # first optimizer step using it
             if self.ledger is not None:
@@ -302,16 +365,55 @@ class RolloutSource:
         return batch
 
     def state_dict(self) -> dict:
+        """The data position; the generation batch in use is saved whole (gathered from every rank, so
+        its token normaliser is stored for one process) and only while it still has uses left in a
+        multi-process run. Collective in a multi-process run: every rank calls it."""
         batch = None if self.batch is None else {f.name: getattr(self.batch, f.name) for f in fields(self.batch)}
+        if self.dist.enabled:
+            on_cpu = batch and {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            batch = _whole_batch(self.dist.gather(on_cpu), self.owners) if self.cursor < self.uses else None
+        if batch is not None:
+            batch = {**batch, "token_normaliser": batch["token_normaliser"] * self.dist.world_size}
         return {"epoch": self.epoch, "position": self.position, "generations": self.generations,
-                "cursor": self.cursor, "generator": self.generator.get_state(), "batch": batch}
+                "cursor": self.cursor, "batch": batch}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.position = state["epoch"], state["position"]
         self.generations, self.cursor = state["generations"], state["cursor"]
-        self.generator.set_state(state["generator"])
         batch = state["batch"]
         if batch is not None:
-            batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            rows = torch.tensor(self.mine)
+            batch = {k: v[rows].to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            batch["token_normaliser"] = batch["token_normaliser"] / self.dist.world_size
         self.batch = None if batch is None else GRPOBatch(**batch)
+
+
+def _whole_batch(parts: list[dict | None], owners: list[list[int]]) -> dict | None:
+    """Every rank's GRPOBatch fields -> one batch of all rows in row order; prompts re-left-padded and
+    completions re-right-padded to the widest rank's (padding is masked, so the values are unchanged)."""
+    if parts[0] is None:
+        return None
+    prompt = max(p["input_ids"].shape[1] - p["completion_ids"].shape[1] for p in parts)
+    completion = max(p["completion_ids"].shape[1] for p in parts)
+    padded = []
+    for part in parts:
+        c = part["completion_ids"].shape[1]
+        left, right = prompt - (part["input_ids"].shape[1] - c), completion - c
+        fix = {}
+        for name, value in part.items():
+            if not isinstance(value, torch.Tensor) or value.dim() < 2:
+                fix[name] = value.cpu() if isinstance(value, torch.Tensor) else value
+            elif name in ("input_ids", "attention_mask"):
+                fix[name] = torch.nn.functional.pad(value.cpu(), (left, right))
+            else:
+                fix[name] = torch.nn.functional.pad(value.cpu(), (0, right))
+        padded.append(fix)
+    order = torch.tensor([i for owned in owners for i in owned]).argsort()
+    out = {}
+    for name, value in padded[0].items():
+        if isinstance(value, torch.Tensor) and value.dim() >= 1:
+            out[name] = torch.cat([p[name] for p in padded])[order]
+        else:
+            out[name] = value
+    return out
 

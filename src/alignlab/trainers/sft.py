@@ -6,6 +6,10 @@ base policy). Each is rendered with the tokenizer's chat template; `Tokenizer.re
 marks the assistant tokens, and only those count in the loss. Works on the native GPT and on
 any transformers causal LM (`model.path`, `model.engine=hf`).
 
+Under torchrun each rank takes its slice of every micro-batch; the loss stays a mean over the
+whole micro-batch's response tokens (the count is summed over ranks), so N processes compute the
+one-process gradient.
+
 Left out: packing several examples into one row, and pass-rate evaluation during training
 (evaluation lives in `eval/`, above trainers; run `alignlab eval` on the checkpoint).
 """
@@ -24,11 +28,12 @@ from alignlab.data.batches import LMBatch, ShuffledBatches, right_pad
 from alignlab.data.sources import read_conversations
 from alignlab.data.tokenizer import Tokenizer, tokenizer_for_new_model
 from alignlab.errors import UserError
-from alignlab.model.checkpoint import load_model, save_model
+from alignlab.model.checkpoint import save_model
 from alignlab.model.gpt import GPT
 from alignlab.model.hf import causal_lm_logits
+from alignlab.model.lora import load_trainable
 from alignlab.runs import Run
-from alignlab.runtime import parse_dtype, resolve_runtime, seed_everything
+from alignlab.runtime import resolve_runtime, seed_everything
 from alignlab.tasks.study_plan import synthetic_completions, train_prompts
 from alignlab.trainers.loop import Loop, TrainSpec
 
@@ -69,8 +74,10 @@ def collate(examples: list[SFTExample], pad_id: int) -> LMBatch:
 def build_policy(cfg: SFTConfig, conversations, runtime, resume_from: Path | None):
     """(model, tokenizer): loaded from model.path, or a new native GPT with its own tokenizer."""
     if cfg.model.path:
-        return load_model(cfg.model.path, engine=cfg.model.engine, dtype=parse_dtype(cfg.model.dtype),
-                          device=runtime.device, trust_remote_code=cfg.model.trust_remote_code)
+        return load_trainable(cfg.model, cfg.lora, runtime.device, seed=cfg.run.seed)
+    if cfg.lora.enabled:
+        raise UserError("LoRA adapts a pretrained model: set model.path (a new model trains all its weights)",
+                        key="lora.r")
     texts = (m["content"] for c in conversations for m in c)
     tokenizer = tokenizer_for_new_model(cfg.tokenizer, texts, resume_from)
     seed_everything(cfg.run.seed)
@@ -82,6 +89,7 @@ def sft(cfg: SFTConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     """Fine-tune and return the run directory; the policy ends in <run>/checkpoints/final."""
     conversations, files = load_conversations(cfg)
     runtime = resolve_runtime(cfg.run.device, cfg.run.precision)
+    part = runtime.dist.shard(cfg.run.batch_size)
     previous = Run(Path(cfg.run.out_dir)).latest_checkpoint() if resume else None
     model, tokenizer = build_policy(cfg, conversations, runtime, previous)
     tokenized = [tokenize_example(tokenizer, c, cfg.max_length) for c in conversations]
@@ -98,7 +106,11 @@ def sft(cfg: SFTConfig, *, resume: bool = False, overwrite: bool = False, quiet:
 
     def compute_loss(batch: LMBatch):
         logits = causal_lm_logits(model, batch.input_ids)  # (B, T, V)
-        return next_token_loss(logits, batch.labels, batch.loss_mask), {"tokens": int(batch.loss_mask.sum())}
+        tokens = int(batch.loss_mask.sum())
+        loss = next_token_loss(logits, batch.labels, batch.loss_mask)
+        if runtime.dist.enabled:  # a token mean over the whole micro-batch, not over this rank's shard
+            loss = loss * runtime.dist.mean_weight(tokens)
+        return loss, {"tokens": tokens}
 
     def evaluate() -> dict:
         batch = collate(held_out[:64], tokenizer.pad_id).to(runtime.device)
@@ -108,7 +120,7 @@ def sft(cfg: SFTConfig, *, resume: bool = False, overwrite: bool = False, quiet:
         return {"loss": loss.item()}
 
     source = ShuffledBatches(train, functools.partial(collate, pad_id=tokenizer.pad_id), cfg.run.batch_size,
-                             cfg.run.seed, runtime.device)
+                             cfg.run.seed, runtime.device, part)
     spec = TrainSpec(model, source, compute_loss, lambda d: save_model(model, tokenizer, d),
                      evaluate=evaluate if held_out else None)
     Loop(spec, cfg.optim, cfg.run, runtime, run).train(resume=resume)

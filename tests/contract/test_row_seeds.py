@@ -1,0 +1,50 @@
+"""Per-row random streams: a sampled completion depends on its row seed alone, not on the batch around it."""
+
+from __future__ import annotations
+
+import torch
+
+from alignlab.config import GenerationConfig
+from alignlab.eval.sampling_eval import evaluate_model
+from alignlab.generation.engine import generate
+from alignlab.generation.sampling import RowStreams, derive_seed, sample_next_token
+
+PROMPTS = ["plan a", "study plan for go", "three bullets", "x"]
+
+
+def test_row_streams_depend_on_each_row_seed_alone():
+    seeds = [derive_seed(0, 0, i) for i in range(3)]
+    streams = RowStreams(seeds)
+    u = torch.cat([streams.uniform(1000, "cpu") for _ in range(4)], 1)  # 4 steps, (B, 4V)
+    assert u.shape == (3, 4000) and 0 <= u.min() and u.max() < 1
+    assert abs(u.mean().item() - 0.5) < 0.02 and abs(u.std().item() - 12 ** -0.5) < 0.02  # uniform's moments
+    alone = RowStreams(seeds[1:2])
+    assert torch.equal(torch.cat([alone.uniform(1000, "cpu") for _ in range(4)], 1), u[1:2])  # the batch is irrelevant
+    assert derive_seed(0, 0, 1) != derive_seed(0, 1, 0) and 0 <= derive_seed(-1) < 2 ** 63
+
+
+def test_sampling_with_row_streams_and_greedy():
+    logits = torch.randn(2, 50)
+    a = sample_next_token(logits, RowStreams([1, 2]), 1.0)
+    b = sample_next_token(logits, RowStreams([1, 2]), 1.0)
+    assert torch.equal(a, b)
+    assert torch.equal(sample_next_token(logits, RowStreams([1, 2]), 0.0), logits.argmax(-1))  # greedy: no draw
+
+
+def test_a_row_samples_the_same_completion_in_any_batch(tiny_gpt, byte_tok):
+    cfg = GenerationConfig(max_new_tokens=16, temperature=1.0)
+    seeds = [derive_seed(7, i) for i in range(len(PROMPTS))]
+    whole = generate(tiny_gpt, byte_tok, PROMPTS, cfg, row_seeds=seeds).texts
+    one_by_one = [generate(tiny_gpt, byte_tok, [prompt], cfg, row_seeds=[seed]).texts[0]
+                  for prompt, seed in zip(PROMPTS, seeds, strict=True)]
+    reversed_batch = generate(tiny_gpt, byte_tok, PROMPTS[::-1], cfg, row_seeds=seeds[::-1]).texts[::-1]
+    assert whole == one_by_one == reversed_batch
+    other = generate(tiny_gpt, byte_tok, PROMPTS, cfg, row_seeds=[s + 1 for s in seeds]).texts
+    assert other != whole
+
+
+def test_sampled_evaluation_does_not_depend_on_the_batch_size(tiny_gpt, byte_tok):
+    gen = GenerationConfig(max_new_tokens=12, temperature=1.0)
+    big, _ = evaluate_model(tiny_gpt, byte_tok, PROMPTS[:2], 3, gen, seed=5, batch_size=6)
+    small, _ = evaluate_model(tiny_gpt, byte_tok, PROMPTS[:2], 3, gen, seed=5, batch_size=2)
+    assert [s.completion for s in big] == [s.completion for s in small]
