@@ -32,8 +32,9 @@ from alignlab.errors import UserError
 from alignlab.model.checkpoint import atomic_dir, save_model
 from alignlab.rewards.base import completion_text, prompt_text
 from alignlab.runs import Run
+from alignlab.trainers.ledger import LEDGER, Ledger
 from alignlab.trainers.loop import build_optimizer, lr_at
-from alignlab.trainers.rollouts import LEDGER, Ledger, Scorer
+from alignlab.trainers.rollouts import Scorer
 
 # TRL log key -> alignlab metric name (the rest are kept as trl/<key>).
 METRICS = {"loss": "loss", "grad_norm": "grad_norm", "learning_rate": "lr", "reward": "reward_mean",

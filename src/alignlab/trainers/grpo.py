@@ -45,17 +45,10 @@ from alignlab.model.lora import has_lora, load_trainable
 from alignlab.runs import Run
 from alignlab.runtime import resolve_runtime
 from alignlab.tasks.registry import get_task
+from alignlab.trainers.ledger import LEDGER, Ledger
 from alignlab.trainers.loop import Loop, TrainSpec
 from alignlab.trainers.preflight import preflight
-from alignlab.trainers.rollouts import (
-    LEDGER,
-    GRPOBatch,
-    Ledger,
-    RolloutSource,
-    Scorer,
-    policy_logps,
-    shared_prompt_groups,
-)
+from alignlab.trainers.rollouts import GRPOBatch, RolloutSource, Scorer, policy_logps, shared_prompt_groups
 
 EVAL_SEED_OFFSET = 104729  # held-out sampling has its own stream: every evaluation sees the same draws
 

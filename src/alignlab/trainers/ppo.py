@@ -47,9 +47,10 @@ from alignlab.runs import Run
 from alignlab.runtime import resolve_runtime
 from alignlab.tasks.registry import get_task
 from alignlab.trainers.grpo import make_evaluate
+from alignlab.trainers.ledger import LEDGER, Ledger
 from alignlab.trainers.loop import Loop, TrainSpec, restore_weights
 from alignlab.trainers.ppo_rollouts import PolicyAndValue, PPOBatch, PPOSource
-from alignlab.trainers.rollouts import LEDGER, Ledger, Scorer, policy_logps
+from alignlab.trainers.rollouts import Scorer, policy_logps
 
 VALUE = "value.safetensors"
 

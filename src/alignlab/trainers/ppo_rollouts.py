@@ -34,7 +34,8 @@ from alignlab.generation.sampling import derive_seed
 from alignlab.model.heads import ValueModel
 from alignlab.model.lora import adapters_off
 from alignlab.runtime import make_generator
-from alignlab.trainers.rollouts import Ledger, Scorer, _ledger_records, generation_metrics, policy_logps, take_examples
+from alignlab.trainers.ledger import Ledger, ledger_records
+from alignlab.trainers.rollouts import Scorer, generation_metrics, policy_logps, take_examples
 
 
 class PolicyAndValue(nn.Module):
@@ -150,7 +151,7 @@ class PPOSource:
                        early_stops=self.early_stops)
         if self.ledger is not None:
             step = self.served // cfg.optim.grad_accum + 1  # the optimizer step this rollout first feeds
-            self.ledger.append(_ledger_records(step, 1, examples, rollout, totals, parts, verdicts))
+            self.ledger.append(ledger_records(step, 1, examples, rollout, totals, parts, verdicts))
         if cfg.adaptive_kl_target > 0:
             self.kl_coef = adaptive_kl_coef(self.kl_coef, seq_kl, cfg.adaptive_kl_target, cfg.adaptive_kl_horizon,
                                             cfg.run.batch_size)

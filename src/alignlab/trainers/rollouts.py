@@ -35,15 +35,11 @@ keeping only groups with reward spread (DAPO's dynamic sampling).
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import json
 import math
 import random
 import time
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import torch
 
@@ -59,8 +55,7 @@ from alignlab.model.hf import completion_logits, grouped_completion_logits
 from alignlab.model.lora import adapters_off
 from alignlab.rewards.base import Reward, combine, load_reward_function, reward_name
 from alignlab.tasks.registry import Task
-
-LEDGER = "rollouts.jsonl.gz"
+from alignlab.trainers.ledger import Ledger, ledger_records
 
 
 class Scorer:
@@ -174,37 +169,6 @@ def shared_prompt_groups(cfg: GRPOConfig) -> int | None:
     return cfg.num_generations if micro % cfg.num_generations == 0 else None
 
 
-class Ledger:
-    """Appends one JSON record per completion to a gzip file; cut back to a step on resume."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def append(self, records: Sequence[dict]) -> None:
-        with gzip.open(self.path, "at", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-
-    def keep_until(self, step: int) -> None:
-        """Drop records of generations first used after `step` (a crashed run's tail)."""
-        if not self.path.exists():
-            return
-        kept = []
-        try:
-            with gzip.open(self.path, "rt", encoding="utf-8") as handle:
-                for line in handle:
-                    try:
-                        if json.loads(line)["step"] <= step:
-                            kept.append(line)
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        continue  # a line a killed process left half-written
-        except (EOFError, OSError, zlib.error):
-            pass  # a gzip stream a killed process left unfinished: keep what reads back
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with gzip.open(tmp, "wt", encoding="utf-8") as handle:
-            handle.writelines(kept)
-        tmp.replace(self.path)
-
-
 @dataclass(frozen=True)
 class Completions:
     """What the metrics and the ledger read of a `Rollout` (texts: B strings, lengths (B,) long,
@@ -213,18 +177,6 @@ class Completions:
     texts: list[str]
     lengths: torch.Tensor
     truncated: torch.Tensor
-
-
-def _ledger_records(step: int, group_size: int, examples, rollout: Rollout | Completions, totals, parts,
-                    verdicts) -> list[dict]:
-    records = []
-    for i, (example, text, verdict) in enumerate(zip(examples, rollout.texts, verdicts, strict=True)):
-        records.append({"step": step, "group": i // group_size, **example, "completion": text,
-                        "reward": totals[i], "parts": {k: v[i] for k, v in parts.items()},
-                        "passed": verdict.passed, "failed": list(verdict.failed), "reasons": list(verdict.reasons),
-                        "degenerate": list(verdict.degenerate_reasons), "truncated": bool(rollout.truncated[i]),
-                        "tokens": int(rollout.lengths[i])})
-    return records
 
 
 def generation_metrics(totals, parts, rows, verdicts, rollout: Rollout | Completions, group_size: int) -> dict:
@@ -354,7 +306,7 @@ class RolloutSource:
             step = (self.generations - 1) * self.cfg.num_iterations + 1  # first optimizer step using it
             if self.ledger is not None:
                 rows = [e for e in examples for _ in range(self.cfg.num_generations)]
-                self.ledger.append(_ledger_records(step, self.cfg.num_generations, rows, rollout, totals, parts,
+                self.ledger.append(ledger_records(step, self.cfg.num_generations, rows, rollout, totals, parts,
                                                    verdicts))
         fresh = self.cursor < self.cfg.optim.grad_accum
         start = (self.cursor % self.cfg.optim.grad_accum) * self.micro

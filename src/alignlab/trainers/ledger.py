@@ -1,0 +1,62 @@
+"""The rollout ledger: every sampled completion of an RL run, one JSON line each, in `rollouts.jsonl.gz`.
+
+GRPO, PPO and the TRL backend append a record per completion (its step, group, example, reward and
+parts, the task's verdict, failed rules with reasons, degeneration flags), so a user can find the
+step where a hack started: `zcat rollouts.jsonl.gz | jq 'select(.step == 40)'`. A resumed run cuts
+the ledger back to its checkpoint's step first, so no generation is logged twice.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+LEDGER = "rollouts.jsonl.gz"
+
+
+class Ledger:
+    """Appends one JSON record per completion to a gzip file; cut back to a step on resume."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def append(self, records: Sequence[dict]) -> None:
+        with gzip.open(self.path, "at", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+    def keep_until(self, step: int) -> None:
+        """Drop records of generations first used after `step` (a crashed run's tail)."""
+        if not self.path.exists():
+            return
+        kept = []
+        try:
+            with gzip.open(self.path, "rt", encoding="utf-8") as handle:
+                for line in handle:
+                    try:
+                        if json.loads(line)["step"] <= step:
+                            kept.append(line)
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        continue  # a line a killed process left half-written
+        except (EOFError, OSError, zlib.error):
+            pass  # a gzip stream a killed process left unfinished: keep what reads back
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with gzip.open(tmp, "wt", encoding="utf-8") as handle:
+            handle.writelines(kept)
+        tmp.replace(self.path)
+
+
+def ledger_records(step: int, group_size: int, examples, rollout, totals, parts, verdicts) -> list[dict]:
+    """One record per completion of a generation batch: the example, the completion, its reward and parts,
+    the task's verdict with reasons and degeneration flags, truncation and length (`rollout`: a
+    `Rollout` or gathered `Completions`: texts, truncated (B,), lengths (B,))."""
+    records = []
+    for i, (example, text, verdict) in enumerate(zip(examples, rollout.texts, verdicts, strict=True)):
+        records.append({"step": step, "group": i // group_size, **example, "completion": text,
+                        "reward": totals[i], "parts": {k: v[i] for k, v in parts.items()},
+                        "passed": verdict.passed, "failed": list(verdict.failed), "reasons": list(verdict.reasons),
+                        "degenerate": list(verdict.degenerate_reasons), "truncated": bool(rollout.truncated[i]),
+                        "tokens": int(rollout.lengths[i])})
+    return records
