@@ -47,9 +47,10 @@ def test_recipe_runs_through_trl_with_alignlab_metrics_ledger_and_report(tmp_pat
 
 def test_what_trl_cannot_do_is_an_error_before_a_run_directory(tmp_path, policy_dir):
     cfg = load_config(GRPOConfig, RECIPE, [*TINY, "backend=trl", f"model.path={policy_dir}", "model.engine=native",
-                                           "stop_strings=[END]", f"run.out_dir={tmp_path / 'run'}"])
-    with pytest.raises(UserError, match="model.engine.*stop_strings"):
+                                           "stop_strings=[END]", "lora.r=4", f"run.out_dir={tmp_path / 'run'}"])
+    with pytest.raises(UserError, match="model.engine.*stop_strings.*lora"):
         grpo(cfg, quiet=True)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
