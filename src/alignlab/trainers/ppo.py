@@ -98,6 +98,25 @@ def make_value(cfg: PPOConfig, policy, tokenizer, device) -> ValueModel:
     return value
 
 
+def save_checkpoint(model: PolicyAndValue, tokenizer, directory: Path) -> None:
+    """The policy's own files (what `eval` and `generate` load) + the critic's trained weights (with
+    LoRA: its adapters and head) in value.safetensors."""
+    save_model(model.policy, tokenizer, directory)
+    save_file({k: v.detach().contiguous() for k, v in model.value.named_parameters() if v.requires_grad},
+              str(directory / VALUE))
+
+
+def restore_checkpoint(model: PolicyAndValue, directory: Path) -> None:
+    """Read `save_checkpoint`'s files back into the policy and critic in place."""
+    restore_weights(model.policy, directory)
+    state = load_file(str(directory / VALUE), device=str(next(model.value.parameters()).device))
+    wanted = {k for k, v in model.value.named_parameters() if v.requires_grad}
+    if set(state) != wanted:
+        raise UserError(f"the saved critic does not fit this run's critic (keys differ: "
+                        f"{sorted(set(state) ^ wanted)[:3]})", file=str(directory / VALUE))
+    model.value.load_state_dict(state, strict=False)
+
+
 def ppo(cfg: PPOConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> Path:
     """Train with PPO and return the run directory (the policy ends in <run>/checkpoints/final)."""
     if not cfg.model.path:
@@ -122,23 +141,10 @@ def ppo(cfg: PPOConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     ledger = Ledger(run.root / LEDGER) if runtime.dist.is_main else None
     source = PPOSource(cfg, model, tokenizer, train, scorer, runtime.device, ledger, reference, runtime.dist)
 
-    def save(directory: Path) -> None:
-        save_model(policy, tokenizer, directory)
-        save_file({k: v.detach().contiguous() for k, v in model.value.named_parameters() if v.requires_grad},
-                  str(directory / VALUE))  # the critic's trained weights (with LoRA: adapters and head)
-
-    def restore(directory: Path) -> None:
-        restore_weights(policy, directory)
-        state = load_file(str(directory / VALUE), device=str(runtime.device))
-        wanted = {k for k, v in model.value.named_parameters() if v.requires_grad}
-        if set(state) != wanted:
-            raise UserError(f"the saved critic does not fit this run's critic (keys differ: "
-                            f"{sorted(set(state) ^ wanted)[:3]})", file=str(directory / VALUE))
-        model.value.load_state_dict(state, strict=False)
-
     evaluate = make_evaluate(policy, tokenizer, cfg, held_out, scorer, runtime.device) if held_out else None
-    spec = TrainSpec(model, source, make_loss(model, source, cfg, runtime.dist), save, evaluate=evaluate,
-                     status=ppo_status, restore_model=restore)
+    spec = TrainSpec(model, source, make_loss(model, source, cfg, runtime.dist),
+                     lambda d: save_checkpoint(model, tokenizer, d), evaluate=evaluate, status=ppo_status,
+                     restore_model=lambda d: restore_checkpoint(model, d))
     loop = Loop(spec, cfg.optim, cfg.run, runtime, run)
     if resume:
         loop.resume()
