@@ -1,10 +1,12 @@
-"""The shared-prompt update: each prompt computed once per group gives the full forward's logits and gradients."""
+"""Shared prompts: the GRPO update and decoding compute and read each prompt once per group, with the same numbers."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from alignlab.config import GPTConfig
+from alignlab.model.cache import Packing, cascade_attention
 from alignlab.model.gpt import GPT
 from alignlab.model.hf import completion_logits, grouped_completion_logits
 from alignlab.trainers.rollouts import policy_logps
@@ -69,3 +71,67 @@ def test_generation_prefills_each_distinct_prompt_once(byte_tok):
     together = generate(model, byte_tok, rows, greedy).texts
     alone = {p: generate(model, byte_tok, [p], greedy).texts[0] for p in set(rows)}
     assert together == [alone[p] for p in rows]
+
+
+def test_grouped_logits_with_a_one_token_prompt():
+    """No prompt part is left once the last prompt token moves to the continuation pass."""
+    model = _model()
+    torch.manual_seed(3)
+    ids = torch.cat([torch.randint(0, 300, (2, 1)).repeat_interleave(G, 0), torch.randint(0, 300, (2 * G, C))], 1)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, -2:] = False
+    kept = mask[:, 1:]
+    assert torch.allclose(completion_logits(model, ids, mask, C)[kept],
+                          grouped_completion_logits(model, ids, mask, C, G)[kept], atol=1e-5)
+
+
+def test_cascade_attention_equals_attention_over_each_rows_keys():
+    """One query per row over its group's (left-padded) prompt keys and its own keys, GQA rep 2."""
+    torch.manual_seed(4)
+    u, g, kv, rep, p, s, d = 3, 4, 2, 2, 6, 5, 8
+    q = torch.randn(u * g, kv * rep, 1, d)
+    prompt_k, prompt_v = torch.randn(u, kv, p, d), torch.randn(u, kv, p, d)
+    row_k, row_v = torch.randn(u * g, kv, s, d), torch.randn(u * g, kv, s, d)
+    prompt_mask = torch.ones(u, p, dtype=torch.bool)
+    prompt_mask[1, :2] = prompt_mask[2, :p] = False  # the third prompt part is all padding
+    keys = torch.cat([prompt_k.repeat_interleave(g, 0), row_k], 2).repeat_interleave(rep, 1)  # (B, H, P + S, D)
+    values = torch.cat([prompt_v.repeat_interleave(g, 0), row_v], 2).repeat_interleave(rep, 1)
+    allowed = torch.cat([prompt_mask.repeat_interleave(g, 0), torch.ones(u * g, s, dtype=torch.bool)], 1)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=allowed[:, None, None])
+    got = cascade_attention(q, prompt_k, prompt_v, prompt_mask, row_k, row_v)
+    assert torch.allclose(got, expected, atol=1e-6)
+    no_prompt = cascade_attention(q, prompt_k[:, :, :0], prompt_v[:, :, :0], None, row_k, row_v)
+    plain = torch.nn.functional.scaled_dot_product_attention(
+        q, row_k.repeat_interleave(rep, 1), row_v.repeat_interleave(rep, 1))
+    assert torch.allclose(no_prompt, plain, atol=1e-6)
+
+
+def test_packing_round_trip_keeps_each_rows_prefix():
+    needed = torch.tensor([[True, True, False, False], [True, False, True, False], [False, False, False, False]])
+    packing = Packing.prefix(needed)
+    assert packing.index.tolist() == [0, 1, 4, 5, 6]  # row 1 keeps position 1: position 2 attends to it
+    x = torch.arange(12.0).view(3, 4, 1)
+    packed = packing.pack(x)
+    assert packed.shape == (1, 5, 1)
+    assert packing.unpack(packed).flatten().tolist() == [0, 1, 0, 0, 4, 5, 6, 0, 0, 0, 0, 0]
+
+
+def test_grouped_generation_matches_transformers(byte_tok, tmp_path):
+    """Rows in equal groups read their prompt once (cascade attention); greedy output equals transformers'."""
+    transformers = pytest.importorskip("transformers")
+    from alignlab.config import GenerationConfig
+    from alignlab.data.batches import left_pad
+    from alignlab.generation.engine import generate_hf, generate_native
+    from alignlab.model.checkpoint import to_hf
+
+    torch.manual_seed(5)
+    model = GPT(GPTConfig(vocab_size=byte_tok.vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2)).eval()
+    to_hf(model, tmp_path / "hf", byte_tok)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    prompts = [p for p in ([5, 17, 42, 99, 3], [8, 9], [100, 101, 102]) for _ in range(3)]
+    ids, mask = left_pad(prompts, byte_tok.pad_id)
+    cfg = GenerationConfig(max_new_tokens=16, temperature=0.0)
+    ours = generate_native(model, ids, mask, cfg, None, stop_ids=[], pad_id=byte_tok.pad_id)
+    theirs = generate_hf(hf, ids, mask, cfg, None, stop_ids=[], pad_id=byte_tok.pad_id)
+    assert torch.equal(ours[0], theirs[0])

@@ -1,7 +1,8 @@
 """Batched generation -> `Rollout`: a KV-cache fast path for the native GPT, `generate` for the rest.
 
-Prompts of different lengths are left-padded; the native path prefills them once into a
-preallocated `KVCache` and then decodes one token per step for the whole batch, stopping a
+Prompts of different lengths are left-padded; the native path prefills each distinct prompt
+once into a preallocated `KVCache` (rows repeating a prompt, as GRPO's groups do, share its
+keys and values there) and then decodes one token per step for the whole batch, stopping a
 row at any stop id (EOS and friends) or stop string. Other transformers causal LMs go
 through `model.generate` with the same arguments, given as a fresh `GenerationConfig` so the
 model's own defaults (Qwen's repetition penalty, top_k 20, ...) never leak in.
@@ -99,20 +100,20 @@ def _prompt_ids(tokenizer: Tokenizer, prompt, chat: bool) -> list[int]:
 def generate_native(model: GPT, prompt_ids, prompt_mask, config: GenerationConfig, generator,
                     *, stop_ids: Sequence[int], pad_id: int, stop_check=None):
     """KV-cache decoding. prompt_ids/mask (B, P) -> completion ids (B, C), mask (B, C), truncated (B,).
-    `generator` is a torch.Generator, `RowStreams` or None (greedy)."""
-    b, p = prompt_ids.shape
-    n, device = config.max_new_tokens, prompt_ids.device
-    padded = not bool(prompt_mask.all())  # without padding, decode steps need no mask at all
-    key_mask = torch.ones(b, p + n, dtype=torch.bool, device=device)  # (B, S_max)
-    key_mask[:, :p] = prompt_mask
-    next_position = prompt_mask.sum(-1, keepdim=True)  # (B, 1) position of the first new token
-    cache, hidden = _prefill(model, prompt_ids, key_mask[:, :p] if padded else None, p + n)
-    logits = model.lm_head(hidden)  # (B, V)
+    `generator` is a torch.Generator, `RowStreams` or None (greedy).
+
+    The prompts but their last token fill the cache's prompt part (`_prefill`); step t then feeds
+    each row's previous token (the last prompt token at t = 0) and samples the next one."""
+    b, n, device = prompt_ids.shape[0], config.max_new_tokens, prompt_ids.device
+    cache = _prefill(model, prompt_ids, prompt_mask, n)
+    position = prompt_mask.sum(-1, keepdim=True) - 1  # (B, 1) position of the last prompt token
+    token = prompt_ids[:, -1]  # (B,) left padding puts every row's last prompt token here
     out = torch.full((b, n), pad_id, dtype=torch.long, device=device)
     stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
     ended = torch.full((b,), n, dtype=torch.long, device=device)  # index of each row's stop token
     done = torch.zeros(b, dtype=torch.bool, device=device)
     for t in range(n):
+        logits = model(token[:, None], None, position + t, cache=cache)[:, -1]  # (B, V)
         token = sample_next_token(logits, generator, config.temperature, config.top_k, config.top_p)
         out[:, t] = token.masked_fill(done, pad_id)  # (B,)
         newly = torch.isin(token, stops) & ~done
@@ -120,37 +121,39 @@ def generate_native(model: GPT, prompt_ids, prompt_mask, config: GenerationConfi
             newly |= stop_check(out[:, : t + 1], done | newly)
         ended = torch.where(newly, t, ended)
         done |= newly
-        if t == n - 1 or bool(done.all()):
+        if bool(done.all()):
             out = out[:, : t + 1]
             break
-        mask = key_mask[:, : p + t + 1] if padded else None
-        logits = model(token[:, None], mask, next_position + t, cache=cache)[:, -1]  # (B, V)
     return _package(out, ended, pad_id, n)
 
 
-def _prefill(model: GPT, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor | None, max_len: int):
-    """(cache filled with the prompts, last hidden state (B, C)), each distinct prompt computed once.
+def _prefill(model: GPT, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new: int):
+    """A `KVCache` holding every prompt but its last token, each distinct prompt computed once.
 
-    Rows repeating the row before them (GRPO's groups, N samples per prompt) share its prefill:
-    the distinct rows run through the model and their keys and values are copied to the repeats.
+    Rows repeating the row before them (GRPO's groups, N samples per prompt) share their prompt:
+    when every run of equal rows has the same length G, the cache keeps one prompt row per group
+    and decoding reads it once per group; otherwise each row gets a copy of its run's prompt.
     """
     b, p = prompt_ids.shape
     same = torch.zeros(b, dtype=torch.bool, device=prompt_ids.device)
-    same[1:] = (prompt_ids[1:] == prompt_ids[:-1]).all(-1)
-    if prompt_mask is not None:
-        same[1:] &= (prompt_mask[1:] == prompt_mask[:-1]).all(-1)
-    cache = model.new_cache(b, max_len)
-    if not bool(same.any()):
-        return cache, model.hidden_states(prompt_ids, prompt_mask, cache=cache)[:, -1]
+    same[1:] = (prompt_ids[1:] == prompt_ids[:-1]).all(-1) & (prompt_mask[1:] == prompt_mask[:-1]).all(-1)
     firsts = (~same).nonzero().flatten()  # (U,) the first row of each run
     counts = torch.diff(torch.cat([firsts, firsts.new_tensor([b])]))  # (U,) rows per run
-    distinct = model.new_cache(len(firsts), p)
-    mask = prompt_mask[firsts] if prompt_mask is not None else None
-    hidden = model.hidden_states(prompt_ids[firsts], mask, cache=distinct)[:, -1]  # (U, C)
-    cache.keys[:, :, :, :p] = distinct.keys.repeat_interleave(counts, dim=1)  # (L, B, K, P, D)
-    cache.values[:, :, :, :p] = distinct.values.repeat_interleave(counts, dim=1)
-    cache.advance(p)
-    return cache, hidden.repeat_interleave(counts, dim=0)  # (B, C)
+    group = int(counts[0]) if bool((counts == counts[0]).all()) else 1
+    mask = prompt_mask[firsts, :-1]  # (U, P - 1)
+    padded = not bool(mask.all())
+    cache = model.new_cache(b, max_new, group=group, prompt_len=p - 1)
+    if p == 1:
+        return cache
+    distinct = cache if group > 1 or len(firsts) == b else model.new_cache(len(firsts), max_new, prompt_len=p - 1)
+    model.hidden_states(prompt_ids[firsts, :-1], mask if padded else None, cache=distinct, keys_only=True)
+    if distinct is not cache:  # uneven runs: one prompt row per batch row
+        cache.prompt_keys = distinct.prompt_keys.repeat_interleave(counts, dim=1)  # (L, B, K, P - 1, D)
+        cache.prompt_values = distinct.prompt_values.repeat_interleave(counts, dim=1)
+        cache.advance(p - 1)
+    if padded:
+        cache.prompt_mask = mask.repeat_interleave(counts // group, dim=0)  # (B / G, P - 1)
+    return cache
 
 
 def _package(out: torch.Tensor, ended: torch.Tensor, pad_id: int, max_new: int):

@@ -5,7 +5,10 @@ grouped-query attention with biased q/k/v projections and an unbiased o_proj, a 
 optional tied embeddings. Module and parameter names mirror `transformers`'
 `Qwen2ForCausalLM` one to one, so a state dict moves between the two unchanged
 (`model/hf.py`). Attention runs through `scaled_dot_product_attention`; generation writes
-keys and values into a preallocated `KVCache` instead of concatenating per step.
+keys and values into a preallocated `KVCache` (`model/cache.py`) instead of concatenating per
+step, and reads a prompt shared by several rows once. Two options serve the GRPO update
+(`model/hf.grouped_completion_logits`): `keys_only` (a prompt pass whose last layer only writes
+keys and values) and `packing` (linears skip right padding).
 
 Left out on purpose: sliding-window attention, rope scaling and dropout (none is used by
 Qwen2.5 at the sizes we target; `model/hf.py` refuses checkpoints that need them).
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alignlab.config import GPTConfig
+from alignlab.model.cache import KVCache, Packing
 
 
 class RMSNorm(nn.Module):
@@ -56,68 +60,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotated * sin
 
 
-class KVCache:
-    """Keys and values of every layer, preallocated to `max_len` positions.
-
-    Layer i writes its new keys at [length, length + T) and reads [0, length + T); the
-    model calls `advance(T)` once all layers have written. No per-step concatenation.
-    """
-
-    def __init__(self, config: GPTConfig, batch: int, max_len: int, device, dtype):
-        shape = (config.num_hidden_layers, batch, config.num_key_value_heads, max_len, config.head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, K, S_max, D)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0
-
-    @property
-    def max_len(self) -> int:
-        return self.keys.shape[3]
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        end = self.length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions, asked for {end}")
-        self.keys[layer, :, :, self.length:end] = k
-        self.values[layer, :, :, self.length:end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]  # (B, K, S, D)
-
-    def advance(self, steps: int) -> None:
-        self.length += steps
-
-
-class PrefixKV:
-    """Keys and values of shared prompts, kept with their gradient, for continuations that attend to them.
-
-    Training-time counterpart of `KVCache` (which writes in place and so cannot carry gradients):
-    a first forward over the B / G distinct prompts records each layer's keys and values; `expand(G)`
-    repeats them for the G continuations of each prompt; a second forward over the continuations
-    concatenates its keys and values behind them. The result equals one forward over
-    prompt + continuation rows, while the prompt tokens are computed once per group.
-    """
-
-    def __init__(self):
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
-        self.length = 0
-        self.recording = True
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        if self.recording:
-            self.keys.append(k)  # (B / G, K, P, D)
-            self.values.append(v)
-            return k, v
-        return torch.cat([self.keys[layer], k], 2), torch.cat([self.values[layer], v], 2)  # (B, K, P + T, D)
-
-    def advance(self, steps: int) -> None:
-        self.length += steps
-
-    def expand(self, group_size: int) -> None:
-        """Repeat every recorded prompt for `group_size` consecutive continuation rows; stop recording."""
-        self.keys = [k.repeat_interleave(group_size, 0) for k in self.keys]
-        self.values = [v.repeat_interleave(group_size, 0) for v in self.values]
-        self.recording = False
-
-
 class Attention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -129,27 +71,35 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(c, self.n_kv * self.head_dim, bias=True)
         self.o_proj = nn.Linear(self.n_head * self.head_dim, c, bias=False)
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int):
-        b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)  # (B, K, T, D)
-        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, packing: Packing | None = None):
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if packing is not None:  # (1, N, *) kept tokens -> (B, T, *) for attention
+            q, k, v = packing.unpack(q), packing.unpack(k), packing.unpack(v)
+        b, t, _ = q.shape
+        q = q.view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        v = v.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None and cache.decoding:
+            return self.o_proj(cache.attend(layer, q, k, v).reshape(b, 1, -1))  # (B, 1, C)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, K, S, D)
         rep = self.n_head // self.n_kv  # grouped-query attention: kv head j serves heads j*rep..
-        if rep > 1 and t == 1:
-            # One new token: its rep query heads per kv head become a (B, K, rep, D) query
-            # block over the shared keys, so keys are never copied rep times.
-            q = q.view(b, self.n_kv, rep, self.head_dim)  # (B, K, rep, D)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, K, rep, D)
-            return self.o_proj(y.reshape(b, 1, -1))  # (B, 1, C)
         if rep > 1:
             k = k.repeat_interleave(rep, dim=1)  # (B, H, S, D)
             v = v.repeat_interleave(rep, dim=1)
         causal = mask is None and t > 1
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # (B, H, T, D)
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))  # (B, T, C)
+        y = y.transpose(1, 2).reshape(b, t, -1)  # (B, T, H * D)
+        return self.o_proj(packing.pack(y) if packing is not None else y)  # (B, T, C) or (1, N, C)
+
+    def write_keys(self, x, cos, sin, cache, layer: int):
+        """Only the keys and values (B, K, T, D) of x, written to `cache` and returned: for a last
+        layer whose outputs nothing reads."""
+        b, t, _ = x.shape
+        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        return cache.update(layer, apply_rotary(k, cos, sin), v)
 
 
 class MLP(nn.Module):
@@ -174,8 +124,10 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, mask, cache, layer):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+    def forward(self, x, cos, sin, mask, cache, layer, packing=None, keys_only=False):
+        if keys_only:  # through forward and returned, so that FSDP's hooks see the call and the tensors
+            return self.self_attn.write_keys(self.input_layernorm(x), cos, sin, cache, layer)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer, packing)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -189,12 +141,16 @@ class Decoder(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = Rotary(config.head_dim, config.rope_theta)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, *,
+                packing: Packing | None = None, keys_only: bool = False):
         """input_ids (B, T) -> hidden states (B, T, C).
 
         attention_mask (B, S) bool/int marks real tokens of the whole sequence seen so far
         (cache + new); None means no padding. position_ids (B, T) default to the count of
         real tokens before each position, which makes left padding invisible to the model.
+        With `packing`, only its kept tokens run through the linears and the result is (1, N, C).
+        With `keys_only`, the last layer only writes its keys and values into `cache` (a prompt
+        whose continuation is computed later needs nothing else from it) and None is returned.
         """
         start = cache.length if cache is not None else 0
         if attention_mask is not None:
@@ -202,13 +158,14 @@ class Decoder(nn.Module):
         if position_ids is None:
             position_ids = _positions(attention_mask, start, input_ids.shape[1], input_ids.device)
         mask = _attention_mask(attention_mask, start, input_ids.shape[1], input_ids.device)
-        x = self.embed_tokens(input_ids)  # (B, T, C)
+        x = self.embed_tokens(packing.pack(input_ids) if packing is not None else input_ids)  # (B, T, C)
         cos, sin = self.rotary_emb(position_ids, x.dtype)
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, cache, i)
+            x = layer(x, cos, sin, mask, cache, i, packing, keys_only and i == last)
         if cache is not None:
             cache.advance(input_ids.shape[1])
-        return self.norm(x)
+        return None if keys_only else self.norm(x)
 
 
 class GPT(nn.Module):
@@ -243,16 +200,19 @@ class GPT(nn.Module):
         """The token embedding, by transformers' name for it."""
         return self.model.embed_tokens
 
-    def hidden_states(self, input_ids, attention_mask=None, position_ids=None, cache=None):
+    def hidden_states(self, input_ids, attention_mask=None, position_ids=None, cache=None, **options):
         """input_ids (B, T) -> final normed hidden states (B, T, C); see `Decoder.forward`."""
-        return self.model(input_ids, attention_mask, position_ids, cache)
+        return self.model(input_ids, attention_mask, position_ids, cache, **options)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None):
         """input_ids (B, T) -> logits (B, T, V); see `hidden_states` for the arguments."""
         return self.lm_head(self.hidden_states(input_ids, attention_mask, position_ids, cache))
 
-    def new_cache(self, batch: int, max_len: int) -> KVCache:
-        return KVCache(self.config, batch, max_len, self.device, self.dtype)
+    def new_cache(self, batch: int, max_new: int, *, group: int = 1, prompt_len: int = 0,
+                  prompt_mask: torch.Tensor | None = None) -> KVCache:
+        """A decoding cache for `batch` rows in groups of `group` sharing a prompt (see `KVCache`)."""
+        return KVCache(self.config, batch, max_new, group=group, prompt_len=prompt_len, prompt_mask=prompt_mask,
+                       device=self.device, dtype=self.dtype)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 
 from alignlab.config import GPTConfig
 from alignlab.errors import UserError
-from alignlab.model.gpt import GPT, PrefixKV
+from alignlab.model.cache import Packing, PrefixKV
+from alignlab.model.gpt import GPT
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -209,18 +210,25 @@ def completion_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tens
 def grouped_completion_logits(model: GPT, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int,
                               group_size: int) -> torch.Tensor:
     """`completion_logits` for rows that come in groups of `group_size` sharing one prompt (GRPO's
-    layout), computing each prompt once: its keys and values, gradient included, are repeated for
-    the group's completions (`PrefixKV`). Same numbers as `completion_logits` up to float rounding;
-    the prompt's share of the work drops by (G - 1) / G. Native GPT only.
+    layout), with three savings that leave the numbers as they are (up to float rounding):
+
+    - each prompt is computed once: its keys and values, gradient included, are repeated for the
+      group's completions (`PrefixKV`), so the prompt's share of the work drops by (G - 1) / G;
+    - the prompt but its last token computes only keys and values in the last layer (nothing
+      reads its outputs there); the last prompt token goes with the completion, as the position
+      whose logits predict completion token 0;
+    - the completion's right padding never enters the linears (`Packing`); its logits are 0.
 
     Shapes: input_ids (B, P + n) long with B a multiple of G, attention_mask (B, P + n) bool -> (B, n, V).
     """
     p = input_ids.shape[1] - n
-    prefix = PrefixKV()
-    prompt = model.hidden_states(input_ids[::group_size, :p], attention_mask[::group_size, :p], cache=prefix)
-    first = prompt[:, -1:].repeat_interleave(group_size, 0)  # (B, 1, C): predicts completion token 0
-    prefix.expand(group_size)
-    if n == 1:
-        return model.lm_head(first)  # (B, 1, V)
-    rest = model.hidden_states(input_ids[:, p:-1], attention_mask[:, :-1], cache=prefix)  # (B, n - 1, C)
-    return model.lm_head(torch.cat([first, rest], 1))  # (B, n, V)
+    prefix = None
+    if p > 1:
+        prefix = PrefixKV()
+        model.hidden_states(input_ids[::group_size, :p - 1], attention_mask[::group_size, :p - 1], cache=prefix,
+                            keys_only=True)
+        prefix.expand(group_size)
+    packing = Packing.prefix(attention_mask[:, p:])  # position j predicts completion token j
+    hidden = model.hidden_states(input_ids[:, p - 1:-1], attention_mask[:, :-1], cache=prefix,
+                                 packing=packing)  # (1, N, C)
+    return packing.unpack(model.lm_head(hidden))  # (B, n, V)
