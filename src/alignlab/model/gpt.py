@@ -26,6 +26,8 @@ from torch import nn
 from alignlab.config import GPTConfig
 from alignlab.model.cache import KVCache, Packing
 
+_SDPA_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)  # enable_gqa arrived in 2.5
+
 
 class RMSNorm(nn.Module):
     """x / rms(x) * weight, computed in float32 like Qwen2RMSNorm."""
@@ -85,11 +87,12 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, K, S, D)
         rep = self.n_head // self.n_kv  # grouped-query attention: kv head j serves heads j*rep..
-        if rep > 1:
+        gqa = {"enable_gqa": True} if rep > 1 and _SDPA_GQA else {}  # no rep copies of the keys
+        if rep > 1 and not gqa:
             k = k.repeat_interleave(rep, dim=1)  # (B, H, S, D)
             v = v.repeat_interleave(rep, dim=1)
         causal = mask is None and t > 1
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # (B, H, T, D)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, **gqa)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(b, t, -1)  # (B, T, H * D)
         return self.o_proj(packing.pack(y) if packing is not None else y)  # (B, T, C) or (1, N, C)
 

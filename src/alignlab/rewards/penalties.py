@@ -27,6 +27,7 @@ language-specific tokenizer: tokens are a fixed regex so the metric is the same 
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -140,6 +141,7 @@ def _blank_or_digits(unit: str) -> bool:
     return unit.isspace() or unit.strip().isdigit()
 
 
+@functools.lru_cache(maxsize=4096)  # the reward, its breakdown and the verdict each ask per completion
 def longest_repeat_run(text: str) -> RepeatRun:
     """The longest run of one unit repeated back to back: a character string of up to 8
     characters, or a sequence of up to 4 tokens (so long repeated words count too).
@@ -160,6 +162,7 @@ def _ngrams(items: list[str], n: int) -> list[tuple[str, ...]]:
     return [tuple(items[i:i + n]) for i in range(len(items) - n + 1)]
 
 
+@functools.lru_cache(maxsize=4096)
 def repeated_ngram_fraction(text: str, n: int = 4) -> float:
     """Fraction of token n-grams that repeat an earlier one: (total - distinct) / total (0.0 when the
     text has no n-gram).
