@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alignlab.config import GPTConfig
-from alignlab.model.cache import Packing, cascade_attention
+from alignlab.model.cache import KVCache, Packing
 from alignlab.model.gpt import GPT
 from alignlab.model.hf import completion_logits, grouped_completion_logits
 from alignlab.trainers.rollouts import policy_logps
@@ -85,25 +85,33 @@ def test_grouped_logits_with_a_one_token_prompt():
                           grouped_completion_logits(model, ids, mask, C, G)[kept], atol=1e-5)
 
 
-def test_cascade_attention_equals_attention_over_each_rows_keys():
-    """One query per row over its group's (left-padded) prompt keys and its own keys, GQA rep 2."""
+def test_decoding_cache_attention_equals_attention_over_each_rows_keys():
+    """Groups of G rows share a (left-padded) prompt stored once; after each decode step a row's
+    attention equals SDPA over its prompt's real keys and its own keys so far. GQA rep 2."""
     torch.manual_seed(4)
-    u, g, kv, rep, p, s, d = 3, 4, 2, 2, 6, 5, 8
-    q = torch.randn(u * g, kv * rep, 1, d)
-    prompt_k, prompt_v = torch.randn(u, kv, p, d), torch.randn(u, kv, p, d)
-    row_k, row_v = torch.randn(u * g, kv, s, d), torch.randn(u * g, kv, s, d)
+    u, g, kv, rep, p, steps, d = 3, 4, 2, 2, 6, 5, 8
+    config = GPTConfig(vocab_size=10, hidden_size=kv * rep * d, num_hidden_layers=1,
+                       num_attention_heads=kv * rep, num_key_value_heads=kv)
     prompt_mask = torch.ones(u, p, dtype=torch.bool)
     prompt_mask[1, :2] = prompt_mask[2, :p] = False  # the third prompt part is all padding
-    keys = torch.cat([prompt_k.repeat_interleave(g, 0), row_k], 2).repeat_interleave(rep, 1)  # (B, H, P + S, D)
-    values = torch.cat([prompt_v.repeat_interleave(g, 0), row_v], 2).repeat_interleave(rep, 1)
-    allowed = torch.cat([prompt_mask.repeat_interleave(g, 0), torch.ones(u * g, s, dtype=torch.bool)], 1)
-    expected = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=allowed[:, None, None])
-    got = cascade_attention(q, prompt_k, prompt_v, prompt_mask, row_k, row_v)
-    assert torch.allclose(got, expected, atol=1e-6)
-    no_prompt = cascade_attention(q, prompt_k[:, :, :0], prompt_v[:, :, :0], None, row_k, row_v)
-    plain = torch.nn.functional.scaled_dot_product_attention(
-        q, row_k.repeat_interleave(rep, 1), row_v.repeat_interleave(rep, 1))
-    assert torch.allclose(no_prompt, plain, atol=1e-6)
+    cache = KVCache(config, u * g, steps, group=g, prompt_len=p, prompt_mask=prompt_mask, device="cpu",
+                    dtype=torch.float32)
+    prompt_k, prompt_v = torch.randn(u, kv, p, d), torch.randn(u, kv, p, d)
+    cache.update(0, prompt_k, prompt_v)
+    cache.advance(p)
+    row_k, row_v = torch.randn(u * g, kv, steps, d), torch.randn(u * g, kv, steps, d)
+    for step in range(steps):
+        q = torch.randn(u * g, kv * rep, 1, d)
+        got = cache.attend(0, q, row_k[:, :, step:step + 1], row_v[:, :, step:step + 1])
+        cache.advance(1)
+        keys = torch.cat([prompt_k.repeat_interleave(g, 0), row_k[:, :, :step + 1]], 2)  # (B, K, P + s, D)
+        values = torch.cat([prompt_v.repeat_interleave(g, 0), row_v[:, :, :step + 1]], 2)
+        allowed = torch.cat([prompt_mask.repeat_interleave(g, 0), torch.ones(u * g, step + 1, dtype=torch.bool)], 1)
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            q, keys.repeat_interleave(rep, 1), values.repeat_interleave(rep, 1), attn_mask=allowed[:, None, None])
+        assert torch.allclose(got, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="one token per row and step"):
+        cache.attend(0, q, row_k[:, :, :1], row_v[:, :, :1])
 
 
 def test_packing_round_trip_keeps_each_rows_prefix():
@@ -117,7 +125,7 @@ def test_packing_round_trip_keeps_each_rows_prefix():
 
 
 def test_grouped_generation_matches_transformers(byte_tok, tmp_path):
-    """Rows in equal groups read their prompt once (cascade attention); greedy output equals transformers'."""
+    """Rows in equal groups read their prompt once; greedy output equals transformers'."""
     transformers = pytest.importorskip("transformers")
     from alignlab.config import GenerationConfig
     from alignlab.data.batches import left_pad

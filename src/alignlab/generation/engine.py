@@ -145,11 +145,11 @@ def _prefill(model: GPT, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, ma
     cache = model.new_cache(b, max_new, group=group, prompt_len=p - 1)
     if p == 1:
         return cache
-    distinct = cache if group > 1 or len(firsts) == b else model.new_cache(len(firsts), max_new, prompt_len=p - 1)
+    distinct = cache if group > 1 or len(firsts) == b else model.new_cache(len(firsts), 0, prompt_len=p - 1)
     model.hidden_states(prompt_ids[firsts, :-1], mask if padded else None, cache=distinct, keys_only=True)
-    if distinct is not cache:  # uneven runs: one prompt row per batch row
-        cache.prompt_keys = distinct.prompt_keys.repeat_interleave(counts, dim=1)  # (L, B, K, P - 1, D)
-        cache.prompt_values = distinct.prompt_values.repeat_interleave(counts, dim=1)
+    if distinct is not cache:  # uneven runs: one prompt copy per batch row
+        cache.keys[:, :, :, :p - 1] = distinct.keys.repeat_interleave(counts, dim=1)  # (L, B, K, P - 1, D)
+        cache.values[:, :, :, :p - 1] = distinct.values.repeat_interleave(counts, dim=1)
         cache.advance(p - 1)
     if padded:
         cache.prompt_mask = mask.repeat_interleave(counts // group, dim=0)  # (B / G, P - 1)

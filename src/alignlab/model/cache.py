@@ -1,19 +1,19 @@
 """What attention reads besides the new tokens, and which tokens a forward computes at all.
 
-`KVCache` (generation): the keys and values of the prompts, one row per distinct prompt, written
-once, and of the tokens each row has produced since, preallocated; a decode step attends over both
-with `cascade_attention`, so a prompt shared by G rows (GRPO's groups, N samples per prompt) is
-stored and read once, not G times (the "cascade" or shared-prefix attention of Ye et al. 2024,
-FlashInfer). Decoding is memory-bound on small hardware: reading the prompt's keys once per group
-instead of once per row is the saving.
+`KVCache` (generation): one sequence per group of rows sharing a prompt (GRPO's groups, N samples
+per prompt): the prompt's keys and values, written once, then the tokens the group's rows feed,
+side by side per step. A decode step attends with one product per group over that sequence, a
+bias letting each row see the prompt and its own tokens only; the prompt is stored and read once
+per group instead of once per row (the shared-prefix or "cascade" idea of Ye et al. 2024,
+FlashInfer, here as one masked product). On small hardware a decode step is bound by memory
+traffic and per-operator cost, which is what this saves.
 
 `PrefixKV` (training): the prompts' keys and values with their gradient, computed once per group
 and repeated for the continuations.
 
 `Packing`: the kept positions of a right-padded (B, T) batch, so linears skip the padding.
 
-Left out: paged storage, and rows-part attention over more than one new token per step (decoding
-moves one token at a time).
+Left out: paged storage, and decoding more than one new token per row and step.
 """
 
 from __future__ import annotations
@@ -24,27 +24,25 @@ from alignlab.config import GPTConfig
 
 
 class KVCache:
-    """Keys and values of every layer for decoding a batch whose rows come in groups sharing a prompt.
+    """Keys and values of every layer for decoding B rows in groups of G consecutive rows sharing a prompt.
 
-    prompt part  (L, U, K, P, D): U = B / group distinct prompts of P tokens, written by one forward
-                 over them (`Decoder.forward(..., keys_only=True)` through `update`); `prompt_mask`
-                 (U, P) bool marks their real tokens (None: no padding)
-    rows part    (L, B, K, N, D): the tokens fed after the prompt, one per decode step (`attend`)
-
-    Row b belongs to prompt b // group. `length` counts prompt + row tokens seen so far.
+    keys, values (L, U, K, P + G * N, D), U = B / G groups: positions [0, P) hold the group's prompt
+    (written by one forward over the U prompts, `Decoder.forward(..., keys_only=True)`, through
+    `update`); the token row g of a group feeds at decode step s sits at P + s * G + g (`attend`).
+    `prompt_mask` (U, P) bool marks real prompt tokens (None: no padding); set it before decoding.
+    `length` counts the prompt and the steps fed so far.
     """
 
     def __init__(self, config: GPTConfig, batch: int, max_new: int, *, group: int, prompt_len: int,
                  prompt_mask: torch.Tensor | None, device, dtype):
         if batch % group:
             raise ValueError(f"batch {batch} is not a multiple of the group size {group}")
-        layers, heads, dim = config.num_hidden_layers, config.num_key_value_heads, config.head_dim
-        prompt_shape = (layers, batch // group, heads, prompt_len, dim)
-        self.prompt_keys = torch.zeros(prompt_shape, device=device, dtype=dtype)  # (L, U, K, P, D)
-        self.prompt_values = torch.zeros(prompt_shape, device=device, dtype=dtype)
-        self.keys = torch.zeros(layers, batch, heads, max_new, dim, device=device, dtype=dtype)  # (L, B, K, N, D)
-        self.values = torch.zeros_like(self.keys)
+        shape = (config.num_hidden_layers, batch // group, config.num_key_value_heads,
+                 prompt_len + group * max_new, config.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)  # (L, U, K, P + G * N, D)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.prompt_mask, self.group, self.prompt_len, self.length = prompt_mask, group, prompt_len, 0
+        self._bias: torch.Tensor | None = None
 
     @property
     def decoding(self) -> bool:
@@ -53,51 +51,57 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """The prompt pass: store the U prompts' keys and values (U, K, P, D) and return them."""
-        self.prompt_keys[layer], self.prompt_values[layer] = k, v
+        self.keys[layer, :, :, :self.prompt_len] = k
+        self.values[layer, :, :, :self.prompt_len] = v
         return k, v
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Write one new token's keys and values (B, K, 1, D) per row; attend q (B, H, 1, D) -> (B, H, 1, D)."""
-        step = self.length - self.prompt_len
-        if k.shape[2] != 1 or step >= self.keys.shape[3]:
-            raise ValueError(f"the cache takes one token per step for {self.keys.shape[3]} steps")
-        self.keys[layer, :, :, step] = k[:, :, 0]
-        self.values[layer, :, :, step] = v[:, :, 0]
-        return cascade_attention(q, self.prompt_keys[layer], self.prompt_values[layer], self.prompt_mask,
-                                 self.keys[layer, :, :, :step + 1], self.values[layer, :, :, :step + 1])
+        u, kv, capacity, d = self.keys.shape[1:]
+        start = self.prompt_len + (self.length - self.prompt_len) * self.group
+        end = start + self.group
+        if k.shape[2] != 1 or end > capacity:
+            raise ValueError(f"the cache takes one token per row and step, {capacity - self.prompt_len} in all")
+        self.keys[layer, :, :, start:end] = k.view(u, self.group, kv, d).transpose(1, 2)  # (U, K, G, D)
+        self.values[layer, :, :, start:end] = v.view(u, self.group, kv, d).transpose(1, 2)
+        return grouped_attention(q, self.keys[layer, :, :, :end], self.values[layer, :, :, :end],
+                                 self.bias()[..., :end])
+
+    def bias(self) -> torch.Tensor:
+        """(U, 1, G, 1, P + G * N) additive mask: 0 where row g may look (real prompt tokens, its own
+        tokens), -inf elsewhere. Built once per cache."""
+        if self._bias is None:
+            u, _, capacity, _ = self.keys.shape[1:]
+            g, p = self.group, self.prompt_len
+            rows = torch.arange(capacity - p, device=self.keys.device) % g  # (G * N,) row of each fed token
+            seen = rows[None, :] == torch.arange(g, device=self.keys.device)[:, None]  # (G, G * N)
+            prompt = (self.prompt_mask if self.prompt_mask is not None
+                      else torch.ones(u, p, dtype=torch.bool, device=self.keys.device))  # (U, P)
+            allowed = torch.cat([prompt[:, None].expand(u, g, p), seen[None].expand(u, g, capacity - p)], -1)
+            zero = torch.zeros((), dtype=self.keys.dtype, device=self.keys.device)
+            self._bias = torch.where(allowed, zero, float("-inf"))[:, None, :, None]  # (U, 1, G, 1, P + G * N)
+        return self._bias
 
     def advance(self, steps: int) -> None:
         self.length += steps
 
 
-def cascade_attention(q, prompt_k, prompt_v, prompt_mask, row_k, row_v) -> torch.Tensor:
-    """Softmax attention of one query per row over its group's prompt keys and its own keys.
+def grouped_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """One query per row against its group's key sequence, all G rows x rep query heads of a group
+    and kv head in one product; `bias` decides which keys each row sees. Equal to
+    scaled_dot_product_attention over each row's own keys (up to float rounding). Grouped-query
+    attention: query head h uses kv head h // rep.
 
-    Equal to scaled_dot_product_attention over each row's [prompt keys, row keys] (up to float
-    rounding), with the prompt part read once per group: the G * rep query heads of a group that
-    share a kv head are one (G * rep, D) block against that prompt's keys. One softmax runs over
-    both parts' scores, so no log-sum-exp merge is needed. Grouped-query attention: query head h
-    uses kv head h // rep.
-
-    Shapes: q (B, H, 1, D); prompt_k, prompt_v (U, K, P, D); prompt_mask (U, P) bool or None;
-    row_k, row_v (B, K, S, D); B = U * G, H = K * rep -> (B, H, 1, D).
+    Shapes: q (B, H, 1, D); keys, values (U, K, S, D); bias (U, 1, G, 1, S); B = U * G, H = K * rep
+    -> (B, H, 1, D).
     """
     b, h, _, d = q.shape
-    u, kv, p, _ = prompt_k.shape
+    u, kv, s, _ = keys.shape
     g, rep = b // u, h // kv
-    q = q.reshape(b, kv, rep, d) * d ** -0.5  # (B, K, rep, D)
-    own = q @ row_k.transpose(-1, -2)  # (B, K, rep, S)
-    if p == 0:
-        return (own.softmax(-1) @ row_v).reshape(b, h, 1, d)
-    grouped = q.view(u, g, kv, rep, d).transpose(1, 2).reshape(u, kv, g * rep, d)  # (U, K, G * rep, D)
-    shared = grouped @ prompt_k.transpose(-1, -2)  # (U, K, G * rep, P)
-    if prompt_mask is not None:
-        shared = shared.masked_fill(~prompt_mask[:, None, None, :], float("-inf"))
-    shared = shared.view(u, kv, g, rep, p).transpose(1, 2).reshape(b, kv, rep, p)  # (B, K, rep, P)
-    weights = torch.cat([shared, own], -1).softmax(-1)  # (B, K, rep, P + S)
-    on_prompt = weights[..., :p].reshape(u, g, kv, rep, p).transpose(1, 2).reshape(u, kv, g * rep, p)
-    from_prompt = (on_prompt @ prompt_v).view(u, kv, g, rep, d).transpose(1, 2).reshape(b, kv, rep, d)
-    return (from_prompt + weights[..., p:] @ row_v).reshape(b, h, 1, d)  # (B, H, 1, D)
+    q = q.reshape(u, g, kv, rep, d).transpose(1, 2).reshape(u, kv, g * rep, d) * d ** -0.5  # (U, K, G * rep, D)
+    scores = (q @ keys.transpose(-1, -2)).view(u, kv, g, rep, s) + bias  # (U, K, G, rep, S)
+    out = scores.softmax(-1).view(u, kv, g * rep, s) @ values  # (U, K, G * rep, D)
+    return out.view(u, kv, g, rep, d).transpose(1, 2).reshape(b, h, 1, d)
 
 
 class PrefixKV:
