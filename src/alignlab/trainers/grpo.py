@@ -19,11 +19,11 @@ held-out evaluation); `grpo` then trains with alignlab's engine. `backends/grpo.
 point that picks the engine (`backend=trl`: TRL's GRPOTrainer on the same setup).
 
 Under torchrun each rank samples, scores and trains on whole groups of its own (rollouts.py says
-which rows); held-out evaluation samples every row from its own seeded stream on every rank, so
-its numbers depend neither on the batch size nor on the number of processes.
+which rows); held-out evaluation splits its rows over the ranks, each row sampled from its own
+seeded stream, so its numbers depend neither on the batch size nor on the number of processes.
 
 With `lora.r > 0` the policy trains adapters and, when beta > 0, is its own reference with them off
-(`model/lora.py`). Left out: sharding the held-out evaluation's sampling across ranks.
+(`model/lora.py`).
 """
 
 from __future__ import annotations
@@ -79,20 +79,25 @@ def make_loss(model, cfg: GRPOConfig):
     return compute_loss
 
 
-def make_evaluate(model, tokenizer, cfg: GRPOConfig, examples: list[dict], scorer: Scorer, device):
-    """Held-out evaluation: pass rate (+ Wilson bounds), degeneration and reward of fresh samples."""
+def make_evaluate(model, tokenizer, cfg: GRPOConfig, examples: list[dict], scorer: Scorer, device, dist):
+    """Held-out evaluation: pass rate (+ Wilson bounds), degeneration and reward of fresh samples.
+    Under torchrun rank r samples rows r, r + world, ...; the texts are gathered and every rank scores
+    them all, so every rank logs the same numbers (and, row-seeded, the one-process ones)."""
 
     def evaluate() -> dict:
         rows = [e for e in examples for _ in range(cfg.eval_samples)]
-        prompts = [e["prompt"] for e in rows]
-        seeds = [derive_seed(cfg.run.seed + EVAL_SEED_OFFSET, i) for i in range(len(rows))]  # row i's own stream
+        mine = list(range(dist.rank, len(rows), dist.world_size))
+        seeds = [derive_seed(cfg.run.seed + EVAL_SEED_OFFSET, i) for i in mine]  # row i's own stream
         was_training = model.training
         model.eval()
         texts = []
-        for start in range(0, len(rows), cfg.run.batch_size):
-            texts += generate(model, tokenizer, prompts[start:start + cfg.run.batch_size], cfg.generation,
+        for start in range(0, len(mine), cfg.run.batch_size):
+            chunk = mine[start:start + cfg.run.batch_size]
+            texts += generate(model, tokenizer, [rows[i]["prompt"] for i in chunk], cfg.generation,
                               row_seeds=seeds[start:start + cfg.run.batch_size]).texts
         model.train(was_training)
+        every = dist.gather(texts)  # rank r's texts are rows r, r + world, ...
+        texts = [every[i % dist.world_size][i // dist.world_size] for i in range(len(rows))]
         totals, _, _, verdicts = scorer(rows, texts)
         passed = sum(v.passed for v in verdicts)
         low, high = wilson_interval(passed, len(rows))
@@ -165,7 +170,8 @@ def prepare(cfg: GRPOConfig, *, resume: bool, overwrite: bool, quiet: bool,
               f"{len(held_out)} held-out prompts, {cfg.prompts_per_step} prompts x {cfg.num_generations} "
               f"completions per step, reward {scorer.reward.__name__}({', '.join(scorer.reward.rewards)}; "
               f"mode {cfg.reward.mode}), beta {cfg.beta}, {runtime.device} -> {run.root}")
-    evaluate = make_evaluate(model, tokenizer, cfg, held_out, scorer, runtime.device) if held_out else None
+    evaluate = (make_evaluate(model, tokenizer, cfg, held_out, scorer, runtime.device, runtime.dist)
+                if held_out else None)
     return GRPOSetup(model, tokenizer, reference, scorer, train, evaluate, run, runtime)
 
 

@@ -141,7 +141,8 @@ def ppo(cfg: PPOConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     ledger = Ledger(run.root / LEDGER) if runtime.dist.is_main else None
     source = PPOSource(cfg, model, tokenizer, train, scorer, runtime.device, ledger, reference, runtime.dist)
 
-    evaluate = make_evaluate(policy, tokenizer, cfg, held_out, scorer, runtime.device) if held_out else None
+    evaluate = (make_evaluate(policy, tokenizer, cfg, held_out, scorer, runtime.device, runtime.dist)
+                if held_out else None)
     spec = TrainSpec(model, source, make_loss(model, source, cfg, runtime.dist),
                      lambda d: save_checkpoint(model, tokenizer, d), evaluate=evaluate, status=ppo_status,
                      restore_model=lambda d: restore_checkpoint(model, d))
