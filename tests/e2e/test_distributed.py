@@ -188,7 +188,8 @@ def test_distributed_refuses_a_batch_that_does_not_split(tmp_path, policy_dir):
 
 
 def test_distributed_ppo_matches_one_process(tmp_path, policy_dir):
-    """Both ranks make the same rollout (row seeds) and split each micro-batch; the early stop is agreed."""
+    """Ranks sample alternate rows of each rollout (row seeds), gather them and split each micro-batch; the
+    early stop is agreed."""
     args = ["ppo", *COMMON, f"model.path={policy_dir}", "steps=4", "run.batch_size=8", "num_mini_batches=2",
             "num_ppo_epochs=2", "generation.max_new_tokens=12", "run.eval_every=2", "eval_prompts=2",
             "optim.lr=1e-3", "kl_coef=0.1", "early_stop_approx_kl=1e-5", "run.save_every=2"]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from alignlab.config import GenerationConfig
-from alignlab.data.batches import left_pad
+from alignlab.data.batches import left_pad, right_pad
 from alignlab.data.tokenizer import Tokenizer
 from alignlab.generation.sampling import RowStreams, derive_seed, sample_next_token
 from alignlab.model.gpt import GPT
@@ -84,6 +84,19 @@ def generate(
     lengths = completion_mask.sum(-1)
     texts = tokenizer.decode_batch([row[:n].tolist() for row, n in zip(completion_ids, lengths, strict=True)])
     return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, texts, lengths, truncated)
+
+
+def rollout_from_ids(tokenizer: Tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]],
+                     completions: Sequence[Sequence[int]], truncated: Sequence[bool], *, chat: bool = True,
+                     device: torch.device | str = "cpu") -> Rollout:
+    """The `Rollout` that `generate` returns for `prompts`, rebuilt from each row's completion ids
+    (stop token included) and truncation flags: for a batch sampled in parts (one per rank) and put
+    back together. Same layout as one `generate` call over the whole batch."""
+    prompt_ids, prompt_mask = left_pad([_prompt_ids(tokenizer, p, chat) for p in prompts], tokenizer.pad_id)
+    completion_ids, completion_mask = right_pad(completions, tokenizer.pad_id)  # (B, C) each
+    return Rollout(prompt_ids.to(device), prompt_mask.to(device), completion_ids.to(device),
+                   completion_mask.to(device), tokenizer.decode_batch([list(c) for c in completions]),
+                   completion_mask.sum(-1).to(device), torch.tensor(list(truncated), dtype=torch.bool, device=device))
 
 
 def _prompt_ids(tokenizer: Tokenizer, prompt, chat: bool) -> list[int]:

@@ -11,10 +11,11 @@ completion goes to the rollout ledger with the optimizer step it first feeds.
 Its state (prompt position, the rollout in use, the cursor and mini-batch order in it, kl_coef and
 the early-stop reading) is saved with each checkpoint, so a resumed run continues the same stream.
 
-Under torchrun every rank makes the whole rollout (the same one: row seeds, identical weights), and
-trains on its contiguous slice of each micro-batch; the early stop is agreed by all ranks and rank 0
-alone writes the ledger. Generation is thus repeated on every rank, not split: correct and
-world-size independent (a checkpoint resumes at any world size), but only the updates scale out.
+Under torchrun rank r samples rows r, r + world, ... of each rollout (row seeds: the one-process
+completions); the completions are gathered and every rank computes the rest of the rollout (scores,
+log-probs, values, advantages: forward passes only, repeated) and trains on its contiguous slice of
+each micro-batch; the early stop is agreed by all ranks and rank 0 alone writes the ledger. The
+rollout is world-size independent, so a checkpoint resumes at any world size.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from alignlab.algorithms.common import masked_mean
 from alignlab.algorithms.ppo import adaptive_kl_coef, explained_variance, gae, kl_penalized_rewards, whiten
 from alignlab.config import PPOConfig
 from alignlab.distributed import Distributed
-from alignlab.generation.engine import generate
+from alignlab.generation.engine import Rollout, generate, rollout_from_ids
 from alignlab.generation.sampling import derive_seed
 from alignlab.model.heads import ValueModel
 from alignlab.model.lora import adapters_off
@@ -111,13 +112,29 @@ class PPOSource:
             return torch.cat([fn(batch_ids[i:i + self.micro], batch_mask[i:i + self.micro])
                               for i in range(0, batch_ids.shape[0], self.micro)])
 
+    def _sample(self, policy, examples: list[dict]) -> Rollout:
+        """One completion per example, row i from the stream derive_seed(run.seed, rollout, i). Under
+        torchrun rank r samples rows r, r + world, ... and every rank gets the whole rollout back."""
+        seeds = [derive_seed(self.cfg.run.seed, self.rollouts, i) for i in range(len(examples))]
+        mine = range(self.dist.rank, len(examples), self.dist.world_size)
+        part = generate(policy, self.tokenizer, [examples[i]["prompt"] for i in mine], self.cfg.generation,
+                        row_seeds=[seeds[i] for i in mine])
+        if not self.dist.enabled:
+            return part
+        ids = [row[:n].tolist() for row, n in zip(part.completion_ids, part.lengths.tolist(), strict=True)]
+        every = self.dist.gather((ids, part.truncated.tolist()))  # rank r holds rows r, r + world, ...
+        world = self.dist.world_size
+        rows = range(len(examples))
+        return rollout_from_ids(self.tokenizer, [e["prompt"] for e in examples],
+                                [every[i % world][0][i // world] for i in rows],
+                                [every[i % world][1][i // world] for i in rows], device=self.device)
+
     def make_rollout(self) -> PPOBatch:
         cfg, policy, value = self.cfg, self.model.policy, self.model.value
         examples = self._next_examples(cfg.run.batch_size)
         started = time.perf_counter()
         self.model.eval()
-        seeds = [derive_seed(cfg.run.seed, self.rollouts, i) for i in range(len(examples))]  # row i's own stream
-        rollout = generate(policy, self.tokenizer, [e["prompt"] for e in examples], cfg.generation, row_seeds=seeds)
+        rollout = self._sample(policy, examples)
         totals, parts, breakdown, verdicts = self.scorer(examples, rollout.texts)
         scores = torch.tensor([0.0 if t is None else t for t in totals], device=self.device)  # (B,)
         scores = scores - cfg.missing_eos_penalty * rollout.truncated.float()
