@@ -100,7 +100,8 @@ def grouped_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     g, rep = b // u, h // kv
     q = q.reshape(u, g, kv, rep, d).transpose(1, 2).reshape(u, kv, g * rep, d) * d ** -0.5  # (U, K, G * rep, D)
     scores = (q @ keys.transpose(-1, -2)).view(u, kv, g, rep, s) + bias  # (U, K, G, rep, S)
-    out = scores.softmax(-1).view(u, kv, g * rep, s) @ values  # (U, K, G * rep, D)
+    weights = scores.float().softmax(-1).to(values.dtype)  # float32 softmax, as SDPA does for half types
+    out = weights.view(u, kv, g * rep, s) @ values  # (U, K, G * rep, D)
     return out.view(u, kv, g, rep, d).transpose(1, 2).reshape(b, h, 1, d)
 
 
