@@ -130,6 +130,21 @@ class Distributed:
                 out[key] = values[i].item() / self.world_size
         return out
 
+    def dealt(self, rows: int) -> range:
+        """This rank's rows when `rows` rows are dealt out in turn (rank, rank + world, ...): work split
+        by rows whatever their count, such as sampling held-out or rollout rows.
+
+        >>> list(Distributed(rank=1, world_size=2).dealt(5))
+        [1, 3]
+        """
+        return range(self.rank, rows, self.world_size)
+
+    def gather_dealt(self, values: list, rows: int) -> list:
+        """Every rank's `values` for its `dealt(rows)` -> all `rows` values in row order, on every rank
+        (collective; `values` itself in one process)."""
+        owners = [list(Distributed(r, self.world_size).dealt(rows)) for r in range(self.world_size)]
+        return in_order(self.gather(values), owners, rows)
+
     def gather(self, value) -> list:
         """[rank 0's value, rank 1's, ...] on every rank (picklable objects; [value] in one process)."""
         if not self.enabled:

@@ -80,9 +80,11 @@ class Run:
 
     @classmethod
     def create(cls, out_dir: str | Path, config, *, resume: bool = False, overwrite: bool = False,
-               data_files=(), device: str = "cpu", dtype: str = "float32", quiet: bool = False,
+               data_files=(), device: str = "cpu", dtype="float32", quiet: bool = False,
                progress: bool = True):
+        """The run directory at `out_dir` (written by rank 0); `dtype` a name or a torch.dtype."""
         root, group = Path(out_dir), Distributed.from_env()
+        dtype = str(dtype).removeprefix("torch.")
         if root.exists() and any(root.iterdir()) and not (resume or overwrite):
             raise UserError("run directory already exists: pass --resume to continue it, "
                             "--overwrite to replace it, or choose another run.out_dir",

@@ -154,18 +154,17 @@ def _prefill(model: GPT, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, ma
     counts = torch.diff(torch.cat([firsts, firsts.new_tensor([b])]))  # (U,) rows per run
     group = int(counts[0]) if bool((counts == counts[0]).all()) else 1
     mask = prompt_mask[firsts, :-1]  # (U, P - 1)
-    padded = not bool(mask.all())
-    cache = model.new_cache(b, max_new, group=group, prompt_len=p - 1)
+    mask = mask if not bool(mask.all()) else None  # no padding: no mask anywhere
+    cache = model.new_cache(b, max_new, group=group, prompt_len=p - 1,
+                            prompt_mask=mask.repeat_interleave(counts // group, dim=0) if mask is not None else None)
     if p == 1:
         return cache
     distinct = cache if group > 1 or len(firsts) == b else model.new_cache(len(firsts), 0, prompt_len=p - 1)
-    model.hidden_states(prompt_ids[firsts, :-1], mask if padded else None, cache=distinct, keys_only=True)
+    model.hidden_states(prompt_ids[firsts, :-1], mask, cache=distinct, keys_only=True)
     if distinct is not cache:  # uneven runs: one prompt copy per batch row
         cache.keys[:, :, :, :p - 1] = distinct.keys.repeat_interleave(counts, dim=1)  # (L, B, K, P - 1, D)
         cache.values[:, :, :, :p - 1] = distinct.values.repeat_interleave(counts, dim=1)
         cache.advance(p - 1)
-    if padded:
-        cache.prompt_mask = mask.repeat_interleave(counts // group, dim=0)  # (B / G, P - 1)
     return cache
 
 

@@ -29,7 +29,7 @@ class KVCache:
     keys, values (L, U, K, P + G * N, D), U = B / G groups: positions [0, P) hold the group's prompt
     (written by one forward over the U prompts, `Decoder.forward(..., keys_only=True)`, through
     `update`); the token row g of a group feeds at decode step s sits at P + s * G + g (`attend`).
-    `prompt_mask` (U, P) bool marks real prompt tokens (None: no padding); set it before decoding.
+    `prompt_mask` (U, P) bool marks real prompt tokens (None: no padding).
     `length` counts the prompt and the steps fed so far.
     """
 

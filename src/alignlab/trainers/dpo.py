@@ -180,7 +180,7 @@ def dpo(cfg: DPOConfig, *, resume: bool = False, overwrite: bool = False, quiet:
 
     train, held_out = [tokenize(p) for p in train_pairs], [tokenize(p) for p in held_out_pairs]
     run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, data_files=files,
-                     device=str(runtime.device), dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+                     device=str(runtime.device), dtype=next(model.parameters()).dtype,
                      quiet=quiet, progress=cfg.run.progress)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     run.print(f"dpo ({cfg.loss_type}, beta {cfg.beta}): {trained} parameters trained, "

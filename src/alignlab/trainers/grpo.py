@@ -86,7 +86,7 @@ def make_evaluate(model, tokenizer, cfg: GRPOConfig, examples: list[dict], score
 
     def evaluate() -> dict:
         rows = [e for e in examples for _ in range(cfg.eval_samples)]
-        mine = list(range(dist.rank, len(rows), dist.world_size))
+        mine = dist.dealt(len(rows))
         seeds = [derive_seed(cfg.run.seed + EVAL_SEED_OFFSET, i) for i in mine]  # row i's own stream
         was_training = model.training
         model.eval()
@@ -96,8 +96,7 @@ def make_evaluate(model, tokenizer, cfg: GRPOConfig, examples: list[dict], score
             texts += generate(model, tokenizer, [rows[i]["prompt"] for i in chunk], cfg.generation,
                               row_seeds=seeds[start:start + cfg.run.batch_size]).texts
         model.train(was_training)
-        every = dist.gather(texts)  # rank r's texts are rows r, r + world, ...
-        texts = [every[i % dist.world_size][i // dist.world_size] for i in range(len(rows))]
+        texts = dist.gather_dealt(texts, len(rows))
         totals, _, _, verdicts = scorer(rows, texts)
         passed = sum(v.passed for v in verdicts)
         low, high = wilson_interval(passed, len(rows))
@@ -164,7 +163,7 @@ def prepare(cfg: GRPOConfig, *, resume: bool, overwrite: bool, quiet: bool,
         if preflight_only:
             return None
     run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, device=str(runtime.device),
-                     dtype=str(next(model.parameters()).dtype).removeprefix("torch."), quiet=quiet,
+                     dtype=next(model.parameters()).dtype, quiet=quiet,
                      progress=cfg.run.progress)
     run.print(f"grpo ({cfg.backend}): {sum(p.numel() for p in model.parameters())} parameters, {len(train)} train / "
               f"{len(held_out)} held-out prompts, {cfg.prompts_per_step} prompts x {cfg.num_generations} "

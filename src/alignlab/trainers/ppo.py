@@ -132,7 +132,7 @@ def ppo(cfg: PPOConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     if cfg.kl_coef > 0:
         reference = policy if has_lora(policy) else copy.deepcopy(policy).eval().requires_grad_(False)
     run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, device=str(runtime.device),
-                     dtype=str(next(policy.parameters()).dtype).removeprefix("torch."), quiet=quiet,
+                     dtype=next(policy.parameters()).dtype, quiet=quiet,
                      progress=cfg.run.progress)
     run.print(f"ppo: {trainable(policy)} policy + {trainable(model.value)} critic parameters trained, "
               f"{len(train)} train / {len(held_out)} held-out prompts, rollouts of {cfg.run.batch_size} x "

@@ -116,18 +116,15 @@ class PPOSource:
         """One completion per example, row i from the stream derive_seed(run.seed, rollout, i). Under
         torchrun rank r samples rows r, r + world, ... and every rank gets the whole rollout back."""
         seeds = [derive_seed(self.cfg.run.seed, self.rollouts, i) for i in range(len(examples))]
-        mine = range(self.dist.rank, len(examples), self.dist.world_size)
+        mine = self.dist.dealt(len(examples))
         part = generate(policy, self.tokenizer, [examples[i]["prompt"] for i in mine], self.cfg.generation,
                         row_seeds=[seeds[i] for i in mine])
         if not self.dist.enabled:
             return part
         ids = [row[:n].tolist() for row, n in zip(part.completion_ids, part.lengths.tolist(), strict=True)]
-        every = self.dist.gather((ids, part.truncated.tolist()))  # rank r holds rows r, r + world, ...
-        world = self.dist.world_size
-        rows = range(len(examples))
-        return rollout_from_ids(self.tokenizer, [e["prompt"] for e in examples],
-                                [every[i % world][0][i // world] for i in rows],
-                                [every[i % world][1][i // world] for i in rows], device=self.device)
+        rows = self.dist.gather_dealt(list(zip(ids, part.truncated.tolist(), strict=True)), len(examples))
+        return rollout_from_ids(self.tokenizer, [e["prompt"] for e in examples], [ids for ids, _ in rows],
+                                [cut for _, cut in rows], device=self.device)
 
     def make_rollout(self) -> PPOBatch:
         cfg, policy, value = self.cfg, self.model.policy, self.model.value

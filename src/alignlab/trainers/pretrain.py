@@ -96,7 +96,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = Fal
     train_tokens, val_tokens = tokens[: tokens.numel() - n_val], tokens[tokens.numel() - n_val:]
     source = TokenBlocks(train_tokens, cfg.block_size, cfg.run.batch_size, cfg.run.seed, runtime.device, part)
     run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, data_files=files,
-                     device=str(runtime.device), dtype=str(model.dtype), quiet=quiet,
+                     device=str(runtime.device), dtype=model.dtype, quiet=quiet,
                      progress=cfg.run.progress)
     run.print(f"pretrain: {model.num_parameters() if isinstance(model, GPT) else '?'} parameters, "
               f"{tokens.numel()} tokens ({tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size}), "
