@@ -91,6 +91,20 @@ def evaluate_pairs(model: RewardModel, items: list[TokenizedPair], pad_id: int, 
             "rejected_std": rejected.std().item() if len(items) > 1 else 0.0, "pairs": len(items)}
 
 
+def make_loss(model, cfg: RewardModelConfig):
+    """compute_loss(batch) -> (Bradley-Terry loss, accuracy / margin / tokens) for the loop."""
+
+    def compute_loss(batch):
+        rewards = model(batch.input_ids, batch.attention_mask)  # (2B,)
+        chosen, rejected = rewards.chunk(2)
+        loss = reward_model_loss(chosen, rejected, batch.margin, cfg.center_rewards_coefficient)
+        stats = pairwise_stats(chosen, rejected)
+        return loss, {"accuracy": stats.accuracy, "margin": stats.margin,
+                      "tokens": int(batch.attention_mask.sum())}
+
+    return compute_loss
+
+
 def train_reward_model(cfg: RewardModelConfig, *, pairs=None, resume: bool = False, overwrite: bool = False,
                        quiet: bool = False) -> Path:
     """Train and return the run directory (`checkpoints/final`, and `checkpoints/best` by accuracy)."""
@@ -109,15 +123,6 @@ def train_reward_model(cfg: RewardModelConfig, *, pairs=None, resume: bool = Fal
               f"train / {len(eval_items)} held-out pairs, {tokenizer.kind} tokenizer (vocab "
               f"{tokenizer.vocab_size}), truncated prompts {collator.stats()['prompt_truncated_frac']:.1%}, "
               f"{runtime.device} {runtime.precision} -> {run.root}")
-
-    def compute_loss(batch):
-        rewards = model(batch.input_ids, batch.attention_mask)  # (2B,)
-        chosen, rejected = rewards.chunk(2)
-        loss = reward_model_loss(chosen, rejected, batch.margin, cfg.center_rewards_coefficient)
-        stats = pairwise_stats(chosen, rejected)
-        return loss, {"accuracy": stats.accuracy, "margin": stats.margin,
-                      "tokens": int(batch.attention_mask.sum())}
-
     best = {"accuracy": -1.0}
 
     def evaluate() -> dict:
@@ -132,7 +137,7 @@ def train_reward_model(cfg: RewardModelConfig, *, pairs=None, resume: bool = Fal
 
     source = ShuffledBatches(train_items, collator.collate, cfg.run.batch_size, cfg.run.seed, runtime.device, part)
     spec = TrainSpec(model, source,
-                     compute_loss, lambda d: save_reward_model(model, tokenizer, d),
+                     make_loss(model, cfg), lambda d: save_reward_model(model, tokenizer, d),
                      evaluate=evaluate if eval_items else None,
                      restore_model=(lambda d: restore_lora_reward_model(model, d)) if cfg.lora.enabled else None)
     loop = Loop(spec, cfg.optim, cfg.run, runtime, run)
