@@ -22,6 +22,7 @@ import atexit
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -183,8 +184,17 @@ def init_distributed(device_type: str) -> Distributed:
 
 
 def _destroy() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group at exit, after the other ranks have reached their exit too: a gloo rank
+    tearing its connections down while a peer still finishes (rank 0 writes the final files) can
+    abort that peer. A bounded wait, so a rank leaving on an error is not held for long."""
+    if not dist.is_initialized():
+        return
+    if dist.get_backend() == "gloo":
+        try:
+            dist.monitored_barrier(timeout=timedelta(seconds=60))
+        except RuntimeError:  # a peer has failed or left: nothing to wait for
+            pass
+    dist.destroy_process_group()
 
 
 def split_rows(rows: int, micro_batches: int, dist_: Distributed, group: int = 1,

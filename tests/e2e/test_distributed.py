@@ -46,6 +46,12 @@ def _env() -> dict:
             "TOKENIZERS_PARALLELISM": "false"}
 
 
+def _failure(stderr: str) -> str:
+    """The ranks' Python errors (torchrun's own summary would hide them at the tail) and the tail."""
+    errors = [line for line in stderr.splitlines() if "Error" in line or "Traceback" in line]
+    return "\n".join(errors[:30]) + "\n...\n" + stderr[-1500:]
+
+
 def _alignlab(args: list[str], processes: int = 1, *extra: str) -> subprocess.CompletedProcess | None:
     """`alignlab ARGS EXTRA` in `processes` torchrun processes (in this process when 1)."""
     if processes == 1:
@@ -54,7 +60,7 @@ def _alignlab(args: list[str], processes: int = 1, *extra: str) -> subprocess.Co
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                 "-m", "alignlab"]
     done = subprocess.run([*launcher, *args, *extra], env=_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, _failure(done.stderr)
     return done
 
 
