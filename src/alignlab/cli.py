@@ -8,11 +8,14 @@ and exit code 2; nothing is left half-written.
 from __future__ import annotations
 
 import argparse
+import errno
+import math
 import os
 import sys
+from pathlib import Path
 
 from alignlab.cli_eval import cmd_audit_rm, cmd_check, cmd_compare, cmd_eval, cmd_score
-from alignlab.errors import TrainingStopped, UserError
+from alignlab.errors import ForcedStop, TrainingStopped, UserError
 
 COMMANDS = {
     "pretrain": "train a native GPT (and a BPE tokenizer) on a text file",
@@ -32,6 +35,41 @@ COMMANDS = {
     "sweep": "run variants of a GRPO recipe (seeds too) and compare them: held-out pass rate, verdict, plot",
     "demo": "offline demo: a weak tiny policy, GRPO with the sharp reward, before/after evaluation and report",
 }
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with alignlab's error form: one line, `alignlab <command>: error: ...`, exit 2 (the
+    usage is one `--help` away; a line of usage above every mistake buries the mistake)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _number(text: str, kind: type, lowest, highest=None, what: str = ""):
+    """`text` as a finite `kind` in [lowest, highest], or argparse's error naming the valid range."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not math.isfinite(value) or value < lowest or (highest is not None and value > highest):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _number(text, int, 1, what="a positive integer")
+
+
+def count(text: str) -> int:
+    return _number(text, int, 0, what="an integer >= 0")
+
+
+def seed(text: str) -> int:
+    return _number(text, int, 0, 2**64 - 1, what="a seed in [0, 2^64 - 1]")
+
+
+def temperature(text: str) -> float:
+    return _number(text, float, 0.0, what="a finite temperature >= 0 (0 = greedy)")
 
 
 def _config_help(cls) -> str:
@@ -62,7 +100,10 @@ def _add_trainer_parsers(sub) -> None:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("args", nargs="*", metavar="[RECIPE.yaml] key=value", help="recipe and overrides")
         p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
-        p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+        p.add_argument("--overwrite", action="store_true", help="replace alignlab's run in run.out_dir (never "
+                       "a folder alignlab did not make); the old run is deleted when the new one finishes")
+        p.add_argument("--allow-config-change", action="store_true", help="with --resume: accept settings that "
+                       "change the run (data, model, optimizer, reward, seed ...), recorded in manifest.json")
         p.add_argument("--model", metavar="PATH_OR_HUB_ID", help="model.path: an alignlab checkpoint, a local "
                        "transformers model directory or a hub id")
         if name == "grpo":
@@ -74,11 +115,14 @@ def _add_audit_rm_parser(sub) -> None:
     au = sub.add_parser("audit-rm", help=COMMANDS["audit-rm"])
     au.add_argument("checkpoint", help="reward model checkpoint or train-rm run directory")
     au.add_argument("--pairs", required=True, help="held-out preference JSONL(.gz), optionally sliced f.jsonl[:100]")
-    au.add_argument("--max-pairs", type=int, default=1000, help="audit the first N pairs (7 scored sequences each)")
+    au.add_argument("--max-pairs", type=positive_int, default=1000,
+                    help="audit the first N pairs (7 scored sequences each)")
     au.add_argument("--out", metavar="DIR", help="also write DIR/audit.json and DIR/audit.md")
-    au.add_argument("--max-length", type=int, default=512, help="tokens per sequence, as in training")
-    au.add_argument("--batch-size", type=int, default=64)
+    au.add_argument("--max-length", type=positive_int, default=512, help="tokens per sequence, as in training")
+    au.add_argument("--batch-size", type=positive_int, default=64)
     au.add_argument("--device", default="auto")
+    au.add_argument("--skip-bad-rows", action="store_true", help="leave malformed rows out (counted, the first few "
+                    "shown) instead of stopping at the first")
 
 
 def _add_eval_parser(sub) -> None:
@@ -86,15 +130,19 @@ def _add_eval_parser(sub) -> None:
     ev.add_argument("checkpoint", help="alignlab checkpoint, HF model directory or hub id")
     ev.add_argument("--task", default="study-plan", help="built-in task whose check judges the samples: study-plan "
                     "(rule by rule) or gsm8k (pass@k; needs --prompts)")
-    ev.add_argument("--samples", type=int, default=5, help="completions per prompt")
-    ev.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy")
-    ev.add_argument("--max-new-tokens", type=int, default=128)
+    ev.add_argument("--samples", type=positive_int, default=5, help="completions per prompt")
+    ev.add_argument("--temperature", type=temperature, default=0.7, help="sampling temperature; 0 = greedy")
+    ev.add_argument("--max-new-tokens", type=positive_int, default=128)
     ev.add_argument("--prompts", metavar="FILE.jsonl", help="records with a `prompt` field instead of the "
                     "task's held-out prompts (gsm8k: question / answer records)")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seed", type=seed, default=0)
     ev.add_argument("--device", default="auto")
-    ev.add_argument("--batch-size", type=int, default=32, help="sequences generated at once")
+    ev.add_argument("--batch-size", type=positive_int, default=32, help="sequences generated at once")
+    ev.add_argument("--skip-bad-rows", action="store_true", help="--prompts: leave malformed rows out (counted, "
+                    "the first few shown) instead of stopping at the first")
     ev.add_argument("--out", metavar="DIR", help="also write DIR/samples.jsonl, summary.md and summary.json")
+    ev.add_argument("--allow-unverified-base", action="store_true", help="load a LoRA adapter whose "
+                    "adapter.json records no SHA-256 of its base model (the base cannot be checked)")
 
 
 def _add_check_parser(sub) -> None:
@@ -110,10 +158,10 @@ def _add_compare_parser(sub) -> None:
     co.add_argument("runs", nargs="+", metavar="RUN_OR_CKPT", help="`alignlab eval --out` directories (or their "
                     "summary.json), checkpoints or run directories (evaluated on the held-out prompts); with "
                     "two, the second is judged against the first")
-    co.add_argument("--samples", type=int, default=5, help="samples per prompt for checkpoints evaluated here")
-    co.add_argument("--temperature", type=float, default=0.7, help="sampling temperature for checkpoints")
-    co.add_argument("--max-new-tokens", type=int, default=128, help="token limit for checkpoints")
-    co.add_argument("--seed", type=int, default=0)
+    co.add_argument("--samples", type=positive_int, default=5, help="samples per prompt for checkpoints evaluated here")
+    co.add_argument("--temperature", type=temperature, default=0.7, help="sampling temperature for checkpoints")
+    co.add_argument("--max-new-tokens", type=positive_int, default=128, help="token limit for checkpoints")
+    co.add_argument("--seed", type=seed, default=0)
     co.add_argument("--device", default="auto")
     co.add_argument("--out", metavar="DIR", help="also write DIR/compare.html, compare.md (table, pass-rate plot, "
                     "verdict) and each checkpoint's evaluation under DIR/<n>/")
@@ -124,7 +172,7 @@ def _add_sweep_parser(sub) -> None:
     sw.add_argument("recipe", help="sweep recipe YAML: base GRPO recipe, policy, set, variants and/or grid, seeds, "
                     "eval, out_dir (see docs in alignlab.sweep)")
     sw.add_argument("overrides", nargs="*", metavar="key=value", help="GRPO settings applied to every variant")
-    sw.add_argument("--jobs", type=int, default=1, help="runs at once, in separate processes (threads split)")
+    sw.add_argument("--jobs", type=positive_int, default=1, help="runs at once, in separate processes (threads split)")
     sw.add_argument("--out", metavar="DIR", help="sweep directory (default: the recipe's out_dir)")
     sw.add_argument("--resume", action="store_true", help="keep finished runs, resume interrupted ones")
     sw.add_argument("--overwrite", action="store_true", help="replace an existing sweep directory")
@@ -141,8 +189,7 @@ def _add_command_parsers(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from alignlab.config import GenerationConfig
 
-    parser = argparse.ArgumentParser(prog="alignlab", description="Align small language models with "
-                                     "human feedback and rules.")
+    parser = Parser(prog="alignlab", description="Align small language models with human feedback and rules.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 help="; ".join(f"{k}: {v}" for k, v in COMMANDS.items()))
     raw = argparse.RawDescriptionHelpFormatter
@@ -151,9 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("score", help=COMMANDS["score"])
     sc.add_argument("checkpoint", help="reward model checkpoint or train-rm run directory")
     sc.add_argument("--pairs", required=True, help="preference JSONL(.gz), optionally sliced f.jsonl[:100]")
-    sc.add_argument("--show", type=int, default=5, help="pairs printed seed-style")
-    sc.add_argument("--max-length", type=int, default=512)
+    sc.add_argument("--show", type=count, default=5, help="pairs printed seed-style")
+    sc.add_argument("--max-length", type=positive_int, default=512)
     sc.add_argument("--device", default="auto")
+    sc.add_argument("--skip-bad-rows", action="store_true", help="leave malformed rows out (counted, the first few "
+                    "shown) instead of stopping at the first")
     _add_command_parsers(sub)
 
     g = sub.add_parser("generate", help=COMMANDS["generate"], epilog=_config_help(GenerationConfig),
@@ -162,10 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("overrides", nargs="*", metavar="key=value", help="generation settings")
     g.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
     g.add_argument("--raw", action="store_true", help="continue the raw text instead of a chat turn")
-    g.add_argument("--samples", type=int, default=1, help="completions per prompt")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--samples", type=positive_int, default=1, help="completions per prompt")
+    g.add_argument("--seed", type=seed, default=0)
     g.add_argument("--device", default="auto")
     g.add_argument("--engine", default="auto", choices=["auto", "native", "hf"])
+    g.add_argument("--allow-unverified-base", action="store_true", help="load a LoRA adapter whose "
+                   "adapter.json records no SHA-256 of its base model (the base cannot be checked)")
 
     e = sub.add_parser("export", help=COMMANDS["export"])
     e.add_argument("checkpoint")
@@ -173,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("out", help="output directory")
     e.add_argument("--merge", action="store_true", help="a LoRA adapter checkpoint: fold the adapter into its "
                    "base and write the merged model (loads in transformers without peft)")
+    e.add_argument("--allow-unverified-base", action="store_true", help="load a LoRA adapter whose "
+                   "adapter.json records no SHA-256 of its base model (the base cannot be checked)")
+    e.add_argument("--overwrite", action="store_true", help="replace an earlier alignlab export in OUT (never a "
+                   "folder alignlab did not write, the checkpoint itself or its run)")
 
     r = sub.add_parser("report", help=COMMANDS["report"])
     r.add_argument("run", help="run directory (metrics.jsonl, config.yaml)")
@@ -182,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help=COMMANDS["demo"])
     d.add_argument("--out", default="runs/demo", help="run directory")
-    d.add_argument("--steps", type=int, default=350, help="GRPO steps")
+    d.add_argument("--steps", type=positive_int, default=350, help="GRPO steps")
     d.add_argument("--fresh", action="store_true", help="rebuild the cached base policy")
     return parser
 
@@ -207,6 +262,8 @@ def cmd_train(args) -> int:
     cls_name, module, function = TRAINERS[args.command]
     cfg = config.load_config(getattr(config, cls_name), *_recipe_and_overrides(args))
     extra = {"preflight_only": True} if getattr(args, "preflight_only", False) else {}
+    if args.allow_config_change:
+        extra["allow_changes"] = True
     run_dir = getattr(importlib.import_module(module), function)(cfg, resume=args.resume, overwrite=args.overwrite,
                                                                  **extra)
     from alignlab.distributed import Distributed
@@ -224,7 +281,8 @@ def cmd_generate(args) -> int:
 
     gen = load_config(GenerationConfig, None, args.overrides)
     device = resolve_device(args.device)
-    model, tokenizer = load_model(args.checkpoint, engine=args.engine, device=device)
+    model, tokenizer = load_model(args.checkpoint, engine=args.engine, device=device,
+                                  allow_unverified_base=args.allow_unverified_base)
     model.eval()
     prompts = [p for p in args.prompt for _ in range(args.samples)]
     rollout = generate(model, tokenizer, prompts, gen, make_generator(args.seed, device), chat=not args.raw)
@@ -234,18 +292,22 @@ def cmd_generate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from alignlab.model.checkpoint import load_model, to_hf
+    from alignlab.model.checkpoint import EXPORT_HINT, load_model, to_hf
     from alignlab.model.lora import is_adapter_dir, merge_lora
+    from alignlab.outputs import check_output
 
+    source = Path(args.checkpoint).expanduser()
+    protect = [source, source.parent.parent] if source.parent.name == "checkpoints" else [source]
+    check_output(args.out, "export", replace=args.overwrite, protect=protect, hint=EXPORT_HINT)  # before loading
     if is_adapter_dir(args.checkpoint) and not args.merge:
         raise UserError("a LoRA adapter checkpoint (adapter.json): add --merge to write its base with the adapter "
                         "folded in", file=args.checkpoint)
-    model, tokenizer = load_model(args.checkpoint)
+    model, tokenizer = load_model(args.checkpoint, allow_unverified_base=args.allow_unverified_base)
     if args.merge:
         if not is_adapter_dir(args.checkpoint):
             raise UserError("--merge needs a LoRA adapter checkpoint (adapter.json)", file=args.checkpoint)
         model = merge_lora(model)
-    out = to_hf(model, args.out, tokenizer)
+    out = to_hf(model, args.out, tokenizer, overwrite=args.overwrite, protect=protect)
     print(f"exported {args.checkpoint} -> {out} (loads with transformers.AutoModelForCausalLM)")
     return 0
 
@@ -303,12 +365,30 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingStopped as err:
         print(f"alignlab {args.command}: stopped: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
+    except ForcedStop as err:  # a second SIGINT / SIGTERM during training: 130 / 143
+        print(f"alignlab {args.command}: stopped: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (loading a model, say)
         print(f"alignlab {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `alignlab ... | head`: the reader left; say nothing more
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (Python flushes stdout once more at exit)
         return 0
+    except OSError as err:  # disk full, read-only, permission...: the operating system's reason, one line
+        print(f"alignlab {args.command}: error: {os_error_line(err)}", file=sys.stderr)
+        return 2
+
+
+def os_error_line(err: OSError) -> str:
+    """`path: reason` of an operating-system error, saying what a full disk or read-only place means."""
+    where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+    reason = err.strerror or str(err)
+    if err.errno == errno.ENOSPC:
+        reason += (" (disk full: outputs are written whole or not at all, so what existed before is kept; free "
+                   "space and run again)")
+    elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        reason += " (choose a writable location)"
+    return f"{where}: {reason}" if where else reason
 
 
 if __name__ == "__main__":

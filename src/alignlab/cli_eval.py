@@ -11,16 +11,20 @@ import json
 from pathlib import Path
 
 from alignlab.errors import UserError
+from alignlab.outputs import check_output_file
 
 
 def cmd_score(args) -> int:
     from alignlab.data.batches import PreferenceCollator
-    from alignlab.data.sources import read_preferences
+    from alignlab.data.sources import BadRows, read_preferences
     from alignlab.model.heads import load_reward_model
     from alignlab.runtime import resolve_device
     from alignlab.trainers.reward_model import evaluate_pairs, seed_style_report
 
-    pairs = read_preferences(args.pairs)
+    bad_rows = BadRows("skip" if args.skip_bad_rows else "error")
+    pairs = read_preferences(args.pairs, bad_rows=bad_rows)
+    for line in bad_rows.report():  # nothing when no row was skipped
+        print(line)
     model, tokenizer = load_reward_model(args.checkpoint, device=resolve_device(args.device))
     collator = PreferenceCollator(tokenizer, args.max_length)
     items = [collator.tokenize(p) for p in pairs]
@@ -30,54 +34,59 @@ def cmd_score(args) -> int:
 
 
 def cmd_audit_rm(args) -> int:
-    from pathlib import Path
 
-    from alignlab.data.sources import read_preferences
+    from alignlab.data.sources import BadRows, read_preferences
     from alignlab.eval.reward_audit import audit_reward_model, format_markdown, format_report
-    from alignlab.eval.sampling_eval import write_texts
+    from alignlab.eval.sampling_eval import json_text, write_output
     from alignlab.model.heads import load_reward_model
+    from alignlab.outputs import check_output
     from alignlab.runtime import resolve_device
 
     for key in ("max_pairs", "max_length", "batch_size"):
         if getattr(args, key) < 1:
             raise UserError(f"expected a positive integer, got {getattr(args, key)}", key="--" + key.replace("_", "-"))
-    out = Path(args.out).expanduser() if args.out else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise UserError("exists and is not a directory", file=str(out))
-    pairs = read_preferences(args.pairs)
+    out = check_output(args.out, "audit", protect=[args.checkpoint, args.pairs]) if args.out is not None else None
+    bad_rows = BadRows("skip" if args.skip_bad_rows else "error")
+    pairs = read_preferences(args.pairs, bad_rows=bad_rows)
     model, tokenizer = load_reward_model(args.checkpoint, device=resolve_device(args.device))
     report = audit_reward_model(model, tokenizer, pairs[: args.max_pairs], args.max_length, args.batch_size)
     print(f"audit-rm: {args.checkpoint}, first {report.pairs} of {len(pairs)} pairs from {args.pairs}")
+    for line in bad_rows.report():  # nothing when no row was skipped
+        print(line)
     print(format_report(report))
     if out is not None:
-        texts = {"audit.json": json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n",
-                 "audit.md": format_markdown(report)}
-        write_texts(out, texts)
+        write_output(out, "audit", {"audit.json": json_text(report.to_dict()), "audit.md": format_markdown(report)})
         print(f"wrote {out / 'audit.json'} and {out / 'audit.md'}")
     return 0
 
 
 def cmd_eval(args) -> int:
     from alignlab.config import GenerationConfig
+    from alignlab.data.sources import BadRows
     from alignlab.eval.metrics import format_table
-    from alignlab.eval.sampling_eval import evaluate_model, read_prompts, task_prompts, write_eval
+    from alignlab.eval.sampling_eval import evaluate_model, task_prompts, write_eval
     from alignlab.eval.verdict import format_verdict, single_verdict
     from alignlab.model.checkpoint import load_model
+    from alignlab.outputs import check_output
     from alignlab.runtime import resolve_device
 
     for key in ("samples", "max_new_tokens", "batch_size"):
         if getattr(args, key) < 1:
             raise UserError(f"expected a positive integer, got {getattr(args, key)}", key="--" + key.replace("_", "-"))
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
-    out = Path(args.out).expanduser() if args.out else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise UserError("exists and is not a directory", file=str(out))
+    out = check_output(args.out, "eval", protect=[args.checkpoint, args.prompts]) if args.out is not None else None
+    if args.skip_bad_rows and args.task != "study-plan":
+        raise UserError(f"applies to the study-plan --prompts file; task {args.task} checks its own records",
+                        key="--skip-bad-rows")
     if args.task != "study-plan":
         return _eval_task(args, gen, out)
     held_out = task_prompts(args.task)
-    prompts = read_prompts(args.prompts) if args.prompts else held_out
+    bad_rows = BadRows("skip" if args.skip_bad_rows else "error")
+    prompts = _read_prompts(args.prompts, bad_rows) if args.prompts else held_out
+    for line in bad_rows.report():  # nothing when no row was skipped
+        print(line)
     device = resolve_device(args.device)
-    model, tokenizer = load_model(args.checkpoint, device=device)
+    model, tokenizer = load_model(args.checkpoint, device=device, allow_unverified_base=args.allow_unverified_base)
     samples, summary = evaluate_model(model, tokenizer, prompts, args.samples, gen, args.seed, args.batch_size)
     verdict = single_verdict(summary, samples)
     name = args.checkpoint
@@ -94,6 +103,23 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _read_prompts(path: str, bad_rows) -> list[str]:
+    """`sampling_eval.read_prompts`, with the same checks, a malformed row left to `bad_rows` (BadRows)."""
+    from alignlab.data.sources import parse_rows, read_jsonl_records
+    from alignlab.eval.sampling_eval import _text_field, read_prompts
+    from alignlab.rewards.base import prompt_text
+
+    if bad_rows.policy == "error":
+        return read_prompts(path)
+
+    def parse(record, where) -> str:
+        _text_field(record, "prompt", *where)  # the one definition of a valid prompt field
+        return prompt_text(record["prompt"])
+
+    rows = (((path, line), record) for line, record in read_jsonl_records(path, bad_rows))
+    return parse_rows(rows, parse, bad_rows, path)
+
+
 def _eval_task(args, gen, out: Path | None) -> int:
     """`alignlab eval` of a task other than the study plan: its own check, pass@k."""
     from alignlab.eval.task_eval import evaluate_task, format_task_summary, write_task_eval
@@ -106,7 +132,8 @@ def _eval_task(args, gen, out: Path | None) -> int:
     if not examples:
         raise UserError(f"task {args.task} has no built-in held-out examples: pass --prompts FILE.jsonl",
                         key="--prompts")
-    model, tokenizer = load_model(args.checkpoint, device=resolve_device(args.device))
+    model, tokenizer = load_model(args.checkpoint, device=resolve_device(args.device),
+                                  allow_unverified_base=args.allow_unverified_base)
     records, summary = evaluate_task(model, tokenizer, task, examples, args.samples, gen, args.seed, args.batch_size)
     print(f"eval: {args.checkpoint}, temperature {args.temperature}, max {args.max_new_tokens} new tokens")
     print(format_task_summary(summary))
@@ -122,6 +149,7 @@ def cmd_check(args) -> int:
     from alignlab.eval.sampling_eval import evaluate_completions, read_completions, task_prompts, write_samples
 
     task_prompts(args.task)  # validates the task name
+    out = None if args.out is None else check_output_file(args.out, protect=[args.completions], ours=_checked_file)
     records = read_completions(args.completions)
     samples, summary = evaluate_completions(records)
     passed = sum(s.passed for s in samples)
@@ -131,10 +159,20 @@ def cmd_check(args) -> int:
           f"degenerate: {summary.degenerate_rate:.1%}; sharp reward mean {summary.reward_mean:+.3f}")
     failures = ", ".join(f"{rule} {count}" for rule, count in summary.rule_failures.items() if count)
     print(f"rule failures: {failures or 'none'}")
-    if args.out:
+    if out is not None:
         extras = [{k: v for k, v in r.items() if k not in ("prompt", "completion")} for r in records]
-        print(f"wrote {write_samples(Path(args.out).expanduser(), samples, extras)}")
+        print(f"wrote {write_samples(out, samples, extras)}")
     return 0
+
+
+def _checked_file(path: Path) -> bool:
+    """True when `path` is an earlier `alignlab check --out` (its first record is a scored sample)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            first = json.loads(handle.readline(1 << 20) or "null")
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(first, dict) and {"passed", "reasons", "completion"} <= first.keys()
 
 
 def cmd_compare(args) -> int:
@@ -143,11 +181,14 @@ def cmd_compare(args) -> int:
     from alignlab.eval.sampling_eval import load_or_evaluate
     from alignlab.eval.sweep_report import format_table as aligned_table
     from alignlab.eval.verdict import compare_verdict, format_verdict
+    from alignlab.outputs import check_output
     from alignlab.runtime import resolve_device
 
     device = resolve_device(args.device)
     if len(set(args.runs)) != len(args.runs):
         raise UserError("the same path is given twice", key="runs")
+    if args.out is not None:  # before any evaluation: a folder that may not be written fails fast
+        check_output(args.out, "compare", protect=args.runs)
     loaded = {arg: load_or_evaluate(arg, samples_per_prompt=args.samples, seed=args.seed, device=device,
                                     temperature=args.temperature, max_new_tokens=args.max_new_tokens)
               for arg in args.runs}
@@ -161,7 +202,7 @@ def cmd_compare(args) -> int:
         verdict = compare_verdict(before, after, after_samples or [])
         print(f"{args.runs[1]} against {args.runs[0]}:")
         print(format_verdict(verdict))
-    if args.out:
+    if args.out is not None:
         from alignlab.eval.sweep_report import write_compare_report
 
         html, _ = write_compare_report(Path(args.out), loaded, verdict, training)

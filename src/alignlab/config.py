@@ -14,6 +14,7 @@ only validates.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -40,11 +41,22 @@ def knob(default: Any, why: str) -> Any:
     return dataclasses.field(default=default, metadata={"why": why})
 
 
+SEED_MAX = 2**64 - 1  # torch.manual_seed's upper bound; negative seeds are refused too (one range to explain)
+
+
 def _check(cfg: Any, rule: str, test: Any, *names: str) -> None:
-    """ValueError naming the first field in `names` whose value fails `test`."""
+    """ValueError naming the first field in `names` whose value fails `test`.
+
+    A non-finite float (nan, inf) fails whatever `test` says: `inf >= 0` holds, and nan makes
+    every comparison False, so a test alone would let inf through and word nan's refusal oddly.
+    The message starts with the field name: `config_io._build` reads it to point at the key.
+    """
     for name in names:
-        if not test(getattr(cfg, name)):
-            raise ValueError(f"{name} must be {rule}, got {getattr(cfg, name)}")
+        value = getattr(cfg, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name} must be {rule} (a finite number), got {value}")
+        if not test(value):
+            raise ValueError(f"{name} must be {rule}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,8 @@ class ModelConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = knob(
         "auto", "weight dtype; auto keeps the checkpoint's own (float32 for a new model)")
     trust_remote_code: bool = knob(False, "let transformers run model code shipped with the weights")
+    allow_unverified_base: bool = knob(False, "load a LoRA adapter whose adapter.json records no SHA-256 of "
+                                              "its base (the base then cannot be checked)")
 
 
 QWEN2_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -172,6 +186,7 @@ class RunConfig:
     def __post_init__(self):
         _check(self, ">= 1", lambda v: v >= 1, "steps", "batch_size", "log_every")
         _check(self, ">= 0", lambda v: v >= 0, "save_every", "keep_checkpoints", "eval_every")
+        _check(self, "in [0, 2**64 - 1] (torch.manual_seed's range)", lambda v: 0 <= v <= SEED_MAX, "seed")
 
 
 @dataclass(frozen=True)
@@ -216,6 +231,9 @@ class RewardModelConfig:
     data: tuple[str, ...] = knob((), 'preference JSONL(.gz) files, each may be sliced "f.jsonl.gz[:1354]"; '
                                      "empty = dummy study-plan pairs")
     eval_data: tuple[str, ...] = knob((), "held-out preference files; empty = the tail of data")
+    on_bad_row: Literal["error", "skip"] = knob(
+        "error", "a malformed data row: error (stop at its file:line) or skip it (counted, the first few printed, "
+                 "the count in manifest.json); also data.on_bad_row")
     dummy_pairs: int = knob(200, "dummy pairs (compliant vs non-compliant study plans) when data is empty")
     eval_fraction: float = knob(0.1, "tail of data held out when eval_data is empty")
     max_length: int = knob(128, "tokens per prompt + response (the seed's block_size)")
@@ -246,6 +264,9 @@ class SFTConfig:
 
     data: tuple[str, ...] = knob((), "JSONL(.gz) of {prompt, response} or {messages}, each may be sliced "
                                      '"f.jsonl[:500]"; empty = synthetic study-plan completions')
+    on_bad_row: Literal["error", "skip"] = knob(
+        "error", "a malformed data row: error (stop at its file:line) or skip it (counted, the first few printed, "
+                 "the count in manifest.json); also data.on_bad_row")
     synthetic_per_prompt: int = knob(8, "synthetic completions per train prompt when data is empty")
     compliance_rate: float = knob(1.0, "share of compliant synthetic completions (low = a weak base policy)")
     eval_fraction: float = knob(0.05, "tail of the examples held out for validation loss")
@@ -271,6 +292,9 @@ class DPOConfig:
     data: tuple[str, ...] = knob((), 'preference JSONL(.gz) files (the reward model\'s formats), each may be sliced '
                                      '"f.jsonl[:500]"; empty = synthetic study-plan pairs')
     eval_data: tuple[str, ...] = knob((), "held-out preference files; empty = the tail of data")
+    on_bad_row: Literal["error", "skip"] = knob(
+        "error", "a malformed data row: error (stop at its file:line) or skip it (counted, the first few printed, "
+                 "the count in manifest.json); also data.on_bad_row")
     dummy_pairs: int = knob(400, "synthetic study-plan pairs (compliant vs not) when data is empty")
     eval_fraction: float = knob(0.1, "tail of data held out when eval_data is empty")
     beta: float = knob(0.1, "strength of the pull towards the reference (DPO's beta; IPO's tau)")
@@ -307,9 +331,12 @@ class RewardConfig:
     model_weight: float = knob(1.0, "weight of the reward model's score in the total")
     function: str = knob("", 'your reward function, "file.py:name" or "package.module:name", TRL signature')
     function_weight: float = knob(1.0, "weight of reward.function in the total")
+    timeout_s: float = knob(300.0, "seconds one reward.function call may take before the run stops naming it "
+                                   "(a hung function never stalls a run silently); 0 = no limit")
 
     def __post_init__(self):
         _check(self, ">= 0", lambda v: v >= 0, "rules_weight", "model_weight", "function_weight")
+        _check(self, "finite and >= 0 (0 = no limit)", lambda v: 0 <= v < float("inf"), "timeout_s")
         if self.rules_weight == 0 and not (self.model or self.function):
             raise ValueError("rules_weight must be > 0 when neither reward.model nor reward.function is set, got 0")
 

@@ -6,6 +6,11 @@ overrides (a dotted path, or a unique trailing part such as `steps`), coerces ev
 its annotation and builds the frozen tree. Mistakes become a one-line `UserError` naming the
 file, line and key, with the closest valid key for typos.
 
+Reading is bounded whatever the file holds: a recipe over MAX_YAML_BYTES, nested deeper than
+the parser's recursion allows, with a recursive alias, or holding more than MAX_YAML_VALUES values
+once its aliases are expanded (a "billion laughs" of nested anchors) is refused before PyYAML
+builds a single Python object. Anchors and merge keys (`<<: *base`) used normally keep working.
+
 Left out on purpose: environment-variable overrides and recipe includes / inheritance.
 """
 
@@ -15,6 +20,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +30,14 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from alignlab.errors import UserError
+
+MAX_YAML_BYTES = 1 << 20  # recipes are a few KB; a larger file is not a recipe, and PyYAML reads ~1 MB/s
+MAX_YAML_VALUES = 100_000  # scalars + collections after expanding aliases; a big sweep has a few thousand
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+# Keys spelled as if a leaf list were a section: `data` is a list of files in the data-reading
+# configs, so `data.on_bad_row` cannot be nested under it; it is read as the top-level key.
+ALIASES = {"data.on_bad_row": "on_bad_row"}
 
 # Machinery: every value is first collected as an _Entry under its full dotted key, with where it
 # came from; values are coerced once the field's type is known, and the tree is built bottom-up.
@@ -57,6 +71,8 @@ class _Schema:
 
     def resolve(self, key: str, *, bare: bool, file: str | None = None, line: int | None = None) -> str:
         """The full dotted key for `key`; with `bare`, a unique trailing part (`steps`) also works."""
+        if ALIASES.get(key) in self.leaves:
+            return ALIASES[key]
         if key in self.leaves:
             return key
         if key in self.sections:
@@ -128,16 +144,33 @@ def _coerce(tp: Any, value: Any, text: bool) -> Any:
     value = _parse_text(value) if text else value
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
+    if tp is float:
+        return _coerce_float(value)
+    if tp is int:
+        raise UserError(f"expected an int, got {value!r}")
+    raise TypeError(f"unsupported annotation {tp}")
+
+
+def _coerce_float(value: Any) -> float:
+    """A finite float: YAML's `.nan` / `.inf`, and `nan`, `inf` or `1e999` as text, are refused here,
+    so no non-finite value reaches a config (whose checks could only word it as out of range)."""
+    number = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
         try:
-            return float(value)  # PyYAML reads `3e-4` as a string: YAML 1.1 floats need a dot
+            number = float(value)  # PyYAML reads `3e-4` as a string: YAML 1.1 floats need a dot
         except ValueError:
             pass
-    if tp in (int, float):
-        raise UserError(f"expected {'an int' if tp is int else 'a float'}, got {value!r}")
-    raise TypeError(f"unsupported annotation {tp}")
+    if number is None:
+        raise UserError(f"expected a float, got {value!r}")
+    try:
+        number = float(number)  # an int beyond a float's range (10**400) overflows here
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise UserError(f"expected a finite float, got {value!r}")
+    return number
 
 
 def _list_items(value: Any, text: bool) -> list[tuple[Any, bool]]:
@@ -173,23 +206,107 @@ def _flatten(schema: _Schema, mapping: Any, prefix: str, out: dict, *, bare: boo
 
 
 def _key_lines(node: yaml.MappingNode, prefix: str, lines: dict[str, int], file: str) -> None:
-    """The 1-based line of every key of a composed YAML mapping, under its dotted path."""
+    """The 1-based line of every key of a composed (not yet constructed) YAML mapping, under its
+    dotted path. Keys a merge key (`<<: *base`) brings in get the line where they were written,
+    unless the mapping sets them itself: overriding a merged key is what merge keys are for."""
+    merged: list[yaml.Node] = []
     for key_node, value_node in node.value:
+        if key_node.tag == MERGE_TAG:
+            merged += value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            continue
         key, line = prefix + str(key_node.value), key_node.start_mark.line + 1
         if key in lines:  # PyYAML keeps the last of two equal keys silently
             raise UserError(f"set twice (first on line {lines[key]})", file=file, line=line, key=key)
         lines[key] = line
         if isinstance(value_node, yaml.MappingNode):
             _key_lines(value_node, key + ".", lines, file)
+    for source in merged:
+        if isinstance(source, yaml.MappingNode):  # anything else, PyYAML's constructor refuses
+            inherited: dict[str, int] = {}
+            _key_lines(source, prefix, inherited, file)
+            for key, line in inherited.items():
+                lines.setdefault(key, line)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _check_expanded_size(root: yaml.Node, file: str) -> None:
+    """Refuse a node graph that holds more than MAX_YAML_VALUES values once aliases are expanded,
+    or an alias inside the collection it names (an endless structure).
+
+    Aliases make the composed graph a DAG whose expansion can be exponential (9 anchors, each a
+    list of 9 aliases to the previous one, expand to 9**9 values); each node's expanded size is
+    computed once (memoised by id), so the count is linear in the nodes actually written. An
+    explicit stack, not recursion, so that depth costs no Python frames.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # nodes whose subtree is being counted: the path from the root
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in _children(node))
+            if sizes[id(node)] > MAX_YAML_VALUES:
+                raise UserError(f"too many values after expanding aliases (limit {MAX_YAML_VALUES})",
+                                file=file, line=node.start_mark.line + 1)
+        elif id(node) in open_nodes:
+            raise UserError("an alias refers to a collection it is inside (an endless structure)",
+                            file=file, line=node.start_mark.line + 1)
+        elif id(node) not in sizes:
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node))
+
+
+def _compose_bounded(path: Path) -> yaml.Node | None:
+    """The composed YAML node graph of `path` (None when empty), its size checked; see the module
+    docstring. yaml.YAMLError and UnicodeDecodeError are left to the caller to word."""
+    file = str(path)
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise UserError(f"a file of {size / 2**20:.1f} MiB; a YAML recipe over {MAX_YAML_BYTES // 2**20} MiB "
+                        "is refused", file=file)
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise UserError("nested too deeply to read (hundreds of levels)", file=file) from None
+    if root is not None:
+        _check_expanded_size(root, file)
+    return root
+
+
+def _construct(root: yaml.Node | None) -> Any:
+    return yaml.constructor.SafeConstructor().construct_document(root) if root is not None else None
+
+
+def read_yaml_bounded(path: str | Path) -> tuple[Any, yaml.Node | None]:
+    """(data, root node) of a YAML file, with the work bounded (see the module docstring).
+
+    Raises UserError naming the file for a file too big, too deep, recursive or too large once
+    aliases are expanded; yaml.YAMLError and UnicodeDecodeError are left to the caller, which words
+    them for its kind of file. The root node is the one construction used (merge keys flattened).
+    """
+    root = _compose_bounded(Path(path))
+    return _construct(root), root
 
 
 def _read_recipe(schema: _Schema, recipe: str | Path) -> dict[str, _Entry]:
     path, file = Path(recipe), str(recipe)
     if not path.is_file():
         raise UserError("no such recipe file" if not path.exists() else "not a file", file=file)
+    lines: dict[str, int] = {}
     try:
-        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-        data = yaml.constructor.SafeConstructor().construct_document(root) if root is not None else None
+        root = _compose_bounded(path)
+        if isinstance(root, yaml.MappingNode):  # before construction, which flattens merge keys in place
+            _key_lines(root, "", lines, file)
+        data = _construct(root)
     except (UnicodeDecodeError, yaml.YAMLError) as err:
         mark = getattr(err, "problem_mark", None)
         problem = " ".join(filter(None, [getattr(err, "context", None), getattr(err, "problem", None)]))
@@ -200,8 +317,6 @@ def _read_recipe(schema: _Schema, recipe: str | Path) -> dict[str, _Entry]:
     if not isinstance(data, dict):
         raise UserError(f"a recipe must be a mapping of keys to values, got {type(data).__name__}",
                         file=file, line=root.start_mark.line + 1)
-    lines: dict[str, int] = {}
-    _key_lines(root, "", lines, file)
     return _flatten(schema, data, "", {}, bare=False, file=file, lines=lines)
 
 

@@ -17,7 +17,6 @@ Left out: the reward-model leg of design.md's sketch (train-rm has its own quick
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from alignlab.config import GenerationConfig, GRPOConfig, SFTConfig, config_hash, load_config
@@ -26,6 +25,7 @@ from alignlab.eval.report import write_report
 from alignlab.eval.sampling_eval import evaluate_model, write_eval
 from alignlab.eval.verdict import compare_verdict, format_verdict, single_verdict
 from alignlab.model.checkpoint import load_model
+from alignlab.outputs import check_replaceable, swap_in
 from alignlab.runtime import resolve_device
 from alignlab.tasks.study_plan import held_out_prompts
 from alignlab.trainers.grpo import grpo
@@ -60,9 +60,9 @@ def base_policy(fresh: bool = False) -> Path:
     print(f"(a) base policy: SFT of a tiny GPT on synthetic answers, {COMPLIANCE:.0%} of them compliant "
           f"(cached at {home} for the next demo)")
     building = home.with_name(home.name + ".building")
+    check_replaceable(home, "run", replace=True)  # ALIGNLAB_CACHE may point anywhere: only our own is replaced
     sft(load_config(SFTConfig, None, [*BASE, f"run.out_dir={building}"]), overwrite=True)
-    shutil.rmtree(home, ignore_errors=True)
-    building.rename(home)
+    swap_in(building, home)
     return final
 
 

@@ -43,3 +43,14 @@ class Interrupted(TrainingStopped):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+class ForcedStop(KeyboardInterrupt):
+    """A second SIGINT or SIGTERM during training: stop at once, without the checkpoint of the step in
+    flight. A KeyboardInterrupt, so `except Exception` (code wrapping user functions) lets it through;
+    distinct from one a user's function raises, which alignlab reports as that function's error."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum  # as Interrupted: 130 for SIGINT, 143 for SIGTERM

@@ -9,8 +9,13 @@
       checkpoints/step_N/, checkpoints/final/   (written atomically; see model/checkpoint.py)
 
 Nothing is created until a trainer has validated its inputs, so a bad input never leaves a
-half-made run behind. `quiet=True` silences all printing (tests); `progress=False` only the
-progress bar (logs, CI).
+half-made run behind. A run directory is alignlab's own (`outputs.py`: a `.alignlab.json` marker,
+or an earlier version's manifest): only such a folder is resumed or replaced (`--overwrite`, which
+moves the old run aside and deletes it once the new one finishes). One process writes a run at a
+time: `Run.create` takes an OS lock on `<run>/.lock` for the whole run (`finish` releases it), and a
+second writer is refused before it writes anything. `--resume` first compares the config and data
+with the run's own (`run_resume.py`) and resumes from the newest *intact* checkpoint.
+`quiet=True` silences all printing (tests); `progress=False` only the progress bar (logs, CI).
 
 In a multi-process run (torchrun) this is where the rank-0 guards live: every rank opens the
 `Run` (all read checkpoints when resuming), but only rank 0 creates, writes, prunes and prints;
@@ -22,7 +27,6 @@ Left out: experiment trackers other than TensorBoard.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -34,14 +38,19 @@ from pathlib import Path
 from alignlab.config import config_hash, dump_yaml
 from alignlab.distributed import Distributed
 from alignlab.errors import UserError
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+from alignlab.outputs import (
+    MARKER,
+    FolderLock,
+    check_target,
+    clean_leftovers,
+    is_empty_dir,
+    is_run_dir,
+    json_safe,
+    marker_kind,
+    move_aside,
+    write_marker,
+)
+from alignlab.run_resume import check_resume, checkpoint_problem, file_sha256
 
 
 def _version(package: str) -> str | None:
@@ -58,6 +67,10 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+def print_nothing(message: str) -> None:
+    """A `warn=` that says nothing: for a look whose caller warns later, when it resumes."""
 
 
 def checkpoint_step(directory: Path) -> int | None:
@@ -80,32 +93,77 @@ class Run:
 
     @classmethod
     def create(cls, out_dir: str | Path, config, *, resume: bool = False, overwrite: bool = False,
-               data_files=(), device: str = "cpu", dtype="float32", quiet: bool = False,
-               progress: bool = True):
-        """The run directory at `out_dir` (written by rank 0); `dtype` a name or a torch.dtype."""
-        root, group = Path(out_dir), Distributed.from_env()
-        dtype = str(dtype).removeprefix("torch.")
-        if root.exists() and any(root.iterdir()) and not (resume or overwrite):
-            raise UserError("run directory already exists: pass --resume to continue it, "
-                            "--overwrite to replace it, or choose another run.out_dir",
-                            file=str(root))
-        group.barrier()  # every rank has looked before rank 0 writes
-        if not group.is_main:
-            group.barrier()
-            return cls(root, quiet=quiet, progress=progress)
-        cls._write(root, config, resume, overwrite, data_files, device, dtype)
+               allow_changes: bool = False, data_files=(), device: str = "cpu", dtype="float32",
+               quiet: bool = False, progress: bool = True, extra: dict | None = None):
+        """The run directory at `out_dir`, checked on every rank, then locked and written by rank 0.
+
+        A new run needs a new or empty folder; `resume` continues alignlab's run there (its config
+        compared first: run_resume.py); `overwrite` replaces alignlab's run there, never anything
+        else, and never a folder holding one of the run's inputs (model, reward model, data). The
+        replaced run is moved aside and deleted when the new run finishes (`finish`). `dtype` is a
+        name or a torch.dtype; `extra` adds fields to the manifest.
+        """
+        data_files = [str(f).split("[")[0] for f in data_files]  # "f.jsonl[:100]" names f.jsonl
+        root = check_target(out_dir, key="run.out_dir", protect=_inputs(config, data_files) if overwrite else (),
+                            what="run")
+        group = Distributed.from_env()
+        if group.is_main:
+            clean_leftovers(root)  # a killed replacement's hidden siblings (outputs.py)
         group.barrier()
-        return cls(root, quiet=quiet, progress=progress)
+        record = cls._check(root, config, resume, overwrite, allow_changes, data_files)
+        group.barrier()  # every rank has looked before rank 0 writes
+        run, failure = cls(root, quiet=quiet, progress=progress), None
+        if group.is_main:
+            try:
+                run._open(config, record, overwrite and not resume, data_files, device,
+                          str(dtype).removeprefix("torch."), extra or {})
+            except UserError as err:  # the lock is taken: every rank must stop, not only rank 0
+                failure = err
+        if group.any(failure is not None):
+            raise failure or UserError("rank 0 could not open the run directory (its message says why)",
+                                       file=str(root))
+        return run
 
     @staticmethod
-    def _write(root: Path, config, resume: bool, overwrite: bool, data_files, device: str, dtype: str) -> None:
-        if overwrite and not resume and root.exists():
-            shutil.rmtree(root)
-        (root / "checkpoints").mkdir(parents=True, exist_ok=True)
+    def _check(root: Path, config, resume: bool, overwrite: bool, allow_changes: bool, data_files) -> dict | None:
+        """What resuming changes (None for a new run); UserError before anything is written."""
+        if not root.exists() or is_empty_dir(root):
+            return None
+        if marker_kind(root) == "run" and not (root / "manifest.json").is_file():
+            return None  # ours, but its start died before writing anything: begin it again
+        if not is_run_dir(root):
+            raise UserError("folder exists and is not an alignlab run directory (no .alignlab.json or manifest.json); "
+                            "alignlab never writes into or replaces a folder it did not make: choose another "
+                            "run.out_dir", file=str(root), key="run.out_dir")
+        if resume:
+            return check_resume(root, config, data_files, allow_changes)
+        if not overwrite:
+            raise UserError("run directory already exists: pass --resume to continue it, --overwrite to replace it, "
+                            "or choose another run.out_dir", file=str(root))
+        return None
+
+    def _open(self, config, record: dict | None, replace: bool, data_files, device: str, dtype: str,
+              extra: dict) -> None:
+        """Lock the folder (refusing a second writer), then write config.yaml and manifest.json."""
+        root = self.root
+        if replace and root.exists() and not is_empty_dir(root):
+            FolderLock(root).acquire(warn=self.warn).release()  # refuse to replace a run in use
+            self._replaced = move_aside(root)
+        root.mkdir(parents=True, exist_ok=True)
+        self._lock = FolderLock(root).acquire(warn=self.warn)
+        (root / "checkpoints").mkdir(exist_ok=True)
         for stale in (root / "checkpoints").glob(".*"):  # a killed process's half-written checkpoint
             shutil.rmtree(stale, ignore_errors=True)
+        if not (root / MARKER).is_file():
+            write_marker(root, "run")
+        manifest = self._manifest(config, data_files, device, dtype, extra) if record is None else \
+            self._resumed_manifest(config, record, device)
         (root / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
-        manifest = {
+        _write_json(root / "manifest.json", manifest)
+
+    @staticmethod
+    def _manifest(config, data_files, device: str, dtype: str, extra: dict) -> dict:
+        return {
             "config_hash": config_hash(config),
             "versions": {p: _version(p) for p in ("alignlab", "torch", "transformers", "tokenizers")},
             "python": sys.version.split()[0],
@@ -117,8 +175,35 @@ class Run:
             "data": {str(p): file_sha256(p) for p in data_files},
             "command": sys.argv,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **extra,
         }
-        (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+    def _resumed_manifest(self, config, record: dict, device: str) -> dict:
+        """The run's manifest with this resume appended (when, the command, what changed)."""
+        manifest = json.loads((self.root / "manifest.json").read_text(encoding="utf-8"))
+        manifest.setdefault("resumes", []).append({
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv, "device": device,
+            "config_hash": config_hash(config), **record})
+        if record["changed"]:
+            changes = (f"{k}: {a!r} -> {b!r}" for k, (a, b) in record["changed"].items())
+            self.print("resume changes: " + "; ".join(changes))
+        return manifest
+
+    def warn(self, message: str) -> None:
+        """A warning on stderr (even when quiet: it says something was wrong); rank 0 only."""
+        if self.main:
+            print(message, file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        """The run is complete: delete the run it replaced (if any) and release the lock."""
+        old = getattr(self, "_replaced", None)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+            self._replaced = None
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+            self._lock = None
 
     @property
     def checkpoints(self) -> Path:
@@ -136,9 +221,28 @@ class Run:
                 found.append((step, path))
         return sorted(found, key=lambda item: (item[0], item[1].name == "final"))
 
-    def latest_checkpoint(self) -> Path | None:
-        found = self.complete_checkpoints()
-        return found[-1][1] if found else None
+    def latest_checkpoint(self, warn=None) -> Path | None:
+        """The newest intact checkpoint (run_resume.checkpoint_problem); each damaged newer one is
+        passed over, with `warn(message)` saying what was wrong with it. UserError when checkpoints
+        exist and none is intact (starting again from step 0 would silently discard the run)."""
+        damaged = []
+        for path in sorted(self._checkpoint_dirs(), key=_age, reverse=True):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                for message in damaged:
+                    (warn or self.warn)(f"warning: {message}; resuming from {path} instead")
+                return path
+            damaged.append(f"checkpoint {path} is damaged ({problem})")
+        if damaged:
+            raise UserError(f"no intact checkpoint to resume from: {'; '.join(damaged)}; start again with --overwrite",
+                            file=str(self.checkpoints))
+        return None
+
+    def _checkpoint_dirs(self) -> list[Path]:
+        """Every checkpoint folder, complete or not (a lost state.json is damage, not absence)."""
+        if not self.checkpoints.is_dir():
+            return []
+        return [p for p in self.checkpoints.iterdir() if p.is_dir() and not p.name.startswith(".")]
 
     def prune(self, keep: int) -> None:
         """Remove all but the newest `keep` step_N checkpoints; `final` always stays."""
@@ -152,8 +256,8 @@ class Run:
         if not self.main:
             return
         record = {"step": step, "time": round(time.time(), 3), **metrics}
-        with open(self.root / "metrics.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        with open(self.root / "metrics.jsonl", "a", encoding="utf-8") as handle:  # NaN -> null: valid JSON
+            handle.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
         writer = self._tensorboard()
         if writer is not None:
             for key, value in metrics.items():
@@ -195,7 +299,7 @@ class Run:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", encoding="utf-8") as handle:
             for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                handle.write(json.dumps(json_safe(record), ensure_ascii=False, allow_nan=False) + "\n")
         return path
 
     def print(self, message: str) -> None:
@@ -231,3 +335,26 @@ class Run:
         if self._tb:
             self._tb.close()
             self._tb = None
+
+
+def _age(path: Path) -> tuple[int, bool]:
+    """Sort key of a checkpoint folder: its step (from state.json, else its name), `final` last on ties."""
+    step = checkpoint_step(path)
+    if step is None:
+        name = path.name.removeprefix("step_")
+        step = int(name) if name.isdigit() else (1 << 62 if path.name == "final" else -1)
+    return step, path.name == "final"
+
+
+def _inputs(config, data_files) -> list[str]:
+    """The paths a run reads (model, reward model, tokenizer, data): `--overwrite` never deletes them."""
+    named = [getattr(getattr(config, section, None), "path", "") for section in ("model", "tokenizer")]
+    named.append(getattr(getattr(config, "reward", None), "model", ""))
+    return [p for p in (*named, *data_files) if isinstance(p, str) and p]
+
+
+def _write_json(path: Path, record: dict) -> None:
+    """`record` as indented JSON, written under a temporary name and renamed (complete or absent)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    tmp.replace(path)

@@ -34,6 +34,7 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -44,11 +45,13 @@ from pathlib import Path
 import yaml
 
 from alignlab.config import GenerationConfig, GRPOConfig, config_to_dict, load_config
+from alignlab.config_io import read_yaml_bounded
 from alignlab.errors import UserError
 from alignlab.eval.report import Evaluation, evaluation_verdict, read_metrics, write_report
 from alignlab.eval.sampling_eval import evaluate_model, load_or_evaluate, write_eval, write_texts
 from alignlab.eval.sweep_report import format_table, sweep_rows, table, write_sweep_report
 from alignlab.eval.verdict import single_verdict
+from alignlab.outputs import check_output, is_empty_dir, marker_kind, move_aside, write_marker
 from alignlab.runs import checkpoint_step
 from alignlab.runtime import resolve_device
 from alignlab.tasks.registry import get_task
@@ -125,9 +128,8 @@ def _flat(mapping, where: str, file: str, line: int | None) -> dict:
     return out
 
 
-def _lines(text: str) -> dict[str, int]:
+def _lines(root: yaml.Node | None) -> dict[str, int]:
     """1-based lines of the top-level keys and of each `variants` item (as "variants[i]")."""
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
     lines: dict[str, int] = {}
     if not isinstance(root, yaml.MappingNode):
         return lines
@@ -202,9 +204,8 @@ def _read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
     if not path.is_file():
         raise UserError("no such sweep recipe" if not path.exists() else "not a file", file=file)
     try:
-        text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
-        lines = _lines(text)
+        data, root = read_yaml_bounded(path)  # aliases expanded within a bound: a recipe is not a bomb
+        lines = _lines(root)
     except (UnicodeDecodeError, yaml.YAMLError) as err:
         mark = getattr(err, "problem_mark", None)
         raise UserError(f"not a valid YAML sweep recipe: {getattr(err, 'problem', None) or err}", file=file,
@@ -329,16 +330,17 @@ def run_one(run: SweepRun, before_dir: str, spec: EvalSpec, quiet: bool, threads
     return result
 
 
-def _prepare(sweep: Sweep, resume: bool, overwrite: bool) -> None:
-    out = sweep.out_dir
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
-        raise UserError("sweep directory already exists: pass --resume to continue it (finished runs are "
-                        "kept), --overwrite to replace it, or choose another out_dir", file=str(out))
-    if overwrite and not resume and out.exists():
-        import shutil
-
-        shutil.rmtree(out)
+def _prepare(sweep: Sweep, resume: bool, overwrite: bool) -> Path | None:
+    """The sweep folder: new or empty, alignlab's sweep with --resume, or (--overwrite) alignlab's sweep
+    moved aside and deleted once this one is complete; a folder alignlab did not make is never touched."""
+    out = check_output(sweep.out_dir, "sweep", replace=resume or overwrite, key="out_dir",
+                       hint=": pass --resume to continue it (finished runs are kept), --overwrite to replace it, "
+                            "or choose another out_dir")
+    replaced = move_aside(out) if overwrite and not resume and out.exists() and not is_empty_dir(out) else None
     out.mkdir(parents=True, exist_ok=True)
+    if marker_kind(out) is None:
+        write_marker(out, "sweep")
+    return replaced
 
 
 def _with_policy(sweep: Sweep) -> Sweep:
@@ -369,7 +371,7 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, resume: bool = False, overwrite: b
     threads split between them."""
     if jobs < 1:
         raise UserError(f"expected at least 1 job, got {jobs}", key="--jobs")
-    _prepare(sweep, resume, overwrite)
+    replaced = _prepare(sweep, resume, overwrite)
     sweep = _with_policy(sweep)
     if not quiet:
         print(plan(sweep), flush=True)
@@ -403,6 +405,8 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, resume: bool = False, overwrite: b
     befores_eval = {path: load_or_evaluate(d)[0] for path, d in befores.items()}
     html, md = write_sweep_report(sweep.out_dir, results, list(sweep.variants), befores_eval,
                                   title=f"alignlab sweep: {sweep.path.name}")
+    if replaced is not None:  # the new sweep is complete: the one it replaces can go
+        shutil.rmtree(replaced, ignore_errors=True)
     if not quiet:
         print("\n" + format_table(table(sweep_rows(results, sweep.variants), befores_eval)))
         print(f"\nreport: {html}  (and {md.name}, sweep.json)")

@@ -70,7 +70,7 @@ CASES = [
     ("cli-missing-path", ["report", "{made}/no_such_run"], "no_such_run: no such run directory"),
     ("cli-unwritable-out", ["eval", "{policy}", "--samples", "1", "--max-new-tokens", "2", "--out",
                             "{made}/blocker/sub"], "blocker"),
-    ("cli-run-dir-exists", ["sft", "run.out_dir={made}/existing_run", "steps=1"], "--resume"),
+    ("cli-run-dir-exists", ["sft", "run.out_dir={made}/existing_run", "steps=1"], "not an alignlab run directory"),
     ("cli-compare-twice", ["compare", "{policy}", "{policy}"], "the same path is given twice"),
 ]
 

@@ -234,7 +234,7 @@ def test_yaml_round_trip(tmp_path):
 def test_describe_config_lists_every_leaf():
     rows = describe_config(PretrainConfig)
     by_key = {key: (default, why) for key, default, why in rows}
-    assert len(rows) == len(by_key) == 49
+    assert len(rows) == len(by_key) == 50
     assert by_key["run.steps"] == ("200", "optimizer steps")
     assert by_key["sample.max_new_tokens"][0] == "64"
     assert by_key["sample_prompts"][0] == '["The ", "ROMEO:"]'
@@ -264,3 +264,111 @@ def test_user_error_is_one_line():
     err = UserError("two\nlines")
     assert str(err) == "two lines" and err.message == "two lines"
     assert (err.file, err.line, err.key) == (None, None, None)
+
+
+# Issue 17, P4 and P6: non-finite hyperparameters and unbounded recipes are refused at validation.
+
+def _float_fields():
+    import typing
+
+    import alignlab.config as config
+
+    for name in config.__all__:
+        cls = getattr(config, name)
+        if isinstance(cls, type) and dataclasses.is_dataclass(cls):
+            hints = typing.get_type_hints(cls)
+            yield from ((cls, f.name) for f in dataclasses.fields(cls) if hints[f.name] is float)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_every_float_field_refuses_non_finite_values(value):
+    fields = list(_float_fields())
+    assert len(fields) >= 35  # every config class's floats: a new one is covered by _check's finite rule
+    for cls, name in fields:
+        with pytest.raises(ValueError, match=rf"^{name} must be .*\(a finite number\), got {value}$"):
+            cls(**{name: value})
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "1e999", "-1e999", "NaN", "Infinity", str(10**400)])
+def test_override_non_finite_floats_are_refused(text):
+    with pytest.raises(UserError) as info:
+        load_config(PretrainConfig, None, [f"optim.lr={text}"])
+    assert str(info.value).startswith("optim.lr: expected a finite float, got ") and text in str(info.value)
+
+
+@pytest.mark.parametrize("text", [".nan", ".inf", "-.inf", ".NaN", "1.0e999"])
+def test_recipe_non_finite_floats_are_refused_with_file_and_line(tmp_path, text):
+    path = _recipe(tmp_path, f"run:\n  steps: 3\noptim:\n  weight_decay: {text}\n")
+    with pytest.raises(UserError, match=r"recipe\.yaml:4: optim\.weight_decay: expected a finite float, got "):
+        load_config(PretrainConfig, path)
+
+
+def test_seed_must_fit_torch_manual_seed():
+    assert load_config(PretrainConfig, None, [f"run.seed={2**64 - 1}"]).run.seed == 2**64 - 1
+    for seed in (-1, 2**64):
+        with pytest.raises(UserError, match=r"^run\.seed: must be in \[0, 2\*\*64 - 1\]"):
+            load_config(PretrainConfig, None, [f"run.seed={seed}"])
+
+
+def test_anchors_and_merge_keys_keep_working(tmp_path):
+    from alignlab.config import DPOConfig
+
+    @dataclass(frozen=True)
+    class Two:
+        a: OptimConfig = knob(OptimConfig(), "first")
+        b: OptimConfig = knob(OptimConfig(), "second")
+
+    # b inherits a's keys and overrides one: not "set twice", and b.lr's line is where it was written.
+    path = _recipe(tmp_path, "a: &base\n  lr: 0.5\n  warmup_steps: 3\nb:\n  <<: *base\n  lr: 0.25\n")
+    cfg = load_config(Two, path)
+    assert (cfg.a.lr, cfg.b.lr, cfg.b.warmup_steps) == (0.5, 0.25, 3)
+    path = _recipe(tmp_path, "a: &base\n  lr: 0.5\nb:\n  <<: *base\n  eps: -1\n")
+    with pytest.raises(UserError, match=r"recipe\.yaml:5: b\.eps: must be positive"):
+        load_config(Two, path)
+    path = _recipe(tmp_path, "data: &files [x.jsonl, y.jsonl]\neval_data: *files\n")
+    assert load_config(DPOConfig, path).eval_data == ("x.jsonl", "y.jsonl")
+
+
+def _laughs(depth: int = 9, width: int = 9) -> str:
+    lines = [f"a0: &a0 [{', '.join(['lol'] * width)}]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, depth)]
+    return "\n".join(lines) + "\n"
+
+
+def test_billion_laughs_is_refused_before_expansion(tmp_path):
+    import time
+
+    from alignlab.config_io import MAX_YAML_VALUES, read_yaml_bounded
+
+    path = _recipe(tmp_path, _laughs())  # 9**9 = 387 million strings once expanded
+    start = time.monotonic()
+    with pytest.raises(UserError, match=rf"recipe\.yaml:\d+: too many values after expanding aliases "
+                                        rf"\(limit {MAX_YAML_VALUES}\)$"):
+        load_config(PretrainConfig, path)
+    with pytest.raises(UserError, match="too many values"):
+        read_yaml_bounded(path)
+    assert time.monotonic() - start < 5  # linear in the text: well under a second in practice
+    small = _recipe(tmp_path, _laughs(depth=3, width=3))  # 3**3 values: fine for the reader
+    assert read_yaml_bounded(small)[0]["a2"] == [[["lol"] * 3] * 3] * 3
+
+
+def test_recursive_aliases_and_deep_nesting_are_refused(tmp_path):
+    with pytest.raises(UserError, match=r"recipe\.yaml:1: an alias refers to a collection it is inside"):
+        load_config(PretrainConfig, _recipe(tmp_path, "sample_prompts: &p [a, *p]\n"))
+    with pytest.raises(UserError, match=r"recipe\.yaml: nested too deeply"):
+        load_config(PretrainConfig, _recipe(tmp_path, "sample_prompts: " + "[" * 5000 + "]" * 5000 + "\n"))
+    with pytest.raises(UserError, match=r"recipe\.yaml: a file of 1\.\d MiB; a YAML recipe over 1 MiB is refused"):
+        load_config(PretrainConfig, _recipe(tmp_path, "# padding\n" * 120_000))
+
+
+def test_data_on_bad_row_is_the_top_level_key(tmp_path):
+    from alignlab.config import DPOConfig, RewardModelConfig, SFTConfig
+
+    for cls in (RewardModelConfig, SFTConfig, DPOConfig):
+        assert cls().on_bad_row == "error"
+        assert load_config(cls, None, ["data.on_bad_row=skip"]).on_bad_row == "skip"
+        assert load_config(cls, _recipe(tmp_path, "data.on_bad_row: skip\n")).on_bad_row == "skip"
+    with pytest.raises(UserError, match="^on_bad_row: expected one of 'error', 'skip', got 'maybe'"):
+        load_config(SFTConfig, None, ["on_bad_row=maybe"])
+    with pytest.raises(UserError, match="data.on_bad_row: unknown key"):
+        load_config(PretrainConfig, None, ["data.on_bad_row=skip"])  # pretraining reads text, not rows

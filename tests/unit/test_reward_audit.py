@@ -182,7 +182,9 @@ def test_real_reward_model_and_cli(byte_tok, tmp_path, capsys):
     assert saved["pairs"] == 2 and [p["name"] for p in saved["probes"]] == list(PROBES)
     assert (tmp_path / "audit" / "audit.md").read_text(encoding="utf-8").startswith("# Reward-model audit")
 
-    assert main([*argv, "--max-pairs", "0"]) == 2
+    with pytest.raises(SystemExit) as stop:  # argparse checks the number: one line, exit 2
+        main([*argv, "--max-pairs", "0"])
+    assert stop.value.code == 2
     assert main(["audit-rm", str(tmp_path / "missing"), "--pairs", str(data)]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and all(line.startswith("alignlab audit-rm: error:") for line in errors)

@@ -15,12 +15,14 @@ from alignlab.trainers import grpo as engine
 
 
 def grpo(cfg: GRPOConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
-         preflight_only: bool = False) -> Path | None:
+         preflight_only: bool = False, allow_changes: bool = False) -> Path | None:
     """Train with GRPO on cfg.backend and return the run directory (None after `preflight_only`)."""
     if cfg.backend == "alignlab":
-        return engine.grpo(cfg, resume=resume, overwrite=overwrite, quiet=quiet, preflight_only=preflight_only)
+        return engine.grpo(cfg, resume=resume, overwrite=overwrite, quiet=quiet, preflight_only=preflight_only,
+                           allow_changes=allow_changes)
     check_supported(cfg)
-    setup = engine.prepare(cfg, resume=resume, overwrite=overwrite, quiet=quiet, preflight_only=preflight_only)
+    setup = engine.prepare(cfg, resume=resume, overwrite=overwrite, quiet=quiet, preflight_only=preflight_only,
+                           allow_changes=allow_changes)
     if setup is None:
         return None
     return grpo_trl(cfg, setup.model, setup.tokenizer, setup.train, setup.scorer, setup.run, setup.evaluate,

@@ -167,4 +167,5 @@ def grpo_trl(cfg: GRPOConfig, model, tokenizer, train: list[dict], scorer: Score
     with atomic_dir(run.checkpoint_path(None)) as tmp:
         save_model(trainer.model, tokenizer, tmp)
         (tmp / "state.json").write_text(f'{{"step": {trainer.state.global_step}, "backend": "trl"}}\n')
+    run.finish()
     return run.root

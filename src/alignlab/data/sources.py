@@ -14,6 +14,16 @@ Empty reply strings are kept and counted (`LoadReport.n_empty`): HH has them (a 
 nothing, and was rejected for it), and refusing them would break HH files and round trips.
 `read_jsonl_records` is the low-level reader later loaders (SFT data, prompt sets) share.
 
+Reading is bounded on any input: a line is read at most MAX_LINE_BYTES + 1 bytes at a time (so a
+gzip bomb that inflates to one endless line stops there), and a record nested deeper than
+MAX_JSON_DEPTH is refused. Both name the file and line.
+
+Real data is messy: a few malformed rows in a public preference set. By default a bad row is an
+error naming its file and line; given a `BadRows("skip")`, the readers leave such rows out and
+record them there (a count per file and the first few reasons) for the caller to print and record
+in the run's manifest; this module never prints. A line over MAX_LINE_BYTES is never skipped:
+finding its end would mean reading all of it. A file whose every row is bad is an error.
+
 Left out: `datasets` / Parquet / CSV input, files larger than memory, TRL's unpaired (KTO) and
 step-wise forms, tool calls and multimodal message content.
 """
@@ -25,8 +35,8 @@ import json
 import math
 import re
 import zlib
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignlab.errors import UserError
@@ -41,6 +51,68 @@ HH_EXAMPLE = "'\\n\\nHuman: ...\\n\\nAssistant: ...'"
 JSON_KINDS = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
               float: "a number", type(None): "null"}
 Where = tuple[str, int]  # (file, 1-based line) of the record being parsed
+
+
+@dataclass
+class BadRows:
+    """Malformed rows met while reading, under `policy`: "error" raises the first one (the
+    default everywhere), "skip" records it here and the reader leaves the row out.
+
+    count: rows skipped; by_file: rows skipped per file; first: the first SHOWN as one-line
+    `file:line: key: reason` texts (a UserError's own wording).
+    """
+
+    SHOWN = 5
+
+    policy: str = "error"
+    count: int = 0
+    by_file: dict[str, int] = field(default_factory=dict)
+    first: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.policy not in ("error", "skip"):
+            raise ValueError(f"policy must be 'error' or 'skip', got {self.policy!r}")
+
+    def add(self, err: UserError) -> None:
+        """Skip the row `err` is about, or raise `err` under the "error" policy."""
+        if self.policy == "error":
+            raise err
+        self.count += 1
+        file = err.file or "<input>"
+        self.by_file[file] = self.by_file.get(file, 0) + 1
+        if len(self.first) < self.SHOWN:
+            self.first.append(str(err))
+
+    def report(self) -> list[str]:
+        """Lines for a person: the count, then the first few rows; none when nothing was skipped."""
+        if not self.count:
+            return []
+        more = f" (the first {self.SHOWN} shown)" if self.count > self.SHOWN else ""
+        rows = "row" if self.count == 1 else "rows"
+        return [f"skipped {self.count} bad {rows} (on_bad_row=skip){more}:", *(f"  {r}" for r in self.first)]
+
+    def to_manifest(self) -> dict:
+        """JSON-ready record of what was skipped, for a run's manifest.json."""
+        return {"policy": self.policy, "count": self.count, "by_file": dict(self.by_file), "first": list(self.first)}
+
+
+def parse_rows(rows: Iterable[tuple[Where, object]], parse: Callable, bad_rows: BadRows | None = None,
+               name: str = "<input>") -> list:
+    """[parse(record, where) for each (where, record) of `rows`]; a row whose parse raises UserError is
+    an error, or with `bad_rows` (policy "skip") recorded there and left out. Rows that were all
+    skipped are an error naming `name`, since nothing is left to use."""
+    out, seen = [], 0
+    for where, record in rows:
+        seen += 1
+        try:
+            out.append(parse(record, where))
+        except UserError as err:
+            if bad_rows is None:
+                raise
+            bad_rows.add(err)
+    if seen and not out:
+        raise UserError("no usable records: every row was malformed and skipped", file=name)
+    return out
 
 
 @dataclass(frozen=True)
@@ -75,6 +147,7 @@ class LoadReport:
     n_identical: int  # chosen == rejected: kept (real data), though they carry no preference
     source: str  # the path as given, or "<list>"
     n_empty: int = 0  # pairs with an empty (or blank) reply on either side
+    n_skipped: int = 0  # malformed rows left out under on_bad_row=skip (rows of the whole file)
 
 
 def parse_source(spec: str | Path) -> tuple[Path, slice | None]:
@@ -96,54 +169,73 @@ def parse_source(spec: str | Path) -> tuple[Path, slice | None]:
 
 
 MAX_LINE_BYTES = 4 * 2**20  # a record this long is a mistake (a document pasted into one field), not data
+MAX_JSON_DEPTH = 64  # chat records nest 3-4 levels; deeper is not data, and json.loads recurses per level
+_TOO_DEEP = object()  # what _decode parsed when json.loads ran out of stack
 
 
-def read_jsonl_records(path: str | Path) -> Iterator[tuple[int, dict]]:
+def read_jsonl_records(path: str | Path, bad_rows: BadRows | None = None) -> Iterator[tuple[int, dict]]:
     """Yield (1-based line number, object) for each non-blank line of a JSONL file, gzipped or not.
 
     Raises UserError naming the file (and line) for a missing or unreadable file, bad gzip data,
-    a line over MAX_LINE_BYTES, text that is not UTF-8, invalid JSON, a line that is not a JSON
-    object, or no records at all.
+    a line over MAX_LINE_BYTES, or no records at all; and for a row that is not UTF-8, not JSON,
+    nested deeper than MAX_JSON_DEPTH or not an object, unless `bad_rows` skips such rows.
     """
     name, path = str(path), Path(path).expanduser()
     if not path.is_file():
         raise UserError("no such file" if not path.exists() else "not a file", file=name)
-    n_records = 0
+    n_records = n_kept = 0
     try:
         with path.open("rb") as raw:
             compressed = raw.read(2) == GZIP_MAGIC  # the magic bytes decide, not the suffix
         with (gzip.open(path, "rb") if compressed else path.open("rb")) as stream:
-            for lineno, line in enumerate(stream, 1):
+            # readline(limit + 1), not iteration: iterating reads a whole line, however long, first.
+            for lineno, line in enumerate(iter(lambda: stream.readline(MAX_LINE_BYTES + 1), b""), 1):
                 if len(line) > MAX_LINE_BYTES:
-                    raise UserError(f"line of {len(line) / 2**20:.1f} MiB; lines over {MAX_LINE_BYTES // 2**20} MiB "
-                                    "are refused (one record per line)", file=name, line=lineno)
-                if line.strip():
-                    n_records += 1
-                    yield lineno, _decode(line, name, lineno)
+                    raise UserError(f"a line longer than {MAX_LINE_BYTES // 2**20} MiB is refused (one record "
+                                    "per line; a record that long is a mistake)", file=name, line=lineno)
+                if not line.strip():
+                    continue
+                n_records += 1
+                try:
+                    record = _decode(line, name, lineno)
+                except UserError as err:
+                    if bad_rows is None:
+                        raise
+                    bad_rows.add(err)
+                    continue
+                n_kept += 1
+                yield lineno, record
     except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
         raise UserError(f"cannot read the file: {err}", file=name) from err
     if n_records == 0:
         raise UserError("no records: the file is empty (expected one JSON object per line)", file=name)
+    if n_kept == 0:
+        raise UserError("no usable records: every row was malformed and skipped", file=name)
 
 
-def read_preferences(source, *, limit: slice | None = None) -> list[PreferencePair]:
+def read_preferences(source, *, limit: slice | None = None, bad_rows: BadRows | None = None
+                     ) -> list[PreferencePair]:
     """Preference pairs from a JSONL path (with an optional "[a:b]" suffix) or a list of dicts /
-    PreferencePairs; `limit` is a further slice over the result. See the module docstring."""
-    return read_preferences_with_report(source, limit=limit)[0]
+    PreferencePairs; `limit` is a further slice over the result; `bad_rows` may skip malformed
+    rows (then a slice counts the rows kept). See the module docstring."""
+    return read_preferences_with_report(source, limit=limit, bad_rows=bad_rows)[0]
 
 
-def read_preferences_with_report(source, *, limit: slice | None = None
+def read_preferences_with_report(source, *, limit: slice | None = None, bad_rows: BadRows | None = None
                                  ) -> tuple[list[PreferencePair], LoadReport]:
-    """`read_preferences`, plus counts of irregular, identical and empty-reply pairs."""
+    """`read_preferences`, plus counts of irregular, identical, empty-reply and skipped pairs."""
+    skipped_before = bad_rows.count if bad_rows is not None else 0
     if isinstance(source, (str, Path)):
         path, cut = parse_source(source)
         name, label = str(path), str(source)
-        items = [_parse_record(obj, (name, lineno)) for lineno, obj in read_jsonl_records(path)]
+        rows = (((name, lineno), obj) for lineno, obj in read_jsonl_records(path, bad_rows))
+        items = parse_rows(rows, lambda obj, where: _parse_record(obj, where), bad_rows, name)
     elif isinstance(source, (list, tuple)):
         name, label, cut = "<list>", "<list>", None
         if not source:
             raise UserError("no records: the list is empty", file=name)
-        items = [_parse_item(item, index + 1) for index, item in enumerate(source)]
+        rows = (((name, index + 1), item) for index, item in enumerate(source))
+        items = parse_rows(rows, lambda item, where: _parse_item(item, where[1]), bad_rows, name)
     else:
         raise UserError(f"expected a path to a JSONL file or a list of records, got {type(source).__name__}")
     for part in (cut, limit):
@@ -152,7 +244,8 @@ def read_preferences_with_report(source, *, limit: slice | None = None
     pairs = [pair for pair, _ in items]
     report = LoadReport(n_records=len(pairs), n_irregular=sum(irregular for _, irregular in items),
                         n_identical=sum(p.chosen == p.rejected for p in pairs), source=label,
-                        n_empty=sum(not p.chosen.strip() or not p.rejected.strip() for p in pairs))
+                        n_empty=sum(not p.chosen.strip() or not p.rejected.strip() for p in pairs),
+                        n_skipped=(bad_rows.count if bad_rows is not None else 0) - skipped_before)
     return pairs, report
 
 
@@ -194,9 +287,30 @@ def _decode(line: bytes, name: str, lineno: int) -> dict:
     except json.JSONDecodeError as err:
         raise UserError(f"invalid JSON ({err.msg} at column {err.colno}); expected one JSON object per line",
                         file=name, line=lineno) from None
+    except RecursionError:  # json.loads recurses once per level; ~1000 levels exhaust the stack
+        obj = _TOO_DEEP
+    except ValueError as err:  # e.g. an integer of more than 4300 digits (Python's int-parsing limit)
+        raise UserError(f"invalid JSON ({err}); expected one JSON object per line", file=name, line=lineno) from None
+    if obj is _TOO_DEEP or _nested_deeper(obj, MAX_JSON_DEPTH):
+        raise UserError(f"nested deeper than {MAX_JSON_DEPTH} levels; expected a flat record", file=name,
+                        line=lineno)
     if not isinstance(obj, dict):
         raise UserError(f"expected a JSON object per line, got {_kind(obj)}", file=name, line=lineno)
     return obj
+
+
+def _nested_deeper(obj, limit: int) -> bool:
+    """True when `obj` (parsed JSON) has containers more than `limit` levels deep; no recursion."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def _parse_item(item, index: int) -> tuple[PreferencePair, bool]:
@@ -319,19 +433,20 @@ def _render_hh(turns: list[tuple[str, str]]) -> str:
     return "\n\n".join(shown).strip()
 
 
-def read_conversations(source) -> list[list[dict]]:
+def read_conversations(source, bad_rows: BadRows | None = None) -> list[list[dict]]:
     """Supervised examples as chat conversations ending with the assistant reply.
 
     Records are `{prompt, response}` (or `completion`) strings, or `{messages: [...]}`; `source`
-    is a JSONL path (optionally sliced, "f.jsonl[:100]") or a list of such dicts.
+    is a JSONL path (optionally sliced, "f.jsonl[:100]") or a list of such dicts. `bad_rows` may
+    skip malformed rows (then a slice counts the rows kept).
     """
     if isinstance(source, (list, tuple)):
-        records = [(("<list>", i + 1), r) for i, r in enumerate(source)]
+        name, records = "<list>", [(("<list>", i + 1), r) for i, r in enumerate(source)]
     else:
         path, part = parse_source(source)
-        records = [((str(source), n), r) for n, r in read_jsonl_records(path)]
+        name, records = str(source), [((str(source), n), r) for n, r in read_jsonl_records(path, bad_rows)]
         records = records[part] if part is not None else records
-    return [_conversation(record, where) for where, record in records]
+    return parse_rows(records, _conversation, bad_rows, name)
 
 
 def _conversation(record, where: Where) -> list[dict]:

@@ -149,16 +149,34 @@ class EvalSummary:
 
     @classmethod
     def from_dict(cls, record: Mapping, source: str | None = None) -> EvalSummary:
-        """Inverse of `to_dict`; a missing key is a UserError naming `source` and the key."""
+        """Inverse of `to_dict`. A missing key, or a value that is not a finite number where one is
+        needed (json.loads accepts NaN and Infinity; null only truncation_rate may be), is a UserError
+        naming `source` and the key, e.g. "summary.json: pass_rate: expected a finite number, got NaN"."""
+        import json
+
+        def number(value, key: str, whole: bool = False):
+            finite = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            if not finite or (whole and value != int(value)):
+                wanted = "a whole number" if whole else "a finite number"
+                raise UserError(f"expected {wanted}, got {json.dumps(value)[:60]}", file=source, key=key)
+            return int(value) if whole else float(value)
+
         values = {}
         for field in dataclasses.fields(cls):
             if field.name not in record:
                 raise UserError("missing from the evaluation summary", file=source, key=field.name)
-            values[field.name] = record[field.name]
-        ci = values["pass_rate_ci"]
-        if not (isinstance(ci, list | tuple) and len(ci) == 2):
-            raise UserError(f"expected [low, high], got {ci!r}", file=source, key="pass_rate_ci")
-        values["pass_rate_ci"] = (float(ci[0]), float(ci[1]))
+            value, kind = record[field.name], str(field.type)
+            if kind == "tuple[float, float]":
+                if not (isinstance(value, list | tuple) and len(value) == 2):
+                    raise UserError(f"expected [low, high], got {value!r:.60}", file=source, key=field.name)
+                value = tuple(number(v, f"{field.name}[{i}]") for i, v in enumerate(value))
+            elif kind.startswith("Mapping"):
+                if not isinstance(value, Mapping):
+                    raise UserError(f"expected {{rule: count}}, got {value!r:.60}", file=source, key=field.name)
+                value = {str(k): number(v, f"{field.name}.{k}", whole=True) for k, v in value.items()}
+            elif value is not None or kind != "float | None":
+                value = number(value, field.name, whole=kind == "int")
+            values[field.name] = value
         return cls(**values)
 
 

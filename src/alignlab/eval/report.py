@@ -35,6 +35,7 @@ from alignlab.errors import UserError
 from alignlab.eval.metrics import EvalSummary, ScoredSample, markdown_table, table_rows
 from alignlab.eval.sampling_eval import load_or_evaluate
 from alignlab.eval.verdict import Verdict, compare_verdict, log_verdict
+from alignlab.outputs import swap_in, temp_beside
 from alignlab.rewards.base import MODES, study_plan_reward
 
 __all__ = ["evaluation_verdict", "figures_section", "note", "plot_curves", "read_metrics", "table_section",
@@ -396,10 +397,14 @@ def write_pages(out: Path, stem: str, title: str, line: str, sections: Sequence[
     for heading, *parts in sections:
         md += ["", f"## {heading}", *("\n" + part[0] for part in parts)]
         page += [f"<h2>{esc(heading)}</h2>", *(part[1] for part in parts)]
-    if figures:
-        (out / f"{stem}_files").mkdir(exist_ok=True)
-        for name, _, png in figures:
-            _write_atomic(out / f"{stem}_files" / f"{name}.png", png)
+    if figures:  # the figures folder is replaced whole: no mix of an old and a new report's plots
+        try:
+            tmp = temp_beside(out / f"{stem}_files")
+            for name, _, png in figures:
+                (tmp / f"{name}.png").write_bytes(png)
+            swap_in(tmp, out / f"{stem}_files")
+        except OSError as err:
+            raise UserError(f"cannot write the report's figures: {err.strerror or err}", file=str(out)) from err
     paths = out / f"{stem}.html", out / f"{stem}.md"
     _write_atomic(paths[0], ("".join(page) + "</body></html>\n").encode("utf-8"))
     _write_atomic(paths[1], ("\n".join(md) + "\n").encode("utf-8"))

@@ -24,6 +24,7 @@ from alignlab.errors import UserError
 from alignlab.eval.metrics import EvalSummary, ScoredSample, score_sample, summarize
 from alignlab.generation.engine import generate
 from alignlab.generation.sampling import derive_seed
+from alignlab.outputs import complete_eval, json_safe, new_output
 from alignlab.rewards.base import completion_text, prompt_text
 from alignlab.tasks.study_plan import held_out_prompts
 
@@ -150,6 +151,9 @@ def load_or_evaluate(arg: str, *, samples_per_prompt: int = 5, temperature: floa
     path = Path(arg).expanduser()
     summary_file = path / "summary.json" if path.is_dir() else path
     if summary_file.is_file():
+        if not complete_eval(summary_file.parent):
+            raise UserError("an incomplete evaluation folder (no completion mark, or samples.jsonl missing): an "
+                            "evaluation was interrupted while writing it; run `alignlab eval --out` again", file=arg)
         return _read_summary(summary_file)
     model_dir = path / "checkpoints" / "final" if (path / "checkpoints" / "final").is_dir() else path
     if not ((model_dir / "config.json").is_file() or (model_dir / "adapter.json").is_file()):
@@ -179,14 +183,27 @@ def write_eval(out: str | Path, name: str, samples: Sequence[ScoredSample], summ
     from alignlab.eval.metrics import markdown_table
     from alignlab.eval.verdict import format_verdict
 
-    out = Path(out)
     record = {**info, **summary.to_dict(), "verdict": verdict.to_dict()}
     texts = {"summary.md": f"# alignlab eval: {name}\n\n{markdown_table({name: summary})}\n\n"
                            f"```\n{format_verdict(verdict)}\n```\n",
-             "summary.json": json.dumps(record, indent=2, ensure_ascii=False) + "\n"}
-    write_texts(out, texts)
-    write_samples(out / "samples.jsonl", samples)
-    return out
+             "summary.json": json_text(record)}
+    with new_output(out, "eval") as tmp:  # the folder appears complete, or the old one stays
+        write_texts(tmp, texts)
+        write_samples(tmp / "samples.jsonl", samples)
+    return Path(out)
+
+
+def json_text(record) -> str:
+    """Indented JSON with non-finite numbers as null (`outputs.json_safe`): always valid JSON."""
+    return json.dumps(json_safe(record), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def write_output(out: str | Path, kind: str, texts: Mapping[str, str]) -> Path:
+    """A whole output folder of `kind` holding `texts` (file name -> text), complete or absent; an
+    existing folder is replaced only when alignlab wrote it as the same kind (`outputs.new_output`)."""
+    with new_output(out, kind) as tmp:
+        write_texts(tmp, texts)
+    return Path(out)
 
 
 def write_texts(out: str | Path, texts: Mapping[str, str]) -> None:

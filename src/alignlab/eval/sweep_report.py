@@ -26,6 +26,7 @@ from alignlab.algorithms.common import wilson_interval
 from alignlab.eval.metrics import EvalSummary
 from alignlab.eval.report import DPI, Figure, figures_section, note, table_section, write_pages
 from alignlab.eval.sampling_eval import write_texts
+from alignlab.outputs import new_output
 
 HEADER = ["variant", "runs", "held-out pass", "95% CI", "per seed", "degenerate", "train reward first -> last",
           "KL", "verdict", "time"]
@@ -168,18 +169,25 @@ def write_compare_report(out: Path, loaded: Mapping[str, tuple[EvalSummary, list
     """`alignlab compare --out`: compare.html / compare.md with the metric table, the training table
     (`run_info.training_rows`: trainer, steps, wall time, KL) when any policy is a run, a pass-rate
     plot and, for two evaluations, the verdict of the second against the first; each evaluation's
-    summary and samples under out/<i>/ (1-based, in the order given)."""
-    from matplotlib.figure import Figure as MplFigure
-
-    from alignlab.eval.metrics import table_rows
-    from alignlab.eval.report import verdict_section
+    summary and samples under out/<i>/ (1-based, in the order given). The folder is complete or absent,
+    and replaces only an earlier `compare --out` (`outputs.new_output`)."""
     from alignlab.eval.sampling_eval import write_eval
     from alignlab.eval.verdict import single_verdict
 
-    out.mkdir(parents=True, exist_ok=True)
-    for i, (name, (summary, samples)) in enumerate(loaded.items(), 1):
-        if samples:
-            write_eval(out / str(i), name, samples, summary, single_verdict(summary, samples), {"source": name})
+    figure = _pass_rate_figure(loaded)
+    with new_output(out, "compare", protect=loaded) as tmp:
+        for i, (name, (summary, samples)) in enumerate(loaded.items(), 1):
+            if samples:
+                write_eval(tmp / str(i), name, samples, summary, single_verdict(summary, samples), {"source": name})
+        write_pages(tmp, "compare", "alignlab compare", f"{len(loaded)} evaluations: " + ", ".join(loaded),
+                    _compare_sections(loaded, verdict, training, figure), [figure])
+    return out / "compare.html", out / "compare.md"
+
+
+def _pass_rate_figure(loaded: Mapping[str, tuple[EvalSummary, list | None]]) -> Figure:
+    """One bar per evaluation: its pass rate with the 95% Wilson interval."""
+    from matplotlib.figure import Figure as MplFigure
+
     names = list(loaded)
     fig = MplFigure(figsize=(9, 0.45 * len(names) + 1.6), dpi=DPI, layout="constrained")
     ax = fig.subplots()
@@ -193,7 +201,15 @@ def write_compare_report(out: Path, loaded: Mapping[str, tuple[EvalSummary, list
     ax.grid(axis="x", alpha=0.3)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    figure = ("pass_rate", "Pass rate per evaluation (95% Wilson interval)", buffer.getvalue())
+    return "pass_rate", "Pass rate per evaluation (95% Wilson interval)", buffer.getvalue()
+
+
+def _compare_sections(loaded: Mapping[str, tuple[EvalSummary, list | None]], verdict, training,
+                      figure: Figure) -> list:
+    from alignlab.eval.metrics import table_rows
+    from alignlab.eval.report import verdict_section
+
+    names = list(loaded)
     summaries = {name: summary for name, (summary, _) in loaded.items()}
     sections = [("Metrics", table_section(table_rows(summaries), "num"))]
     if training:
@@ -201,5 +217,4 @@ def write_compare_report(out: Path, loaded: Mapping[str, tuple[EvalSummary, list
     sections.append(("Pass rate", figures_section([figure], "compare_files")))
     if verdict is not None:
         sections.append(("Verdict", verdict_section(f"{names[1]} against {names[0]}", verdict)))
-    line = f"{len(names)} evaluations: " + ", ".join(names)
-    return write_pages(out, "compare", "alignlab compare", line, sections, [figure])
+    return sections

@@ -21,7 +21,7 @@ from pathlib import Path
 from alignlab.algorithms.common import wilson_interval
 from alignlab.config import GenerationConfig
 from alignlab.errors import UserError
-from alignlab.eval.sampling_eval import start_sampling, write_texts
+from alignlab.eval.sampling_eval import json_text, start_sampling, write_output
 from alignlab.generation.engine import generate
 from alignlab.tasks.gsm8k import pass_at_k
 from alignlab.tasks.registry import Task
@@ -103,8 +103,8 @@ def format_task_summary(s: TaskEvalSummary) -> str:
 
 
 def write_task_eval(out: str | Path, records: Sequence[Mapping], summary: TaskEvalSummary, info: Mapping) -> None:
-    """out/summary.json, out/summary.md and out/samples.jsonl, each file whole or absent."""
-    write_texts(out, {
-        "summary.json": json.dumps({**info, **summary.to_dict()}, indent=2, ensure_ascii=False) + "\n",
+    """out/summary.json, out/summary.md and out/samples.jsonl: the folder complete or absent."""
+    write_output(out, "eval", {
+        "summary.json": json_text({**info, **summary.to_dict()}),
         "summary.md": f"# alignlab eval: {info.get('checkpoint', '')}\n\n```\n{format_task_summary(summary)}\n```\n",
         "samples.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)})

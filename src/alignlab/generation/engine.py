@@ -15,6 +15,10 @@ transformers path `generate` owns the sampling and draws from the global generat
 batch; it is seeded from the generator, or from all the row seeds together, so it stays
 reproducible but does depend on the batch layout there.
 
+Prompt length + max_new_tokens is checked against the model's context (`max_position_embeddings`,
+when its config has one) before anything is allocated: a KV cache sized by a mistyped
+max_new_tokens=100000000 would take all memory before the first token.
+
 Left out: speculative decoding, paged attention, continuous batching (a vLLM backend is a
 later step).
 """
@@ -29,6 +33,7 @@ import torch
 from alignlab.config import GenerationConfig
 from alignlab.data.batches import left_pad, right_pad
 from alignlab.data.tokenizer import Tokenizer
+from alignlab.errors import UserError
 from alignlab.generation.sampling import RowStreams, derive_seed, sample_next_token
 from alignlab.model.gpt import GPT
 
@@ -71,6 +76,7 @@ def generate(
     if row_seeds is not None and len(row_seeds) != len(prompts):
         raise ValueError(f"{len(row_seeds)} row seeds for {len(prompts)} prompts")
     seqs = [_prompt_ids(tokenizer, p, chat) for p in prompts]
+    check_context(model, max(map(len, seqs), default=0), config.max_new_tokens)
     prompt_ids, prompt_mask = left_pad(seqs, tokenizer.pad_id)
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
@@ -97,6 +103,20 @@ def rollout_from_ids(tokenizer: Tokenizer, prompts: Sequence[str] | Sequence[Seq
     return Rollout(prompt_ids.to(device), prompt_mask.to(device), completion_ids.to(device),
                    completion_mask.to(device), tokenizer.decode_batch([list(c) for c in completions]),
                    completion_mask.sum(-1).to(device), torch.tensor(list(truncated), dtype=torch.bool, device=device))
+
+
+def check_context(model, longest_prompt: int, max_new_tokens: int) -> None:
+    """UserError (key generation.max_new_tokens) when the longest prompt plus max_new_tokens does not fit
+    the model's context: the native GPT's or a transformers config's max_position_embeddings; a model
+    whose config has none is not checked."""
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not isinstance(context, int) or longest_prompt + max_new_tokens <= context:
+        return
+    room = (f"at most {context - longest_prompt} new tokens fit" if longest_prompt < context
+            else "the prompt alone fills it")
+    raise UserError(f"{max_new_tokens} new tokens after the longest prompt ({longest_prompt} tokens) exceed the "
+                    f"model's context of {context} tokens (max_position_embeddings): {room}",
+                    key="generation.max_new_tokens")
 
 
 def _prompt_ids(tokenizer: Tokenizer, prompt, chat: bool) -> list[int]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +34,7 @@ from alignlab.model.hf import (
     read_json,
     write_weights,
 )
+from alignlab.outputs import fsync_dir, new_output, swap_in, temp_beside
 
 
 def fsync_tree(directory: Path) -> None:
@@ -42,15 +42,10 @@ def fsync_tree(directory: Path) -> None:
         if path.is_file():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+EXPORT_HINT = ": pass --overwrite to replace it (an earlier alignlab export), or choose another folder"
 
 
 @contextmanager
@@ -58,22 +53,15 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a hidden temporary directory beside `target`; on success it becomes `target`.
 
     Readers never see a half-written directory: names starting with '.' are temporary, and
-    the rename happens only after every file is fsynced. An existing `target` is replaced.
+    the rename happens only after every file is fsynced. An existing `target` is replaced (the
+    caller owns it: a checkpoint inside a locked run, or an output `new_output` has checked).
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = temp_beside(target)
     try:
         yield tmp
         fsync_tree(tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(target)
-        _fsync_dir(target.parent)
+        swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -109,11 +97,15 @@ def save_model(model, tokenizer: Tokenizer | None, directory: str | Path) -> Non
         tokenizer.save(str(directory))
 
 
-def to_hf(model, directory: str | Path, tokenizer: Tokenizer | None = None) -> Path:
-    """Export a directory that `transformers.AutoModelForCausalLM.from_pretrained` loads
-    (and `AutoTokenizer` too, when the tokenizer is given)."""
-    with atomic_dir(directory) as tmp:
+def to_hf(model, directory: str | Path, tokenizer: Tokenizer | None = None, *, overwrite: bool = False,
+          protect=()) -> Path:
+    """Export a directory that `transformers.AutoModelForCausalLM.from_pretrained` loads (and
+    `AutoTokenizer` too, when the tokenizer is given). `directory` must be new or empty, or (with
+    `overwrite`) an earlier alignlab export; it may not overlap `protect` (the source checkpoint
+    and its run). The export is complete or absent (`outputs.new_output`)."""
+    with new_output(directory, "export", replace=overwrite, protect=protect, hint=EXPORT_HINT) as tmp:
         save_model(model, tokenizer, tmp)
+        fsync_tree(tmp)
     return Path(directory)
 
 
@@ -141,7 +133,7 @@ def resolve_source(source: str) -> Path:
 
 
 def load_model(source: str, *, engine: str = "auto", dtype: torch.dtype | None = None,
-               device="cpu", trust_remote_code: bool = False):
+               device="cpu", trust_remote_code: bool = False, allow_unverified_base: bool = False):
     """(model, tokenizer) from an alignlab checkpoint, an HF model directory, a hub id, or a LoRA
     adapter checkpoint (its base loaded and checked, the adapter applied: `model/lora.py`).
 
@@ -151,7 +143,8 @@ def load_model(source: str, *, engine: str = "auto", dtype: torch.dtype | None =
     if (Path(source).expanduser() / "adapter.json").is_file():  # a LoRA adapter checkpoint: base + adapter
         from alignlab.model.lora import load_adapter
 
-        return load_adapter(source, engine=engine, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        return load_adapter(source, engine=engine, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                            allow_unverified_base=allow_unverified_base)  # base_sha256 missing: load anyway
     directory = resolve_source(source)
     hf_config = read_json(directory / "config.json")
     why_not = native_unsupported(hf_config)

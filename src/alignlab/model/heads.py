@@ -174,9 +174,9 @@ def load_reward_model(path: str, *, device="cpu") -> tuple[RewardModel, Tokenize
     meta = read_json(directory / META)
     tokenizer = load_tokenizer(str(directory))
     if meta.get("backbone") == "lora":  # the base's reward model (or LM body) + the adapters + the head
-        model, _ = reward_model_from(meta["base"], pooling=meta["pooling"], device=device)
         lora = read_json(directory / LORA_META)
-        check_base(lora, directory)
+        base = check_base(lora, directory)  # found from the adapter's folder (never the current directory)
+        model, _ = reward_model_from(base, pooling=meta["pooling"], device=device)
         add_lora(model.model, LoRAConfig(**{**lora["lora"], "target_modules": tuple(lora["lora"]["target_modules"])}),
                  meta["base"])
         model.model.alignlab_lora = lora

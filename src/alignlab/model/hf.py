@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from alignlab.config import GPTConfig
+from alignlab.data.tokenizer import inside_folder
 from alignlab.errors import UserError
 from alignlab.model.cache import Packing, PrefixKV
 from alignlab.model.gpt import GPT
@@ -106,12 +107,29 @@ def hf_config_dict(config: GPTConfig, dtype: torch.dtype, special_ids: dict | No
     }
 
 
+def _shard_files(directory: Path) -> list[Path]:
+    """The shard files a weight index names, each resolved inside `directory` (`inside_folder`): an index
+    is data, and its names never make alignlab read a file outside the checkpoint."""
+    index_file = directory / INDEX
+    index = read_json(index_file)
+    weight_map = index.get("weight_map", {}) if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise UserError("expected an object with a 'weight_map' of tensor name -> shard file", file=str(index_file),
+                        key="weight_map")
+    shards: dict[str, Path] = {}
+    for tensor, name in weight_map.items():  # the first tensor naming a bad shard is the one the error names
+        shards.setdefault(name, inside_folder(directory, name, named_in=index_file, key=f"weight_map[{tensor!r}]"))
+    return [shards[name] for name in sorted(shards)]
+
+
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors checkpoint, one file or sharded by an index."""
+    """All tensors of a safetensors checkpoint, one file or sharded by an index; every file read is inside
+    `directory` (a symlink out of it is refused, the hub cache's own blobs excepted: `inside_folder`)."""
     files = [directory / WEIGHTS]
+    if files[0].is_symlink():
+        inside_folder(directory, WEIGHTS, named_in=directory)
     if not files[0].exists() and (directory / INDEX).exists():
-        index = read_json(directory / INDEX)
-        files = [directory / name for name in sorted(set(index.get("weight_map", {}).values()))]
+        files = _shard_files(directory)
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
         if not file.exists():
@@ -171,6 +189,9 @@ def from_hf(path: str | Path, *, dtype: torch.dtype | None = None, device="cpu")
 
 def load_auto_causal_lm(source: str, *, dtype: torch.dtype | None, device, trust_remote_code: bool):
     """Any transformers causal LM from a local directory or (with network) a hub id."""
+    local = Path(source).expanduser()
+    if (local / INDEX).is_file():  # transformers joins the index's shard names to the folder as they are
+        _shard_files(local)
     quiet_hub()
     from transformers import AutoModelForCausalLM
 

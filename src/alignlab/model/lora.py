@@ -11,10 +11,13 @@ An adapter checkpoint holds only the adapters: `adapter_model.safetensors` and
 `adapter_config.json` in peft's own format (keys `base_model.model.<module>.lora_A.weight`, so
 `peft.PeftModel.from_pretrained` loads it onto the transformers base too), `adapter.json` with the
 base model's identity (the `model.path` it was trained from) and the SHA-256 of its weights, and
-the tokenizer. `load_model` recognises such a directory (`load_adapter`): it loads the base, checks
-the hash (a base that changed since training is an error, not a silent mismatch) and applies the
-adapter. `merge_lora` folds the adapters into the weights and removes them, leaving the plain model
-(`alignlab export --merge`), which transformers loads with no peft installed.
+the tokenizer. `load_model` recognises such a directory (`load_adapter`): it finds the base from the
+adapter's folder, never the current directory (`base_abs`, the absolute folder; `base_rel`, the same
+relative to the adapter; else `base` itself), loads it, checks the hash (a base that changed since
+training is an error, not a silent mismatch; a record without a hash loads only when the user says
+`--allow-unverified-base`) and applies the adapter. `merge_lora` folds the adapters into the weights
+and removes them, leaving the plain model (`alignlab export --merge`), which transformers loads with
+no peft installed.
 
 Left out: QLoRA (4-bit bases), DoRA and other peft methods, several adapters on one model.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alignlab.config import LoRAConfig
+from alignlab.data.tokenizer import HUB_ID
 from alignlab.errors import UserError
 
 META = "adapter.json"
@@ -85,7 +90,10 @@ def add_lora(model: nn.Module, cfg: LoRAConfig, base: str, base_dir: Path | None
         torch.manual_seed(seed)
         _peft().inject_adapter_in_model(_peft_config(cfg, base), model)
     model.alignlab_lora = {"format": 1, "base": base, "lora": dataclasses.asdict(cfg),
-                           "base_sha256": weights_sha256(base_dir) if base_dir is not None else None}
+                           "base_sha256": weights_sha256(base_dir) if base_dir is not None else None,
+                           # found again from anywhere: the folder hashed, absolute (and relative: save_adapter)
+                           "base_abs": os.path.abspath(base_dir) if base_dir is not None else None,
+                           "base_hub": not Path(base).expanduser().is_dir(), "base_abs_for": base}
     return model
 
 
@@ -131,7 +139,9 @@ def load_adapter_weights(model: nn.Module, directory: Path) -> None:
 def save_adapter(model: nn.Module, tokenizer, directory: str | Path) -> None:
     """Write the adapter checkpoint (module docstring) into an existing directory."""
     directory = Path(directory)
-    meta = model.alignlab_lora
+    meta = dict(model.alignlab_lora)
+    if meta.get("base_abs"):  # `directory` is a temporary sibling of the target: the same relative path
+        meta["base_rel"] = os.path.relpath(meta["base_abs"], os.path.abspath(directory))
     save_file(adapter_state(model), str(directory / WEIGHTS), metadata={"format": "pt"})
     _peft_config(LoRAConfig(**{**meta["lora"], "target_modules": tuple(meta["lora"]["target_modules"])}),
                  meta["base"]).save_pretrained(str(directory))
@@ -140,33 +150,121 @@ def save_adapter(model: nn.Module, tokenizer, directory: str | Path) -> None:
         tokenizer.save(str(directory))
 
 
-def check_base(meta: dict, directory: Path) -> None:
-    """UserError when the recorded base no longer has the weights the adapter was trained on."""
+def _recorded_for_base(meta: dict) -> bool:
+    """Whether base_abs / base_rel / base_hub still describe `base`: they were recorded for the `base` named in
+    base_abs_for (absent in a record written by hand: trusted). A `base` edited since wins over them."""
+    return meta.get("base_abs_for", meta["base"]) == meta["base"]
+
+
+def _base_candidates(meta: dict, directory: Path) -> list[Path]:
+    """Where an adapter's base may be, in order: the absolute folder recorded at training time, the same
+    folder relative to the adapter's (a tree moved whole), `base` itself when absolute, else relative to the
+    adapter's folder. Never the current directory: which model loads must not depend on where one stands."""
+    candidates = []
+    if _recorded_for_base(meta):
+        if isinstance(meta.get("base_abs"), str) and os.path.isabs(meta["base_abs"]):
+            candidates.append(Path(meta["base_abs"]))
+        if isinstance(meta.get("base_rel"), str) and not os.path.isabs(meta["base_rel"]):
+            candidates.append(directory / meta["base_rel"])
+    named = Path(meta["base"]).expanduser()
+    candidates.append(named if named.is_absolute() else directory / named)
+    return candidates
+
+
+def resolve_base(meta: dict, directory: Path) -> str:
+    """The base model of the adapter in `directory` (its adapter.json read into `meta`): a local folder
+    (`_base_candidates`), or the hub id it was trained from. UserError when it is not found or is the
+    adapter's own folder."""
+    record, base = directory / META, meta.get("base")
+    if not isinstance(base, str) or not base:
+        raise UserError(f"expected 'base' to name the base model, got {base!r}", file=str(record), key="base")
+    tried = _base_candidates(meta, directory)
+    found = next((p for p in tried if p.is_dir()), None)
+    if found is not None:
+        if found.resolve() == directory.resolve():
+            raise UserError(f"the adapter names its own folder as its base ({base!r}); expected the model it was "
+                            f"trained from", file=str(record), key="base")
+        return str(found)
+    org_name = base.count("/") == 1  # without a record of how `base` was meant, only org/name is taken for a hub id
+    if (meta.get("base_hub", org_name) if _recorded_for_base(meta) else org_name) and HUB_ID.match(base):
+        if Path(base).exists():  # a relative name could also be read from the current directory: never
+            raise UserError(f"the base {base!r} is a hub id, and a folder of that name is in the current directory; "
+                            f"run from another directory (alignlab never resolves an adapter's base against "
+                            f"the current directory)", file=str(record), key="base")
+        return base
+    raise UserError(f"the base model {base!r} is not found (looked at {', '.join(str(p) for p in tried)}; a "
+                    f"relative base is resolved against the adapter's folder, never the current directory): put "
+                    f"the base model there, or write its absolute path into 'base'", file=str(record), key="base")
+
+
+def _check_chain(directory: Path) -> None:
+    """UserError when following `base` from adapter to adapter comes back to one already seen."""
+    seen = [directory.resolve()]
+    current = directory
+    while (current / META).is_file():
+        base = Path(resolve_base(_read_meta(current)[0], current))
+        if not base.is_dir():
+            return  # a hub id
+        nxt = base.resolve()
+        if nxt in seen:
+            chain = " -> ".join(str(p) for p in (*seen, nxt))
+            raise UserError(f"the adapters' bases loop ({chain}); an adapter's base must be a model",
+                            file=str(directory / META), key="base")
+        seen.append(nxt)
+        current = nxt
+
+
+def check_base(meta: dict, directory: Path, allow_unverified: bool = False) -> str:
+    """The adapter's base (`resolve_base`), after checking it still has the weights the adapter was trained
+    on: UserError when the SHA-256 differs, or when none was recorded unless `allow_unverified`."""
     from alignlab.model.checkpoint import resolve_source
 
-    if meta.get("base_sha256") and weights_sha256(resolve_source(meta["base"])) != meta["base_sha256"]:
-        raise UserError(f"the base model {meta['base']} no longer has the weights this adapter was trained on "
-                        f"(SHA-256 differs from the one recorded)", file=str(Path(directory) / META))
+    directory = Path(directory)
+    base, recorded = resolve_base(meta, directory), meta.get("base_sha256")
+    if recorded is None:
+        if not allow_unverified:
+            raise UserError(f"no SHA-256 of the base model's weights is recorded (base_sha256), so alignlab cannot "
+                            f"check that {meta['base']!r} is the model this adapter was trained on; to load it "
+                            f"anyway pass --allow-unverified-base (generate, eval, export) or set "
+                            f"model.allow_unverified_base=true (training)", file=str(directory / META),
+                            key="base_sha256")
+        return base
+    if not isinstance(recorded, str) or weights_sha256(resolve_source(base)) != recorded:
+        raise UserError(f"the base model {base} no longer has the weights this adapter was trained on "
+                        f"(SHA-256 differs from the one recorded)", file=str(directory / META))
+    return base
+
+
+def _read_meta(directory: Path) -> tuple[dict, LoRAConfig]:
+    try:
+        meta = json.loads((directory / META).read_text(encoding="utf-8"))
+        cfg = LoRAConfig(**{**meta["lora"], "target_modules": tuple(meta["lora"]["target_modules"])})
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"not a readable adapter record: {err}", file=str(directory / META)) from err
+    return meta, cfg
 
 
 def load_adapter(directory: str | Path, *, engine: str = "auto", dtype=None, device="cpu",
-                 trust_remote_code: bool = False):
-    """(model with the adapter applied, tokenizer) from an adapter checkpoint; the base is loaded from
-    its recorded identity and must still have the recorded weights."""
+                 trust_remote_code: bool = False, allow_unverified_base: bool = False):
+    """(model with the adapter applied, tokenizer) from an adapter checkpoint; the base is found from the
+    adapter's folder (`resolve_base`, never the current directory) and must still have the recorded weights
+    (`check_base`; a record without them loads only with `allow_unverified_base`)."""
     from alignlab.data.tokenizer import load_tokenizer
     from alignlab.model.checkpoint import load_model
 
     directory = Path(directory).expanduser()
-    try:
-        meta = json.loads((directory / META).read_text(encoding="utf-8"))
-        cfg = LoRAConfig(**{**meta["lora"], "target_modules": tuple(meta["lora"]["target_modules"])})
-        base = meta["base"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"not a readable adapter record: {err}", file=str(directory / META)) from err
-    check_base(meta, directory)
-    model, _ = load_model(base, engine=engine, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    add_lora(model, cfg, base)
-    model.alignlab_lora = meta
+    meta, cfg = _read_meta(directory)
+    _check_chain(directory)
+    base = check_base(meta, directory, allow_unverified_base)
+    model, _ = load_model(base, engine=engine, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                          allow_unverified_base=allow_unverified_base)
+    add_lora(model, cfg, meta["base"])
+    local = Path(base).expanduser()
+    # saved again (training on), the record still finds the base: its absolute folder as found now
+    located = {"base_abs": os.path.abspath(local), "base_abs_for": meta["base"]}
+    if not _recorded_for_base(meta):
+        located["base_hub"] = False
+    model.alignlab_lora = {**meta, **located} if local.is_dir() else meta
     load_adapter_weights(model, directory)
     return model.to(device), load_tokenizer(str(directory), trust_remote_code=trust_remote_code)
 
@@ -191,7 +289,8 @@ def load_trainable(model_cfg, lora: LoRAConfig, device, *, engine: str | None = 
 
     model, tokenizer = load_model(model_cfg.path, engine=engine or model_cfg.engine,
                                   dtype=parse_dtype(model_cfg.dtype), device=device,
-                                  trust_remote_code=model_cfg.trust_remote_code)
+                                  trust_remote_code=model_cfg.trust_remote_code,
+                                  allow_unverified_base=model_cfg.allow_unverified_base)
     if lora.enabled:
         if has_lora(model):
             raise UserError("model.path is a LoRA adapter checkpoint: train it on (lora.r=0 continues its adapter) "

@@ -8,6 +8,8 @@ turned into 0. `call_reward` is the one place alignlab calls a reward function, 
 a user's, and turns every broken promise (wrong length, a bool, a string, NaN, an exception)
 into a `RewardContractError` naming the function, the sample and its completion.
 
+A user's function (`reward.function`) is loaded and called contained: `rewards/user_code.py`.
+
 `Reward` modes (`study_plan_reward(mode)`), over the rules of `rules.py` and `penalties.py`:
 - naive: content only, the fraction of lines naming a duration, no structure, no penalties.
   Hackable on purpose: it is the seed's reward and reproduces its hacking (an echoed prompt
@@ -242,6 +244,8 @@ def _locate_failure(fn, prompts: list, completions: list, kwargs: Mapping, error
     for i in range(n):
         try:
             fn(prompts=[prompts[i]], completions=[completions[i]], **_one_sample(kwargs, i, n))
+        except RewardContractError:
+            raise  # contained (`UserReward`: a hang, sys.exit) or nested: already named
         except Exception as single:  # any failure of user code is reported
             return RewardContractError(f"reward function {name!r} raised {type(single).__name__}: {single} "
                                        f"on completion {i}: {_completion_snippet(completions[i])}")
@@ -279,9 +283,11 @@ def call_reward(fn: RewardFn, prompts: Sequence, completions: Sequence, **kwargs
     try:
         values = fn(prompts=prompts, completions=completions, **kwargs)
     except RewardContractError:
-        raise  # a nested call_reward already named the culprit
+        raise  # a nested call_reward or a `UserReward` already named the culprit
     except Exception as error:  # any failure of user code is reported
         raise _locate_failure(fn, prompts, completions, kwargs, error) from error
+    except SystemExit as stop:  # a plain callable given in Python; KeyboardInterrupt here may be a real Ctrl-C
+        raise RewardContractError(f"reward function {name!r} called sys.exit({stop.code!r})") from None
     if hasattr(values, "tolist") and not isinstance(values, list | tuple):
         values = values.tolist()  # numpy arrays and tensors
     if not isinstance(values, list | tuple):
@@ -346,39 +352,3 @@ def combine(rewards: Mapping[str, tuple[RewardFn, float]], name: str = "combined
         if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
             raise UserError(f"expected a finite number as weight, got {weight!r}", key=key)
     return CombinedReward(rewards, name)
-
-
-def load_reward_function(spec: str) -> RewardFn:
-    """The reward function named by `spec`: "path/to/file.py:name" (the file is run as a module) or
-    "package.module:name" (imported). This runs the user's code, as the user asked.
-
-    >>> load_reward_function("alignlab.tasks.gsm8k:format_reward").__name__
-    'format_reward'
-    """
-    import importlib
-    import importlib.util
-    from pathlib import Path
-
-    where, sep, name = spec.rpartition(":")
-    if not sep or not where or not name.isidentifier():
-        raise UserError(f"expected 'file.py:function' or 'module:function', got {spec!r}", key="reward.function")
-    if where.endswith(".py"):
-        path = Path(where).expanduser()
-        if not path.is_file():
-            raise UserError("no such file", file=str(path), key="reward.function")
-        module_spec = importlib.util.spec_from_file_location(f"alignlab_user_reward_{path.stem}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as err:  # the user's file failed to run: say where
-            raise UserError(f"running it raised {type(err).__name__}: {err}", file=str(path),
-                            key="reward.function") from err
-    else:
-        try:
-            module = importlib.import_module(where)
-        except ImportError as err:
-            raise UserError(f"cannot import {where!r}: {err}", key="reward.function") from err
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise UserError(f"{where} has no callable {name!r}", key="reward.function")
-    return fn

@@ -9,9 +9,12 @@ reply log-probs -> `algorithms/dpo.py` against the frozen reference's.
 The reference is the policy as loaded. With `precompute_ref` (default) its log-probs for every
 pair are computed once before step 1 and cached in the run directory
 (`reference_logps.safetensors`, reused on resume), so no second model stays in memory; otherwise
-a frozen copy scores each batch. Held-out pairs every `run.eval_every` steps: implicit-reward
-accuracy (95% Wilson interval), margin, the loss; train metrics: loss, accuracy, margin, chosen and
-rejected rewards and log-probs.
+a frozen copy scores each batch. The cache is keyed by SHA-256s of the tokenized pairs and of the
+reference's weights, and by max_length (`reference_key`): one made for anything else is recomputed,
+with a line saying why (a count that matches is no evidence the pairs are the same).
+
+Held-out pairs every `run.eval_every` steps: implicit-reward accuracy (95% Wilson interval), margin, the loss;
+train metrics: loss, accuracy, margin, chosen and rejected rewards and log-probs.
 
 Under torchrun each rank takes its slice of every batch of pairs (the loss is a mean over pairs);
 every rank computes the reference log-probs, rank 0 caches them.
@@ -24,16 +27,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from alignlab.algorithms.common import wilson_interval
 from alignlab.algorithms.dpo import dpo_loss, sequence_logps
 from alignlab.config import DPOConfig
 from alignlab.data.batches import PreferenceCollator, ShuffledBatches, right_pad
+from alignlab.data.sources import BadRows
 from alignlab.errors import UserError
 from alignlab.model.checkpoint import save_model
 from alignlab.model.hf import causal_lm_logits
@@ -94,16 +101,53 @@ def pair_logps(model, batch: DPOBatch) -> torch.Tensor:
     return sequence_logps(logits, batch.input_ids, batch.reply_mask)
 
 
+KEY_MEANING = {"data_sha256": "other pairs", "reference_sha256": "other reference weights",
+               "max_length": "another max_length"}
+
+
+def reference_key(items: list[DPOItem], model, max_length: int) -> dict[str, str]:
+    """What cached reference log-probs depend on: SHA-256s of the tokenized pairs (ids and reply starts)
+    and of the reference's weights (every state_dict tensor's name, dtype, shape and bytes), and max_length."""
+    data = hashlib.sha256()
+    for item in items:
+        for ids, start in ((item.chosen_ids, item.chosen_start), (item.rejected_ids, item.rejected_start)):
+            data.update(array("q", [start, len(ids), *ids]).tobytes())  # lengths frame the ids unambiguously
+    weights = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        weights.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}".encode())
+        weights.update(flat.view(torch.uint8).numpy())  # raw bytes: bf16 has no numpy dtype of its own
+    return {"data_sha256": data.hexdigest(), "reference_sha256": weights.hexdigest(), "max_length": str(max_length)}
+
+
+def _read_cache(cache: Path, key: dict[str, str], n: int) -> tuple[list[float], list[float]] | str:
+    """The cached (chosen, rejected) log-probs when the cache was made under `key`, else why not."""
+    try:
+        with safe_open(str(cache), "pt") as handle:
+            saved = handle.metadata() or {}
+            chosen, rejected = handle.get_tensor("chosen"), handle.get_tensor("rejected")
+    except (SafetensorError, OSError) as err:
+        return f"unreadable ({err})"
+    changed = [meaning for name, meaning in KEY_MEANING.items() if saved.get(name) != key[name]]
+    if changed:
+        return "made for " + " and ".join(changed) if saved else "made without a key (an older alignlab)"
+    if not chosen.shape[0] == rejected.shape[0] == n:
+        return f"holding {chosen.shape[0]} pairs, not {n}"
+    return chosen.tolist(), rejected.tolist()
+
+
 def with_reference(items: list[DPOItem], model, pad_id: int, batch_size: int, device, cache: Path | None,
-                   write: bool = True):
-    """The items with the reference's log-probs, read from `cache` when it holds them, else computed
-    (no grad) and written there (when `write`: rank 0 of a multi-process run)."""
+                   write: bool = True, key: dict[str, str] | None = None) -> tuple[list[DPOItem], str | None]:
+    """(the items with the reference's log-probs, a note for a cache that was not reused, else None):
+    read from `cache` when it was made under `key` (`reference_key`), else computed (no grad) and
+    written there with the key (when `write`: rank 0 of a multi-process run)."""
+    note, key = None, key or {}
     if cache is not None and cache.is_file():
-        saved = load_file(str(cache))
-        if saved["chosen"].shape[0] == len(items):
-            chosen, rejected = saved["chosen"].tolist(), saved["rejected"].tolist()
-            return [dataclasses.replace(i, ref_chosen=c, ref_rejected=r) for i, c, r in zip(items, chosen, rejected,
-                                                                                             strict=True)]
+        cached = _read_cache(cache, key, len(items)) if key else "not checked (no key given)"
+        if not isinstance(cached, str):
+            return [dataclasses.replace(i, ref_chosen=c, ref_rejected=r)
+                    for i, c, r in zip(items, *cached, strict=True)], None
+        note = f"reference log-probs: {cache.name} was {cached}; recomputing them"
     was_training = model.training
     model.eval()
     chosen, rejected = [], []
@@ -116,10 +160,10 @@ def with_reference(items: list[DPOItem], model, pad_id: int, batch_size: int, de
     model.train(was_training)
     if cache is not None and write:
         tmp = cache.with_name(cache.name + ".tmp")
-        save_file({"chosen": torch.tensor(chosen), "rejected": torch.tensor(rejected)}, str(tmp))
+        save_file({"chosen": torch.tensor(chosen), "rejected": torch.tensor(rejected)}, str(tmp), metadata=key)
         tmp.replace(cache)
     return [dataclasses.replace(i, ref_chosen=c, ref_rejected=r) for i, c, r in zip(items, chosen, rejected,
-                                                                                     strict=True)]
+                                                                                     strict=True)], note
 
 
 def make_loss(model, reference, cfg: DPOConfig):
@@ -163,12 +207,14 @@ def make_evaluate(compute_loss, model, items: list[DPOItem], pad_id: int, cfg: D
     return evaluate
 
 
-def dpo(cfg: DPOConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> Path:
+def dpo(cfg: DPOConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+        allow_changes: bool = False) -> Path:
     """Train with DPO and return the run directory (the policy ends in <run>/checkpoints/final)."""
     if not cfg.model.path:
         raise UserError("DPO needs a policy to start from: set model.path (e.g. an `alignlab sft` run's "
                         "checkpoints/final, or a transformers model directory)", key="model.path")
-    train_pairs, held_out_pairs, files = load_pairs(cfg)  # the reward model's data, split the same way
+    bad_rows = BadRows(cfg.on_bad_row)  # rows skipped under on_bad_row=skip: printed and in the manifest
+    train_pairs, held_out_pairs, files = load_pairs(cfg, None, bad_rows)  # the reward model's data and split
     runtime = resolve_runtime(cfg.run.device, cfg.run.precision)
     part = runtime.dist.shard(cfg.run.batch_size)
     model, tokenizer = load_trainable(cfg.model, cfg.lora, runtime.device, seed=cfg.run.seed)
@@ -179,18 +225,23 @@ def dpo(cfg: DPOConfig, *, resume: bool = False, overwrite: bool = False, quiet:
                        *collator.reply_sequence(pair.messages, pair.rejected))
 
     train, held_out = [tokenize(p) for p in train_pairs], [tokenize(p) for p in held_out_pairs]
-    run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, data_files=files,
-                     device=str(runtime.device), dtype=next(model.parameters()).dtype,
-                     quiet=quiet, progress=cfg.run.progress)
+    run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, allow_changes=allow_changes,
+                     data_files=files, device=str(runtime.device), dtype=next(model.parameters()).dtype,
+                     quiet=quiet, progress=cfg.run.progress,
+                     extra={"skipped_rows": bad_rows.to_manifest()})
+    for line in bad_rows.report():  # nothing when no row was skipped
+        run.print(line)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     run.print(f"dpo ({cfg.loss_type}, beta {cfg.beta}): {trained} parameters trained, "
               f"{len(train)} train / {len(held_out)} held-out pairs, reference "
               f"{'precomputed' if cfg.precompute_ref else 'on the fly'}, {runtime.device} -> {run.root}")
     reference, pad_id = None, tokenizer.pad_id
     if cfg.precompute_ref:
-        train = with_reference(train, model, pad_id, cfg.eval_batch_size, runtime.device, run.root / REFERENCE,
-                               write=runtime.dist.is_main)
-        held_out = with_reference(held_out, model, pad_id, cfg.eval_batch_size, runtime.device, None)
+        train, note = with_reference(train, model, pad_id, cfg.eval_batch_size, runtime.device, run.root / REFERENCE,
+                                     write=runtime.dist.is_main, key=reference_key(train, model, cfg.max_length))
+        if note is not None:
+            run.print(note)
+        held_out, _ = with_reference(held_out, model, pad_id, cfg.eval_batch_size, runtime.device, None)
     else:
         reference = model if has_lora(model) else copy.deepcopy(model).eval().requires_grad_(False)
     compute_loss = make_loss(model, reference, cfg)

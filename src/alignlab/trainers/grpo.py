@@ -139,7 +139,7 @@ class GRPOSetup:
 
 
 def prepare(cfg: GRPOConfig, *, resume: bool, overwrite: bool, quiet: bool,
-            preflight_only: bool = False) -> GRPOSetup | None:
+            preflight_only: bool = False, allow_changes: bool = False) -> GRPOSetup | None:
     """Examples, policy (+ reference), scorer, the preflight, the run directory and the held-out
     evaluation; None after a preflight-only call (no run directory is made)."""
     task = get_task(cfg.task)
@@ -162,7 +162,8 @@ def prepare(cfg: GRPOConfig, *, resume: bool, overwrite: bool, quiet: bool,
             print(report.format(cfg.run.steps), flush=True)
         if preflight_only:
             return None
-    run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, device=str(runtime.device),
+    run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, allow_changes=allow_changes,
+                     data_files=[f for f in (cfg.data, cfg.eval_data) if f], device=str(runtime.device),
                      dtype=next(model.parameters()).dtype, quiet=quiet,
                      progress=cfg.run.progress)
     run.print(f"grpo ({cfg.backend}): {sum(p.numel() for p in model.parameters())} parameters, {len(train)} train / "
@@ -175,14 +176,15 @@ def prepare(cfg: GRPOConfig, *, resume: bool, overwrite: bool, quiet: bool,
 
 
 def grpo(cfg: GRPOConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
-         preflight_only: bool = False) -> Path | None:
+         preflight_only: bool = False, allow_changes: bool = False) -> Path | None:
     """Train with alignlab's GRPO engine and return the run directory (the policy ends in
     <run>/checkpoints/final). With `preflight_only`, print the preflight checks and return None.
     `alignlab.grpo` (backends/grpo.py) is the entry point that also honours backend=trl."""
     if cfg.backend != "alignlab":
         raise UserError(f"trainers.grpo.grpo is alignlab's engine; run backend={cfg.backend} through alignlab.grpo "
                         f"or `alignlab grpo`", key="backend")
-    setup = prepare(cfg, resume=resume, overwrite=overwrite, quiet=quiet, preflight_only=preflight_only)
+    setup = prepare(cfg, resume=resume, overwrite=overwrite, quiet=quiet, preflight_only=preflight_only,
+                    allow_changes=allow_changes)
     if setup is None:
         return None
     model, run = setup.model, setup.run

@@ -14,6 +14,8 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
+from alignlab.outputs import json_safe
+
 LEDGER = "rollouts.jsonl.gz"
 
 
@@ -25,7 +27,7 @@ class Ledger:
 
     def append(self, records: Sequence[dict]) -> None:
         with gzip.open(self.path, "at", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+            handle.writelines(json.dumps(json_safe(r), ensure_ascii=False, allow_nan=False) + "\n" for r in records)
 
     def keep_until(self, step: int) -> None:
         """Drop records of generations first used after `step` (a crashed run's tail)."""

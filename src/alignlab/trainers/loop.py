@@ -49,6 +49,7 @@ from alignlab.model.checkpoint import atomic_dir
 from alignlab.model.hf import read_weights
 from alignlab.model.lora import is_adapter_dir, load_adapter_weights
 from alignlab.rewards.base import RewardContractError
+from alignlab.run_resume import checkpoint_hashes
 from alignlab.runs import Run
 from alignlab.runtime import Runtime, rng_state, set_rng_state
 from alignlab.trainers.parallel import parallel_for
@@ -105,19 +106,37 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
 
 
 class StopSignals:
-    """Defers SIGINT / SIGTERM while active: the first sets `signum`, a second stops at once.
+    """Defers SIGINT / SIGTERM while active: the first sets `signum`, a second stops at once by raising
+    `ForcedStop` (a KeyboardInterrupt that code wrapping user functions lets through, and the CLI turns
+    into exit 128 + signum). `last_checkpoint` (optional) names the checkpoint that stays in that message.
     Installed only in the main thread (Python delivers signals there); a no-op elsewhere."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
+    def __init__(self, last_checkpoint: Callable[[], Path | None] | None = None):
         self.signum: int | None = None
         self._previous: dict = {}
+        self._last_checkpoint = last_checkpoint
 
     def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt  # a second signal: stop now, the last checkpoint stays
-        self.signum = signum
+        if self.signum is None:
+            self.signum = signum
+            return
+        from alignlab.errors import ForcedStop
+
+        raise ForcedStop(f"second {signal.Signals(signum).name}: stopped at once, the step in flight not saved; "
+                         f"{self._kept()}", signum)
+
+    def _kept(self) -> str:
+        try:
+            last = self._last_checkpoint() if self._last_checkpoint else None
+        except Exception:  # a signal handler must raise ForcedStop, whatever a directory listing does
+            last = None
+        if last is not None:
+            return f"the last checkpoint is {last} (continue from it with --resume)"
+        if self._last_checkpoint is not None:
+            return "no checkpoint was saved yet"
+        return "any earlier checkpoint is kept (continue from it with --resume)"
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
@@ -148,6 +167,7 @@ class Loop:
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp_dtype == torch.float16)
         self.skipped = 0  # steps whose update a non-finite loss or gradient dropped (nan_policy=skip_step)
         self.step = 0
+        self.weights_checked = False  # after this process's first step (and before every save)
 
     def train(self, resume: bool = False) -> dict:
         if resume:
@@ -155,19 +175,28 @@ class Loop:
         cfg, metrics = self.run_cfg, {}
         self.run.start_progress(cfg.steps, self.step)
         try:
-            with StopSignals() as stop:
+            with StopSignals(self._newest_checkpoint) as stop:
                 while self.step < cfg.steps:
                     metrics = self._train_step(stop)
         finally:
             self.run.close()
         self.save(self.run.checkpoint_path(None))
+        self.run.finish()
         return metrics
+
+    def _newest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint, unverified (cheap enough for a signal handler's message)."""
+        found = self.run.complete_checkpoints()
+        return found[-1][1] if found else None
 
     def _train_step(self, stop: StopSignals) -> dict:
         """One step with its evaluation, logging and checkpoint; a pending stop signal ends the run here."""
         cfg = self.run_cfg
         metrics = self.optimizer_step()
         self.step += 1
+        if not self.weights_checked:  # a setting that wrecks the weights shows on the first step: stop at once
+            self.weights_checked = True
+            self.check_weights()
         if cfg.eval_every and self.spec.evaluate and self.step % cfg.eval_every == 0:
             with self.parallel.full_parameters():
                 metrics.update({f"eval/{k}": v for k, v in self.spec.evaluate().items()})
@@ -247,9 +276,21 @@ class Loop:
             totals["tokens_per_s"] = totals["tokens"] * self.optim_cfg.grad_accum / elapsed
         return totals
 
+    def check_weights(self) -> None:
+        """NonFinite when any weight is NaN or infinite: such weights are never saved or reported as done
+        (skipping a step cannot help once the weights themselves are gone, whatever optim.nan_policy says)."""
+        bad = next((name for name, p in self.spec.model.named_parameters() if not torch.isfinite(p).all()), None)
+        if self.dist.any(bad is not None):
+            last = self.run.latest_checkpoint(warn=lambda message: None)
+            kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
+            raise NonFinite(f"step {self.step}: the weights are not finite ({bad or 'on another rank'}); nothing was "
+                            f"saved; {kept} (lower optim.lr or check the data, then continue with --resume)")
+
     def save(self, directory: Path) -> None:
-        """Model files + trainer_state.pt + state.json, complete or absent; written by rank 0 alone (the
-        data position and RNGs are the same on every rank), every rank taking part in FSDP's gathers."""
+        """Model files + trainer_state.pt + state.json (step and each file's SHA-256), complete or absent;
+        written by rank 0 alone (the data position and RNGs are the same on every rank), every rank taking
+        part in FSDP's gathers. Non-finite weights are never saved (`check_weights`)."""
+        self.check_weights()
         source = self.spec.source.state_dict()  # may gather across ranks: every rank calls it
         if self.parallel.sharded:
             optimizer, saving = self.parallel.full_optimizer_state(self.optimizer), self.parallel.saving()
@@ -261,15 +302,25 @@ class Loop:
             state["optimizer_by_name"] = True  # FSDP's full optimizer state is keyed by parameter name
         with saving:
             if self.dist.is_main:
-                with atomic_dir(directory) as tmp:
-                    self.spec.save_model(tmp)
-                    torch.save(state, tmp / STATE_FILE)
-                    (tmp / "state.json").write_text(json.dumps({"step": self.step}) + "\n")
+                self._write_checkpoint(directory, state)
         self.dist.barrier()
+
+    def _write_checkpoint(self, directory: Path, state: dict) -> None:
+        try:
+            with atomic_dir(directory) as tmp:
+                self.spec.save_model(tmp)
+                torch.save(state, tmp / STATE_FILE)
+                record = {"step": self.step, "files": checkpoint_hashes(tmp)}  # verified on resume
+                (tmp / "state.json").write_text(json.dumps(record, indent=1) + "\n")
+        except OSError as err:  # disk full, read-only: say what is kept, in one line
+            last = self.run.latest_checkpoint(warn=lambda message: None)
+            kept = f"the last complete checkpoint {last} is kept" if last else "no checkpoint was saved yet"
+            raise UserError(f"cannot write checkpoint {directory}: {err.strerror or err}; nothing half-written "
+                            f"is left, {kept} (free space, then continue with --resume)") from err
 
     def resume(self) -> None:
         """Restore weights, optimizer, data position and RNGs from the newest complete checkpoint."""
-        directory = self.run.latest_checkpoint()
+        directory = self.run.latest_checkpoint(warn=self.run.warn)
         if directory is None:
             self.run.print(f"no complete checkpoint in {self.run.checkpoints}: starting from step 0")
             self.run.keep_metrics_until(0)

@@ -117,7 +117,8 @@ def restore_checkpoint(model: PolicyAndValue, directory: Path) -> None:
     model.value.load_state_dict(state, strict=False)
 
 
-def ppo(cfg: PPOConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> Path:
+def ppo(cfg: PPOConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+        allow_changes: bool = False) -> Path:
     """Train with PPO and return the run directory (the policy ends in <run>/checkpoints/final)."""
     if not cfg.model.path:
         raise UserError("PPO needs a policy to start from: set model.path (e.g. an `alignlab sft` run's "
@@ -131,8 +132,9 @@ def ppo(cfg: PPOConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     reference = None  # with LoRA the reference is the policy with its adapters off: no second copy
     if cfg.kl_coef > 0:
         reference = policy if has_lora(policy) else copy.deepcopy(policy).eval().requires_grad_(False)
-    run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, device=str(runtime.device),
-                     dtype=next(policy.parameters()).dtype, quiet=quiet,
+    run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, allow_changes=allow_changes,
+                     data_files=[f for f in (cfg.data, cfg.eval_data) if f],
+                     device=str(runtime.device), dtype=next(policy.parameters()).dtype, quiet=quiet,
                      progress=cfg.run.progress)
     run.print(f"ppo: {trainable(policy)} policy + {trainable(model.value)} critic parameters trained, "
               f"{len(train)} train / {len(held_out)} held-out prompts, rollouts of {cfg.run.batch_size} x "

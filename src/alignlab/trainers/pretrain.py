@@ -23,7 +23,7 @@ from alignlab.errors import UserError
 from alignlab.generation.engine import generate
 from alignlab.model.checkpoint import load_model, save_model
 from alignlab.model.gpt import GPT
-from alignlab.runs import Run
+from alignlab.runs import Run, print_nothing
 from alignlab.runtime import Runtime, make_generator, parse_dtype, resolve_runtime, seed_everything
 from alignlab.trainers.loop import Loop, TrainSpec
 
@@ -84,19 +84,19 @@ def build_model(cfg: PretrainConfig, runtime: Runtime, text: str, resume_from: P
 
 
 def pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = False,
-             quiet: bool = False) -> Path:
+             quiet: bool = False, allow_changes: bool = False) -> Path:
     """Train and return the run directory; the model ends in <run>/checkpoints/final."""
     text, files = read_corpus(cfg.data)
     runtime = resolve_runtime(cfg.run.device, cfg.run.precision)
     part = runtime.dist.shard(cfg.run.batch_size)
-    previous = Run(Path(cfg.run.out_dir)).latest_checkpoint() if resume else None
+    previous = Run(Path(cfg.run.out_dir)).latest_checkpoint(warn=print_nothing) if resume else None
     model, tokenizer = build_model(cfg, runtime, text, previous)
     tokens = torch.tensor(tokenizer.encode(text), dtype=torch.long)
     n_val = int(tokens.numel() * cfg.val_fraction)
     train_tokens, val_tokens = tokens[: tokens.numel() - n_val], tokens[tokens.numel() - n_val:]
     source = TokenBlocks(train_tokens, cfg.block_size, cfg.run.batch_size, cfg.run.seed, runtime.device, part)
-    run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, data_files=files,
-                     device=str(runtime.device), dtype=model.dtype, quiet=quiet,
+    run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, allow_changes=allow_changes,
+                     data_files=files, device=str(runtime.device), dtype=model.dtype, quiet=quiet,
                      progress=cfg.run.progress)
     run.print(f"pretrain: {model.num_parameters() if isinstance(model, GPT) else '?'} parameters, "
               f"{tokens.numel()} tokens ({tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size}), "

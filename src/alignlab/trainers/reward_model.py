@@ -23,30 +23,32 @@ from alignlab.algorithms.bradley_terry import pairwise_stats, reward_model_loss
 from alignlab.algorithms.common import wilson_interval
 from alignlab.config import RewardModelConfig, load_config
 from alignlab.data.batches import PreferenceCollator, ShuffledBatches, TokenizedPair
-from alignlab.data.sources import read_preferences
+from alignlab.data.sources import BadRows, read_preferences
 from alignlab.data.tokenizer import tokenizer_for_new_model
 from alignlab.errors import UserError
 from alignlab.model.checkpoint import atomic_dir, resolve_source
 from alignlab.model.heads import RewardModel, restore_lora_reward_model, reward_model_from, save_reward_model
 from alignlab.model.lora import add_lora
 from alignlab.rewards.learned import score_ids
-from alignlab.runs import Run
+from alignlab.runs import Run, print_nothing
 from alignlab.runtime import parse_dtype, resolve_runtime, seed_everything
 from alignlab.tasks.study_plan import preference_pairs
 from alignlab.trainers.loop import Loop, TrainSpec
 
 
-def load_pairs(cfg, pairs=None):
+def load_pairs(cfg, pairs=None, bad_rows: BadRows | None = None):
     """(train pairs, eval pairs, data files) from `pairs` (a list), cfg.data, or dummy pairs; `cfg` is
-    any config with data, eval_data, dummy_pairs, eval_fraction and run.seed (train-rm's, DPO's)."""
+    any config with data, eval_data, on_bad_row, dummy_pairs, eval_fraction and run.seed (train-rm's,
+    DPO's). Malformed rows of the files go to `bad_rows` (a fresh BadRows(cfg.on_bad_row) if None)."""
+    bad_rows = bad_rows if bad_rows is not None else BadRows(cfg.on_bad_row)
     if pairs is None and cfg.data:
-        pairs = [p for spec in cfg.data for p in read_preferences(spec)]
+        pairs = [p for spec in cfg.data for p in read_preferences(spec, bad_rows=bad_rows)]
     elif pairs is None:
         pairs = read_preferences(preference_pairs(cfg.dummy_pairs, seed=cfg.run.seed))
     else:
         pairs = read_preferences(pairs)
     if cfg.eval_data:
-        eval_pairs = [p for spec in cfg.eval_data for p in read_preferences(spec)]
+        eval_pairs = [p for spec in cfg.eval_data for p in read_preferences(spec, bad_rows=bad_rows)]
     else:
         n_eval = int(len(pairs) * cfg.eval_fraction)
         pairs, eval_pairs = pairs[: len(pairs) - n_eval], pairs[len(pairs) - n_eval:]
@@ -106,19 +108,23 @@ def make_loss(model, cfg: RewardModelConfig):
 
 
 def train_reward_model(cfg: RewardModelConfig, *, pairs=None, resume: bool = False, overwrite: bool = False,
-                       quiet: bool = False) -> Path:
+                       quiet: bool = False, allow_changes: bool = False) -> Path:
     """Train and return the run directory (`checkpoints/final`, and `checkpoints/best` by accuracy)."""
-    train_pairs, eval_pairs, files = load_pairs(cfg, pairs)
+    bad_rows = BadRows(cfg.on_bad_row)  # rows skipped under on_bad_row=skip: printed and in the manifest
+    train_pairs, eval_pairs, files = load_pairs(cfg, pairs, bad_rows)
     runtime = resolve_runtime(cfg.run.device, cfg.run.precision)
     part = runtime.dist.shard(cfg.run.batch_size)
-    previous = Run(Path(cfg.run.out_dir)).latest_checkpoint() if resume else None
+    previous = Run(Path(cfg.run.out_dir)).latest_checkpoint(warn=print_nothing) if resume else None
     model, tokenizer = build_reward_model(cfg, train_pairs, runtime, previous)
     collator = PreferenceCollator(tokenizer, cfg.max_length)
     train_items = [collator.tokenize(p) for p in train_pairs]
     eval_items = [collator.tokenize(p) for p in eval_pairs]
-    run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, data_files=files,
-                     device=str(runtime.device), dtype="float32", quiet=quiet,
-                     progress=cfg.run.progress)
+    run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, allow_changes=allow_changes,
+                     data_files=files, device=str(runtime.device), dtype="float32", quiet=quiet,
+                     progress=cfg.run.progress,
+                     extra={"skipped_rows": bad_rows.to_manifest()})
+    for line in bad_rows.report():  # nothing when no row was skipped
+        run.print(line)
     run.print(f"train-rm: {sum(p.numel() for p in model.parameters())} parameters, {len(train_items)} "
               f"train / {len(eval_items)} held-out pairs, {tokenizer.kind} tokenizer (vocab "
               f"{tokenizer.vocab_size}), truncated prompts {collator.stats()['prompt_truncated_frac']:.1%}, "

@@ -53,7 +53,8 @@ from alignlab.generation.sampling import derive_seed
 from alignlab.model.gpt import GPT
 from alignlab.model.hf import completion_logits, grouped_completion_logits
 from alignlab.model.lora import adapters_off
-from alignlab.rewards.base import Reward, combine, load_reward_function, reward_name
+from alignlab.rewards.base import Reward, combine, reward_name
+from alignlab.rewards.user_code import load_reward_function
 from alignlab.tasks.registry import Task
 from alignlab.trainers.ledger import Ledger, ledger_records
 
@@ -73,7 +74,7 @@ class Scorer:
             rm, rm_tokenizer = load_reward_model(cfg.model, device=device)
             parts["reward_model"] = (RewardModelReward(rm.eval(), rm_tokenizer), cfg.model_weight)
         if cfg.function:
-            fn = load_reward_function(cfg.function)
+            fn = load_reward_function(cfg.function, cfg.timeout_s)  # contained: rewards/user_code.py
             parts[reward_name(fn)] = (fn, cfg.function_weight)
         self.reward = combine(parts, name="reward")
 

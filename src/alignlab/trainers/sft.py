@@ -25,14 +25,14 @@ import torch
 from alignlab.algorithms.sft import next_token_loss
 from alignlab.config import SFTConfig
 from alignlab.data.batches import LMBatch, ShuffledBatches, right_pad
-from alignlab.data.sources import read_conversations
+from alignlab.data.sources import BadRows, read_conversations
 from alignlab.data.tokenizer import Tokenizer, tokenizer_for_new_model
 from alignlab.errors import UserError
 from alignlab.model.checkpoint import save_model
 from alignlab.model.gpt import GPT
 from alignlab.model.hf import causal_lm_logits
 from alignlab.model.lora import load_trainable
-from alignlab.runs import Run
+from alignlab.runs import Run, print_nothing
 from alignlab.runtime import resolve_runtime, seed_everything
 from alignlab.tasks.study_plan import synthetic_completions, train_prompts
 from alignlab.trainers.loop import Loop, TrainSpec
@@ -46,10 +46,13 @@ class SFTExample:
     loss_mask: list[bool]
 
 
-def load_conversations(cfg: SFTConfig) -> tuple[list[list[dict]], list[str]]:
-    """(conversations, data files) from cfg.data, or synthetic study-plan completions."""
+def load_conversations(cfg: SFTConfig, bad_rows: BadRows | None = None) -> tuple[list[list[dict]], list[str]]:
+    """(conversations, data files) from cfg.data, or synthetic study-plan completions; malformed rows
+    of the files go to `bad_rows` (a fresh BadRows(cfg.on_bad_row) if None)."""
+    bad_rows = bad_rows if bad_rows is not None else BadRows(cfg.on_bad_row)
     if cfg.data:
-        return [c for spec in cfg.data for c in read_conversations(spec)], [s.split("[")[0] for s in cfg.data]
+        return ([c for spec in cfg.data for c in read_conversations(spec, bad_rows)],
+                [s.split("[")[0] for s in cfg.data])
     records = synthetic_completions(train_prompts(), cfg.synthetic_per_prompt, cfg.compliance_rate, cfg.run.seed)
     return read_conversations([{"prompt": r["prompt"], "response": r["completion"]} for r in records]), []
 
@@ -85,12 +88,14 @@ def build_policy(cfg: SFTConfig, conversations, runtime, resume_from: Path | Non
     return model.to(runtime.device), tokenizer
 
 
-def sft(cfg: SFTConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> Path:
+def sft(cfg: SFTConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+        allow_changes: bool = False) -> Path:
     """Fine-tune and return the run directory; the policy ends in <run>/checkpoints/final."""
-    conversations, files = load_conversations(cfg)
+    bad_rows = BadRows(cfg.on_bad_row)  # rows skipped under on_bad_row=skip: printed and in the manifest
+    conversations, files = load_conversations(cfg, bad_rows)
     runtime = resolve_runtime(cfg.run.device, cfg.run.precision)
     part = runtime.dist.shard(cfg.run.batch_size)
-    previous = Run(Path(cfg.run.out_dir)).latest_checkpoint() if resume else None
+    previous = Run(Path(cfg.run.out_dir)).latest_checkpoint(warn=print_nothing) if resume else None
     model, tokenizer = build_policy(cfg, conversations, runtime, previous)
     tokenized = [tokenize_example(tokenizer, c, cfg.max_length) for c in conversations]
     examples = [example for example, _ in tokenized]
@@ -98,8 +103,12 @@ def sft(cfg: SFTConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     train, held_out = examples[: len(examples) - n_eval], examples[len(examples) - n_eval:]
     if not train:
         raise UserError("no training examples left after holding out the evaluation split", key="data")
-    run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, data_files=files,
-                     device=str(runtime.device), dtype="float32", quiet=quiet, progress=cfg.run.progress)
+    run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, allow_changes=allow_changes,
+                     data_files=files, device=str(runtime.device), dtype="float32", quiet=quiet,
+                     progress=cfg.run.progress,
+                     extra={"skipped_rows": bad_rows.to_manifest()})
+    for line in bad_rows.report():  # nothing when no row was skipped
+        run.print(line)
     run.print(f"sft: {sum(p.numel() for p in model.parameters())} parameters, {len(train)} train / "
               f"{len(held_out)} held-out examples, {sum(t for _, t in tokenized)} truncated, "
               f"{tokenizer.kind} tokenizer (vocab {tokenizer.vocab_size}), {runtime.device} -> {run.root}")

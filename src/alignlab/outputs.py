@@ -1,0 +1,354 @@
+"""What alignlab may create, replace and delete on disk: only what it made itself.
+
+Every folder alignlab writes as a whole (a run, an evaluation, a comparison, an audit, an export,
+a sweep) carries a marker, `.alignlab.json` (`{"kind": "eval", "version": ..., "created": ...}`),
+written inside the folder before it becomes visible. A folder is *ours* when it holds a marker of
+the expected kind, or (written by an earlier version, before markers) when it has that kind's
+signature: a run's `manifest.json` + `config.yaml`, or only file names that kind writes. Nothing
+else is ever replaced or deleted, whatever the flags say.
+
+`new_output(target, kind)` is the one way a whole folder is written: files go to a hidden
+temporary folder beside the target, the marker is written last, and the folder is renamed into
+place; an old output of the same kind is moved aside first and deleted only once the new one is
+in place, so a reader sees the old folder or the new one, never half of either (the marker is
+the completeness mark readers check). A process killed in between leaves `.NAME.tmp-PID-*` /
+`.NAME.old-PID-*` siblings; the next start on the same target restores a moved-aside old folder
+whose replacement never arrived and deletes the rest, once their process is gone.
+
+`check_target` refuses paths that could cost the user something before anything is written: an
+empty path, the current directory or one of its ancestors, the home directory or the filesystem
+root, a file in the way, and any path overlapping the inputs of the command (the checkpoint being
+exported, the model being trained, data files).
+
+Left out: Windows' file-replace semantics (renaming onto an existing folder); cross-filesystem
+outputs (the temporary folder is always a sibling of the target, so renames stay atomic).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alignlab.errors import UserError
+
+MARKER = ".alignlab.json"
+# The files an earlier version wrote in each kind of folder (legacy recognition, before markers).
+LEGACY_FILES = {
+    "eval": {"summary.json", "summary.md", "samples.jsonl"},
+    "audit": {"audit.json", "audit.md"},
+    "compare": {"compare.html", "compare.md", "compare_files"},
+    "export": {"config.json", "model.safetensors", "model.safetensors.index.json", "generation_config.json",
+               "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+               "adapter_config.json", "adapter_model.safetensors"},
+}
+COMPLETE_EVAL = {"summary.json", "samples.jsonl"}  # an unmarked (older) evaluation is complete with both
+
+
+def _version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("alignlab")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def write_marker(directory: Path, kind: str) -> None:
+    record = {"kind": kind, "version": _version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (directory / MARKER).write_text(json.dumps(record) + "\n", encoding="utf-8")
+
+
+def marker_kind(directory: Path) -> str | None:
+    """The kind recorded in `directory`'s marker, or None (no marker, or unreadable)."""
+    try:
+        record = json.loads((directory / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record.get("kind") if isinstance(record, dict) else None
+
+
+def is_run_dir(directory: Path) -> bool:
+    """A training run's directory: marked, or an earlier version's (manifest.json + config.yaml)."""
+    if marker_kind(directory) is not None:
+        return marker_kind(directory) == "run"
+    return (directory / "manifest.json").is_file() and (directory / "config.yaml").is_file()
+
+
+def owned(directory: Path, kind: str) -> bool:
+    """True when alignlab made `directory` as an output of `kind` (marker, or legacy signature)."""
+    found = marker_kind(directory)
+    if found is not None:
+        return found == kind
+    if kind == "run":
+        return is_run_dir(directory)
+    if kind == "sweep":  # an earlier version's sweep: its recipe copy at the top
+        return (directory / "sweep.yaml").is_file()
+    names = {p.name for p in directory.iterdir()}
+    return bool(names) and kind in LEGACY_FILES and names <= LEGACY_FILES[kind] | {MARKER}
+
+
+def is_empty_dir(directory: Path) -> bool:
+    return directory.is_dir() and not any(directory.iterdir())
+
+
+def _protected_places() -> list[tuple[Path, str]]:
+    here = Path.cwd().resolve()
+    places = [(here, "the current directory"), *((p, "an ancestor of the current directory") for p in here.parents)]
+    return [*places, (Path.home().resolve(), "your home directory")]
+
+
+def check_target(path: str | os.PathLike | None, *, key: str | None = None, protect: Iterable = (),
+                 what: str = "output") -> Path:
+    """`path` as an output location, or a UserError when writing there could cost the user something.
+
+    `protect` names the command's inputs (checkpoints, model and data paths): the output may not
+    be one of them, inside one, or hold one.
+    """
+    if path is None or not str(path).strip():
+        raise UserError(f"empty {what} path: name a folder", key=key)
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{what} path exists and is not a folder (alignlab never replaces a file in the way)",
+                        file=str(path), key=key)
+    full = target.resolve()
+    for place, name in _protected_places():
+        if full == place:
+            raise UserError(f"refusing to write the {what} into {name}: name a new folder", file=str(path), key=key)
+    for source in protect:
+        if not source or not str(source).strip():
+            continue
+        src = Path(str(source).split("[")[0]).expanduser().resolve()
+        if full == src or src.is_relative_to(full) or full.is_relative_to(src):
+            raise UserError(f"the {what} folder overlaps an input of this command ({source}): writing it could "
+                            "destroy that input; choose another folder", file=str(path), key=key)
+    return target
+
+
+def check_output_file(path: str | os.PathLike | None, *, protect: Iterable = (), ours=lambda path: False,
+                      key: str | None = None) -> Path:
+    """`path` as an output *file*: not empty, not a folder, not one of the inputs (`protect`), and
+    an existing file is replaced only when `ours(path)` says alignlab wrote it."""
+    if path is None or not str(path).strip():
+        raise UserError("empty output path: name a file", key=key)
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise UserError("output path is a folder: name a file", file=str(path), key=key)
+    for source in protect:
+        if source and Path(str(source)).expanduser().resolve() == target.resolve():
+            raise UserError("the output file is an input of this command: writing it would destroy that input",
+                            file=str(path), key=key)
+    if target.exists() and not ours(target):
+        raise UserError("file exists and was not written by alignlab: choose a new file name (alignlab never "
+                        "replaces a file it did not make)", file=str(path), key=key)
+    return target
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _leftovers(target: Path) -> list[tuple[Path, str, int]]:
+    """(path, "tmp" | "old", pid) of every hidden sibling a replacement of `target` left behind."""
+    found = []
+    if not target.parent.is_dir():
+        return found
+    for path in target.parent.glob(f".{target.name}.*-*"):
+        role, _, rest = path.name[len(target.name) + 2:].partition("-")
+        pid = rest.split("-")[0]
+        if role in ("tmp", "old") and pid.isdigit():
+            found.append((path, role, int(pid)))
+    return found
+
+
+def clean_leftovers(target: Path) -> None:
+    """Finish what a killed replacement of `target` left: restore a moved-aside old folder whose
+    replacement never arrived, delete temporary and old siblings of processes that are gone."""
+    for path, role, pid in _leftovers(target):
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        if role == "old" and not target.exists():
+            path.rename(target)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def temp_beside(target: Path) -> Path:
+    """A new hidden folder beside `target`, named so that `clean_leftovers` recognises it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+
+
+def move_aside(target: Path) -> Path:
+    """Rename `target` to a hidden `.NAME.old-PID-*` sibling (deleted once its replacement is in place)."""
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
+    old.rmdir()
+    target.rename(old)
+    return old
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def swap_in(tmp: Path, target: Path) -> None:
+    """Rename the complete folder `tmp` to `target`; an existing `target` is moved aside first and
+    deleted only after the rename (the caller has decided it may be replaced)."""
+    old = move_aside(target) if target.exists() else None
+    tmp.rename(target)
+    fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def check_replaceable(target: Path, kind: str, *, replace: bool, key: str | None = None, hint: str = "") -> None:
+    """UserError unless an existing `target` may be replaced by a new output of `kind`: it is empty,
+    or alignlab made it as that kind and `replace` allows it."""
+    if not target.exists() or is_empty_dir(target):
+        return
+    if not owned(target, kind):
+        raise UserError(f"folder exists and was not written by alignlab as a {kind} output; alignlab replaces only "
+                        "folders it made: choose a new folder, or empty this one yourself", file=str(target), key=key)
+    if not replace:
+        raise UserError(f"{kind} folder already exists{hint}", file=str(target), key=key)
+
+
+def check_output(target: str | Path, kind: str, *, replace: bool = True, protect: Iterable = (),
+                 key: str | None = None, hint: str = "") -> Path:
+    """`new_output`'s checks alone, for a command to run before its slow work: the path is safe,
+    a killed earlier attempt is cleaned up, and an existing folder may be replaced."""
+    target = check_target(target, key=key, protect=protect, what=kind)
+    clean_leftovers(target)
+    check_replaceable(target, kind, replace=replace, key=key, hint=hint)
+    return target
+
+
+@contextmanager
+def new_output(target: str | Path, kind: str, *, replace: bool = True, protect: Iterable = (),
+               key: str | None = None, hint: str = "") -> Iterator[Path]:
+    """Yield a hidden temporary folder to fill; on success it is marked and renamed to `target`.
+
+    An existing `target` is replaced only when it is empty or alignlab's own output of the same
+    kind (and `replace`; `hint` ends the refusal); on any error the temporary folder is deleted and
+    `target` is untouched.
+    """
+    target = check_output(target, kind, replace=replace, protect=protect, key=key, hint=hint)
+    try:
+        tmp = temp_beside(target)
+    except OSError as err:
+        raise UserError(f"cannot create the {kind} folder: {err.strerror or err}", file=str(target), key=key) from err
+    try:
+        yield tmp
+        write_marker(tmp, kind)
+        swap_in(tmp, target)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"cannot write the {kind} folder: {err.strerror or err} (nothing was changed there)",
+                        file=str(target), key=key) from err
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def complete_eval(directory: Path) -> bool:
+    """An evaluation folder a reader may trust: marked complete, or an earlier version's with both files."""
+    if marker_kind(directory) is not None:
+        return marker_kind(directory) == "eval" and (directory / "summary.json").is_file()
+    return all((directory / name).is_file() for name in COMPLETE_EVAL)
+
+
+def json_safe(value):
+    """`value` with every non-finite float replaced by None, so `json.dumps` writes valid JSON.
+
+    >>> json_safe({"loss": float("nan"), "x": [1.0, float("inf")]})
+    {'loss': None, 'x': [1.0, None]}
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+LOCK = ".lock"
+_HELD: dict[Path, FolderLock] = {}  # locks this process holds, by resolved folder
+
+
+class FolderLock:
+    """One writer per folder: an exclusive OS lock (flock) on `<folder>/.lock`, held until `release`.
+
+    The lock file names its owner (pid, host, start time) for the message a second writer gets.
+    The OS drops the lock when its process dies; a later writer then finds the dead owner's
+    record and takes over with a warning. A folder this process already holds (a trainer called
+    again in the same interpreter, e.g. to resume after an exception) is taken over silently.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder, self.fd = folder, None
+
+    def acquire(self, warn=print) -> FolderLock:
+        import fcntl
+        import socket
+
+        key = self.folder.resolve()
+        if key in _HELD:
+            _HELD.pop(key).release()
+        fd = os.open(self.folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _owner(os.read(fd, 4096))
+            os.close(fd)
+            raise UserError(f"in use by another alignlab process ({owner}): wait for it to finish or stop it; "
+                            "two writers would corrupt the run", file=str(self.folder)) from None
+        previous = os.read(fd, 4096)
+        if previous.strip():
+            warn(f"warning: {self.folder}: taking over the lock of a process that is gone ({_owner(previous)})")
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode() + b"\n", 0)
+        self.fd, _HELD[key] = fd, self
+        return self
+
+    def release(self) -> None:
+        """Clear the owner record and drop the lock (a clean finish leaves no stale owner behind)."""
+        if self.fd is None:
+            return
+        import fcntl
+
+        try:
+            os.ftruncate(self.fd, 0)
+        except OSError:
+            pass
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+        key = self.folder.resolve()
+        if _HELD.get(key) is self:
+            del _HELD[key]
+
+
+def _owner(raw: bytes) -> str:
+    try:
+        record = json.loads(raw.decode("utf-8"))
+        return f"pid {record['pid']} on {record['host']}, since {record['since']}"
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return "owner unknown"
