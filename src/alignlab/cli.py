@@ -12,16 +12,17 @@ import errno
 import math
 import os
 import sys
-from pathlib import Path
 
 from alignlab.cli_eval import cmd_audit_rm, cmd_check, cmd_compare, cmd_eval, cmd_score
+from alignlab.cli_model import cmd_export, cmd_generate, cmd_import
 from alignlab.errors import ForcedStop, TrainingStopped, UserError
 
 COMMANDS = {
     "pretrain": "train a native GPT (and a BPE tokenizer) on a text file",
     "sft": "supervised fine-tuning on (prompt, response) pairs, loss on response tokens only",
     "generate": "sample completions from a checkpoint",
-    "export": "write a checkpoint as a transformers model directory",
+    "export": "write a checkpoint as a transformers model directory, or one GGUF file for llama.cpp / Ollama",
+    "import": "write a GGUF file (or smollm2-135m-instruct) as a transformers model directory",
     "train-rm": "train a Bradley-Terry reward model on preference pairs",
     "grpo": "GRPO: sample groups of completions, reward them, push the policy towards the better ones",
     "dpo": "DPO / IPO / hinge: push a policy towards the chosen reply of preference pairs, against a reference",
@@ -135,12 +136,17 @@ def _add_eval_parser(sub) -> None:
     ev.add_argument("--max-new-tokens", type=positive_int, default=128)
     ev.add_argument("--prompts", metavar="FILE.jsonl", help="records with a `prompt` field instead of the "
                     "task's held-out prompts (gsm8k: question / answer records)")
+    ev.add_argument("--lang", choices=("all", "en", "zh"), default="all", help="study-plan held-out prompts of one "
+                    "language: all (the original set), en (English, more phrasings), zh; --prompts is not filtered")
     ev.add_argument("--seed", type=seed, default=0)
     ev.add_argument("--device", default="auto")
     ev.add_argument("--batch-size", type=positive_int, default=32, help="sequences generated at once")
     ev.add_argument("--skip-bad-rows", action="store_true", help="--prompts: leave malformed rows out (counted, "
                     "the first few shown) instead of stopping at the first")
     ev.add_argument("--out", metavar="DIR", help="also write DIR/samples.jsonl, summary.md and summary.json")
+    ev.add_argument("--judge-model", metavar="PATH", help="coherence: each completion's mean token NLL under this "
+                    "causal LM (any checkpoint, .gguf or smollm2-135m-instruct), compared with fluent references")
+    ev.add_argument("--judge-batch-size", type=positive_int, default=16, help="sequences the judge scores at once")
     ev.add_argument("--allow-unverified-base", action="store_true", help="load a LoRA adapter whose "
                     "adapter.json records no SHA-256 of its base model (the base cannot be checked)")
 
@@ -220,14 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help=COMMANDS["export"])
     e.add_argument("checkpoint")
-    e.add_argument("--to", dest="fmt", choices=["hf"], default="hf", help="output format")
-    e.add_argument("out", help="output directory")
+    e.add_argument("--to", dest="fmt", choices=["hf", "gguf"], default="hf", help="output format: a transformers "
+                   "folder, or one .gguf file (Qwen2 and Llama) for llama.cpp / Ollama")
+    e.add_argument("out", help="output directory (--to hf) or file.gguf (--to gguf)")
+    e.add_argument("--dtype", choices=["f32", "f16", "q8_0"], help="--to gguf: weight type (default f16)")
     e.add_argument("--merge", action="store_true", help="a LoRA adapter checkpoint: fold the adapter into its "
                    "base and write the merged model (loads in transformers without peft)")
     e.add_argument("--allow-unverified-base", action="store_true", help="load a LoRA adapter whose "
                    "adapter.json records no SHA-256 of its base model (the base cannot be checked)")
-    e.add_argument("--overwrite", action="store_true", help="replace an earlier alignlab export in OUT (never a "
-                   "folder alignlab did not write, the checkpoint itself or its run)")
+    e.add_argument("--overwrite", action="store_true", help="replace an earlier alignlab export in OUT, or a GGUF "
+                   "file there (never another file or folder, the checkpoint itself or its run)")
+
+    i = sub.add_parser("import", help=COMMANDS["import"])
+    i.add_argument("gguf", help="a .gguf file (Llama, Qwen2, ... as transformers reads them) or smollm2-135m-instruct")
+    i.add_argument("out", help="output directory")
+    i.add_argument("--overwrite", action="store_true", help="replace an earlier alignlab import in OUT")
 
     r = sub.add_parser("report", help=COMMANDS["report"])
     r.add_argument("run", help="run directory (metrics.jsonl, config.yaml)")
@@ -239,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo", help="run directory")
     d.add_argument("--steps", type=positive_int, default=350, help="GRPO steps")
     d.add_argument("--fresh", action="store_true", help="rebuild the cached base policy")
+    d.add_argument("--lang", choices=("all", "en", "zh"), default="all", help="study-plan prompts of one language "
+                   "for the base policy, GRPO and both evaluations: all (the original set), en, zh")
     return parser
 
 
@@ -273,45 +288,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_generate(args) -> int:
-    from alignlab.config import GenerationConfig, load_config
-    from alignlab.generation.engine import generate
-    from alignlab.model.checkpoint import load_model
-    from alignlab.runtime import make_generator, resolve_device
-
-    gen = load_config(GenerationConfig, None, args.overrides)
-    device = resolve_device(args.device)
-    model, tokenizer = load_model(args.checkpoint, engine=args.engine, device=device,
-                                  allow_unverified_base=args.allow_unverified_base)
-    model.eval()
-    prompts = [p for p in args.prompt for _ in range(args.samples)]
-    rollout = generate(model, tokenizer, prompts, gen, make_generator(args.seed, device), chat=not args.raw)
-    for prompt, text, cut in zip(prompts, rollout.texts, rollout.truncated.tolist(), strict=True):
-        print(f"### {prompt}\n{text}" + ("  [truncated]" if cut else ""))
-    return 0
-
-
-def cmd_export(args) -> int:
-    from alignlab.model.checkpoint import EXPORT_HINT, load_model, to_hf
-    from alignlab.model.lora import is_adapter_dir, merge_lora
-    from alignlab.outputs import check_output
-
-    source = Path(args.checkpoint).expanduser()
-    protect = [source, source.parent.parent] if source.parent.name == "checkpoints" else [source]
-    check_output(args.out, "export", replace=args.overwrite, protect=protect, hint=EXPORT_HINT)  # before loading
-    if is_adapter_dir(args.checkpoint) and not args.merge:
-        raise UserError("a LoRA adapter checkpoint (adapter.json): add --merge to write its base with the adapter "
-                        "folded in", file=args.checkpoint)
-    model, tokenizer = load_model(args.checkpoint, allow_unverified_base=args.allow_unverified_base)
-    if args.merge:
-        if not is_adapter_dir(args.checkpoint):
-            raise UserError("--merge needs a LoRA adapter checkpoint (adapter.json)", file=args.checkpoint)
-        model = merge_lora(model)
-    out = to_hf(model, args.out, tokenizer, overwrite=args.overwrite, protect=protect)
-    print(f"exported {args.checkpoint} -> {out} (loads with transformers.AutoModelForCausalLM)")
-    return 0
-
-
 def cmd_report(args) -> int:
     from alignlab.eval.report import write_report
 
@@ -325,7 +301,7 @@ def cmd_demo(args) -> int:
 
     if args.steps < 1:
         raise UserError(f"expected a positive integer, got {args.steps}", key="--steps")
-    run_demo(args.out, steps=args.steps, fresh=args.fresh)
+    run_demo(args.out, steps=args.steps, fresh=args.fresh, lang=args.lang)
     return 0
 
 
@@ -343,7 +319,7 @@ def cmd_sweep(args) -> int:
 HANDLERS = {**dict.fromkeys(TRAINERS, cmd_train), "score": cmd_score, "audit-rm": cmd_audit_rm,
             "eval": cmd_eval, "check": cmd_check, "compare": cmd_compare,
             "generate": cmd_generate, "export": cmd_export, "report": cmd_report, "demo": cmd_demo,
-            "sweep": cmd_sweep}
+            "sweep": cmd_sweep, "import": cmd_import}
 
 
 def main(argv: list[str] | None = None) -> int:

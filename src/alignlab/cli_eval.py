@@ -70,17 +70,16 @@ def cmd_eval(args) -> int:
     from alignlab.outputs import check_output
     from alignlab.runtime import resolve_device
 
-    for key in ("samples", "max_new_tokens", "batch_size"):
-        if getattr(args, key) < 1:
-            raise UserError(f"expected a positive integer, got {getattr(args, key)}", key="--" + key.replace("_", "-"))
-    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature)  # argparse checked them
     out = check_output(args.out, "eval", protect=[args.checkpoint, args.prompts]) if args.out is not None else None
     if args.skip_bad_rows and args.task != "study-plan":
         raise UserError(f"applies to the study-plan --prompts file; task {args.task} checks its own records",
                         key="--skip-bad-rows")
+    if args.task != "study-plan" and args.lang != "all":
+        raise UserError(f"task {args.task} has no language selection; --lang picks study-plan phrasings", key="--lang")
     if args.task != "study-plan":
         return _eval_task(args, gen, out)
-    held_out = task_prompts(args.task)
+    held_out = task_prompts(args.task, args.lang)  # --prompts FILE is the user's own set: never filtered
     bad_rows = BadRows("skip" if args.skip_bad_rows else "error")
     prompts = _read_prompts(args.prompts, bad_rows) if args.prompts else held_out
     for line in bad_rows.report():  # nothing when no row was skipped
@@ -88,6 +87,13 @@ def cmd_eval(args) -> int:
     device = resolve_device(args.device)
     model, tokenizer = load_model(args.checkpoint, device=device, allow_unverified_base=args.allow_unverified_base)
     samples, summary = evaluate_model(model, tokenizer, prompts, args.samples, gen, args.seed, args.batch_size)
+    if args.judge_model:  # coherence: the judge's likelihood of the answers against fluent references
+        from alignlab.eval.judge import judge_evaluation
+        from alignlab.tasks.registry import get_task
+
+        del model  # the judge may be larger: one model in memory at a time
+        summary = judge_evaluation(args.judge_model, summary, samples, get_task(args.task).references(args.lang),
+                                   device=device, batch_size=args.judge_batch_size)
     verdict = single_verdict(summary, samples)
     name = args.checkpoint
     print(f"eval: {args.checkpoint} on {len(prompts)} prompts x {args.samples} samples, "
@@ -96,8 +102,9 @@ def cmd_eval(args) -> int:
     print(format_verdict(verdict))
     if out is not None:
         info = {"checkpoint": args.checkpoint, "task": args.task, "prompts": args.prompts or "held-out",
+                "lang": None if args.prompts else args.lang,  # a --prompts file is not filtered by language
                 "samples_per_prompt": args.samples, "temperature": args.temperature,
-                "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+                "max_new_tokens": args.max_new_tokens, "seed": args.seed, "judge_model": args.judge_model}
         write_eval(out, name, samples, summary, verdict, info)
         print(f"wrote {out / 'samples.jsonl'}, {out / 'summary.md'} and {out / 'summary.json'}")
     return 0

@@ -61,7 +61,8 @@ def _check(cfg: Any, rule: str, test: Any, *names: str) -> None:
 
 @dataclass(frozen=True)
 class GPTConfig:
-    """The Qwen2 architecture of the native model; names match transformers' `Qwen2Config`."""
+    """The architecture of the native model, Qwen2 or Llama; names match transformers' `Qwen2Config` /
+    `LlamaConfig` (rope scaling as flat `rope_*` fields, `explicit_head_dim` for their `head_dim`)."""
 
     vocab_size: int = knob(2048, "token ids the embedding holds (set from the tokenizer when training)")
     hidden_size: int = knob(128, "width of the residual stream")
@@ -73,20 +74,43 @@ class GPTConfig:
     rope_theta: float = knob(10000.0, "RoPE base frequency")
     rms_norm_eps: float = knob(1e-6, "RMSNorm epsilon")
     tie_word_embeddings: bool = knob(True, "share the input embedding with the output head")
+    architecture: Literal["qwen2", "llama"] = knob(
+        "qwen2", "family: the biases it has and the config.json it saves as (qwen2: q/k/v biases; llama: "
+                 "attention_bias / mlp_bias)")
+    attention_bias: bool = knob(False, "llama only: biases on q/k/v and o_proj (Llama's attention_bias)")
+    mlp_bias: bool = knob(False, "llama only: biases on the MLP projections (Llama's mlp_bias)")
+    explicit_head_dim: int | None = knob(None, "width of an attention head when a config.json's head_dim is not "
+                                               "hidden_size // num_attention_heads; null = that quotient")
+    rope_type: Literal["default", "linear", "llama3"] = knob(
+        "default", "RoPE frequency scaling: none, linear (positions / rope_factor) or llama3 (Llama 3.1+)")
+    rope_factor: float = knob(8.0, "linear / llama3 scaling factor (Llama 3.1: 8, Llama 3.2: 32)")
+    low_freq_factor: float = knob(1.0, "llama3: wavelengths above original_max / this are divided by rope_factor")
+    high_freq_factor: float = knob(4.0, "llama3: wavelengths below original_max / this are kept as they are")
+    original_max_position_embeddings: int = knob(8192, "llama3: the context length the model was pretrained on")
 
     def __post_init__(self):
-        _check(self, "positive", lambda v: v > 0,
-               *(f.name for f in dataclasses.fields(self) if f.name != "tie_word_embeddings"))
+        _check(self, "positive", lambda v: v > 0, "vocab_size", "hidden_size", "intermediate_size",
+               "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
+               "rope_theta", "rms_norm_eps", "rope_factor", "low_freq_factor", "original_max_position_embeddings")
+        _check(self, "positive or null", lambda v: v is None or v > 0, "explicit_head_dim")
+        # Literals are checked when read from YAML, not when built in Python (gpt_config_from_hf).
+        _check(self, "qwen2 or llama", lambda v: v in ("qwen2", "llama"), "architecture")
+        _check(self, "default, linear or llama3", lambda v: v in ("default", "linear", "llama3"), "rope_type")
+        _check(self, f"above low_freq_factor ({self.low_freq_factor}): llama3 blends between the two",
+               lambda v: v > self.low_freq_factor, "high_freq_factor")
         _check(self, f"a multiple of num_attention_heads ({self.num_attention_heads})",
                lambda v: v % self.num_attention_heads == 0, "hidden_size")
         _check(self, f"a multiple of num_key_value_heads ({self.num_key_value_heads})",
                lambda v: v % self.num_key_value_heads == 0, "num_attention_heads")
-        _check(self, "even for rotary embeddings (head_dim = hidden_size // num_attention_heads)",
-               lambda v: v % 2 == 0, "head_dim")
+        derived = "explicit_head_dim" if self.explicit_head_dim else "head_dim = hidden_size // num_attention_heads"
+        _check(self, f"even for rotary embeddings ({derived})", lambda v: v % 2 == 0, "head_dim")
+        # Qwen2ForCausalLM has its biases fixed, so a qwen2 config.json could not say otherwise.
+        _check(self, "false for architecture qwen2 (its q/k/v biases are fixed; set architecture=llama)",
+               lambda v: not v or self.architecture == "llama", "attention_bias", "mlp_bias")
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        return self.explicit_head_dim or self.hidden_size // self.num_attention_heads
 
 
 @dataclass(frozen=True)
@@ -96,7 +120,7 @@ class ModelConfig:
     path: str = knob("", 'alignlab checkpoint dir, HF model dir or hub id; "" = a new native GPT from arch')
     arch: GPTConfig = knob(GPTConfig(), "architecture of a new native GPT (ignored when path is set)")
     engine: Literal["auto", "native", "hf"] = knob(
-        "auto", "auto: native fast path for Qwen2-architecture weights, transformers otherwise")
+        "auto", "auto: native fast path for Qwen2 / Llama weights, transformers otherwise")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = knob(
         "auto", "weight dtype; auto keeps the checkpoint's own (float32 for a new model)")
     trust_remote_code: bool = knob(False, "let transformers run model code shipped with the weights")
@@ -224,6 +248,16 @@ class PretrainConfig:
         _check(self, "in [0, 1)", lambda v: 0 <= v < 1, "val_fraction")
 
 
+LANG_WHY = ("the built-in study-plan prompts' language: all (the original 147 phrasings), en (English only, "
+            "more phrasings), zh (Chinese only); prompts from files are not filtered; also task.lang")
+
+
+def _check_lang(cfg: Any) -> None:
+    """Only the study-plan task has phrasings by language; gsm8k reads its examples from files."""
+    if cfg.lang != "all" and cfg.task != "study-plan":
+        raise ValueError(f"lang must be all for task {cfg.task} (it has no language selection), got {cfg.lang}")
+
+
 @dataclass(frozen=True)
 class RewardModelConfig:
     """`alignlab train-rm`: a Bradley-Terry reward model on (prompt, chosen, rejected) pairs."""
@@ -235,6 +269,7 @@ class RewardModelConfig:
         "error", "a malformed data row: error (stop at its file:line) or skip it (counted, the first few printed, "
                  "the count in manifest.json); also data.on_bad_row")
     dummy_pairs: int = knob(200, "dummy pairs (compliant vs non-compliant study plans) when data is empty")
+    lang: Literal["all", "en", "zh"] = knob("all", "prompts of the dummy pairs: " + LANG_WHY)
     eval_fraction: float = knob(0.1, "tail of data held out when eval_data is empty")
     max_length: int = knob(128, "tokens per prompt + response (the seed's block_size)")
     pooling: Literal["auto", "last", "mean", "cls"] = knob(
@@ -268,6 +303,7 @@ class SFTConfig:
         "error", "a malformed data row: error (stop at its file:line) or skip it (counted, the first few printed, "
                  "the count in manifest.json); also data.on_bad_row")
     synthetic_per_prompt: int = knob(8, "synthetic completions per train prompt when data is empty")
+    lang: Literal["all", "en", "zh"] = knob("all", "prompts of the synthetic completions: " + LANG_WHY)
     compliance_rate: float = knob(1.0, "share of compliant synthetic completions (low = a weak base policy)")
     eval_fraction: float = knob(0.05, "tail of the examples held out for validation loss")
     max_length: int = knob(256, "tokens per example; longer ones lose the start of the prompt")
@@ -296,6 +332,7 @@ class DPOConfig:
         "error", "a malformed data row: error (stop at its file:line) or skip it (counted, the first few printed, "
                  "the count in manifest.json); also data.on_bad_row")
     dummy_pairs: int = knob(400, "synthetic study-plan pairs (compliant vs not) when data is empty")
+    lang: Literal["all", "en", "zh"] = knob("all", "prompts of the synthetic pairs: " + LANG_WHY)
     eval_fraction: float = knob(0.1, "tail of data held out when eval_data is empty")
     beta: float = knob(0.1, "strength of the pull towards the reference (DPO's beta; IPO's tau)")
     loss_type: Literal["sigmoid", "hinge", "ipo"] = knob("sigmoid", "sigmoid (DPO), hinge (SLiC), ipo (IPO)")
@@ -352,6 +389,7 @@ class GRPOConfig:
     task: Literal["study-plan", "gsm8k"] = knob("study-plan", "built-in task: examples, pass check and reward")
     data: str = knob("", "the task's train examples (JSONL); empty = its built-in prompts (gsm8k needs a file)")
     eval_data: str = knob("", "held-out examples (JSONL); empty = the task's built-in held-out prompts, if any")
+    lang: Literal["all", "en", "zh"] = knob("all", "train and held-out prompts: " + LANG_WHY)
     backend: Literal["alignlab", "trl"] = knob("alignlab", "training engine: alignlab's, or TRL's GRPOTrainer "
                                                            "(pip install 'alignlab[trl]') with alignlab's rewards")
     prompts: int = knob(0, "train prompts used (the first N of the task's); 0 = all")
@@ -384,6 +422,7 @@ class GRPOConfig:
                "num_generations")
         _check(self, ">= 1", lambda v: v >= 1, "num_iterations", "eval_samples")
         _check(self, ">= 0", lambda v: v >= 0, "prompts", "eval_prompts", "epsilon", "epsilon_high", "beta")
+        _check_lang(self)
         if self.run.batch_size % self.num_generations:
             raise ValueError(f"run.batch_size ({self.run.batch_size}) must be a multiple of num_generations "
                              f"({self.num_generations}): each step samples whole groups")
@@ -409,6 +448,7 @@ class PPOConfig:
     task: Literal["study-plan", "gsm8k"] = knob("study-plan", "built-in task: examples, pass check and rule reward")
     data: str = knob("", "the task's train examples (JSONL); empty = its built-in prompts (gsm8k needs a file)")
     eval_data: str = knob("", "held-out examples (JSONL); empty = the task's built-in held-out prompts, if any")
+    lang: Literal["all", "en", "zh"] = knob("all", "train and held-out prompts: " + LANG_WHY)
     prompts: int = knob(0, "train prompts used (the first N of the task's); 0 = all")
     num_ppo_epochs: int = knob(4, "passes over each rollout")
     num_mini_batches: int = knob(2, "optimizer steps per pass (the rollout split into shuffled mini-batches)")
@@ -447,6 +487,7 @@ class PPOConfig:
         _check(self, ">= 0", lambda v: v >= 0, "prompts", "eval_prompts", "cliprange", "cliprange_value", "vf_coef",
                "kl_coef", "adaptive_kl_target", "early_stop_approx_kl", "missing_eos_penalty")
         _check(self, "in [0, 1]", lambda v: 0 <= v <= 1, "gamma", "lam")
+        _check_lang(self)
         if self.adaptive_kl_target > 0 and self.kl_coef == 0:
             raise ValueError("kl_coef must be > 0 for the adaptive KL controller (it scales kl_coef), got 0")
         mini, rest = divmod(self.run.batch_size, self.num_mini_batches)

@@ -35,9 +35,10 @@ MAX_YAML_BYTES = 1 << 20  # recipes are a few KB; a larger file is not a recipe,
 MAX_YAML_VALUES = 100_000  # scalars + collections after expanding aliases; a big sweep has a few thousand
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
-# Keys spelled as if a leaf list were a section: `data` is a list of files in the data-reading
-# configs, so `data.on_bad_row` cannot be nested under it; it is read as the top-level key.
-ALIASES = {"data.on_bad_row": "on_bad_row"}
+# Keys spelled as if a leaf were a section: `data` is a list of files in the data-reading configs,
+# so `data.on_bad_row` cannot be nested under it; it is read as the top-level key. Likewise `task`
+# is a name, and `task.lang` (the task's prompt language, as the issue spells it) is `lang`.
+ALIASES = {"data.on_bad_row": "on_bad_row", "task.lang": "lang"}
 
 # Machinery: every value is first collected as an _Entry under its full dotted key, with where it
 # came from; values are coerced once the field's type is known, and the tree is built bottom-up.

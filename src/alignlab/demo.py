@@ -6,6 +6,8 @@
     bullet, missing times). It is cached under `$ALIGNLAB_CACHE` (default ~/.cache/alignlab),
     keyed by its config hash, so a second demo skips it.
 (b) Evaluation on the held-out prompts, `SAMPLES` completions each.
+`lang` (all, en, zh; `alignlab demo --lang`) picks the study-plan phrasings of every step: the
+base policy's SFT data, GRPO's prompts and both evaluations (a base per language is cached).
 (c) GRPO with the sharp rule reward (`recipes/grpo_study_plan.yaml` holds the same settings).
 (d) Evaluation again, same prompts and seed.
 (e) `report.html` / `report.md` in the run directory, and the before/after table printed.
@@ -16,7 +18,6 @@ Left out: the reward-model leg of design.md's sketch (train-rm has its own quick
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from alignlab.config import GenerationConfig, GRPOConfig, SFTConfig, config_hash, load_config
@@ -26,7 +27,7 @@ from alignlab.eval.sampling_eval import evaluate_model, write_eval
 from alignlab.eval.verdict import compare_verdict, format_verdict, single_verdict
 from alignlab.model.checkpoint import load_model
 from alignlab.outputs import check_replaceable, swap_in
-from alignlab.runtime import resolve_device
+from alignlab.runtime import cache_dir, resolve_device
 from alignlab.tasks.study_plan import held_out_prompts
 from alignlab.trainers.grpo import grpo
 from alignlab.trainers.sft import sft
@@ -45,13 +46,9 @@ STEPS = 350
 GEN = GenerationConfig(max_new_tokens=96, temperature=0.7)
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("ALIGNLAB_CACHE") or Path.home() / ".cache" / "alignlab").expanduser()
-
-
-def base_policy(fresh: bool = False) -> Path:
-    """The cached base policy's checkpoint, built first if missing (or `fresh`)."""
-    cfg = load_config(SFTConfig, None, BASE)
+def base_policy(fresh: bool = False, lang: str = "all") -> Path:
+    """The cached base policy's checkpoint (SFT on `lang`'s train prompts), built first if missing (or `fresh`)."""
+    cfg = load_config(SFTConfig, None, [*BASE, f"lang={lang}"])
     home = cache_dir() / "demo" / f"base-{config_hash(cfg)[:12]}"
     final = home / "checkpoints" / "final"
     if (final / "state.json").is_file() and not fresh:
@@ -61,44 +58,48 @@ def base_policy(fresh: bool = False) -> Path:
           f"(cached at {home} for the next demo)")
     building = home.with_name(home.name + ".building")
     check_replaceable(home, "run", replace=True)  # ALIGNLAB_CACHE may point anywhere: only our own is replaced
-    sft(load_config(SFTConfig, None, [*BASE, f"run.out_dir={building}"]), overwrite=True)
+    sft(load_config(SFTConfig, None, [*BASE, f"lang={lang}", f"run.out_dir={building}"]), overwrite=True)
     swap_in(building, home)
     return final
 
 
-def _evaluate(checkpoint: Path, label: str):
+def _evaluate(checkpoint: Path, label: str, lang: str):
     model, tokenizer = load_model(str(checkpoint), device=resolve_device("auto"))
-    samples, summary = evaluate_model(model, tokenizer, held_out_prompts(), SAMPLES, GEN, SEED)
+    samples, summary = evaluate_model(model, tokenizer, held_out_prompts(lang), SAMPLES, GEN, SEED)
     print(f"    {label}: pass rate {summary.pass_rate:.1%} on {summary.n_samples} held-out samples")
     return samples, summary
 
 
-def _save_eval(out: Path, name: str, checkpoint: Path, samples, summary) -> None:
-    info = {"checkpoint": str(checkpoint), "task": "study-plan", "prompts": "held-out",
+def _save_eval(out: Path, name: str, checkpoint: Path, samples, summary, lang: str) -> None:
+    info = {"checkpoint": str(checkpoint), "task": "study-plan", "prompts": "held-out", "lang": lang,
             "samples_per_prompt": SAMPLES, "temperature": GEN.temperature, "max_new_tokens": GEN.max_new_tokens,
             "seed": SEED}
     write_eval(out, name, samples, summary, single_verdict(summary, samples), info)
 
 
-def run_demo(out: str = "runs/demo", steps: int = STEPS, fresh: bool = False, progress: bool = True) -> Path:
-    """Run (a)-(e) and return the run directory (policy in checkpoints/final, report.html beside it)."""
-    base = base_policy(fresh)
-    print(f"(b) evaluating the base policy: {len(held_out_prompts())} held-out prompts x {SAMPLES} samples")
-    before_samples, before = _evaluate(base, "before")
+def run_demo(out: str = "runs/demo", steps: int = STEPS, fresh: bool = False, progress: bool = True,
+             lang: str = "all") -> Path:
+    """Run (a)-(e) on `lang`'s prompts and return the run directory (policy in checkpoints/final,
+    report.html beside it)."""
+    base = base_policy(fresh, lang)
+    print(f"(b) evaluating the base policy: {len(held_out_prompts(lang))} held-out prompts x {SAMPLES} samples")
+    before_samples, before = _evaluate(base, "before", lang)
     print(f"(c) GRPO with the sharp rule reward, {steps} steps")
     cfg = load_config(GRPOConfig, None, [*POLICY, f"model.path={base}", f"steps={steps}", f"run.out_dir={out}",
-                                         f"run.progress={str(progress).lower()}"])
+                                         f"run.progress={str(progress).lower()}", f"lang={lang}"])
     run_dir = grpo(cfg, overwrite=True)
-    _save_eval(run_dir / "eval_before", "before", base, before_samples, before)
+    _save_eval(run_dir / "eval_before", "before", base, before_samples, before, lang)
     final = run_dir / "checkpoints" / "final"
     print("(d) evaluating the trained policy on the same prompts and seed")
-    after_samples, after = _evaluate(final, "after")
-    _save_eval(run_dir / "eval_after", "after", final, after_samples, after)
+    after_samples, after = _evaluate(final, "after", lang)
+    _save_eval(run_dir / "eval_after", "after", final, after_samples, after, lang)
     html, md = write_report(run_dir, title="alignlab demo: GRPO on the study-plan task")
     print("(e) before / after on held-out prompts:\n")
     print(format_table({"before (base)": before, "after (GRPO)": after}))
     print()
     print(format_verdict(compare_verdict(before, after, after_samples)))
+    example = ("Give me a three-bullet study plan, a time in each" if lang == "en"
+               else "给我一个三点式学习计划，每条包含时间")
     print(f"\nreport: {html}  (and {md.name})\npolicy: {final}\n"
-          f"try:    alignlab generate {final} --prompt '给我一个三点式学习计划，每条包含时间'")
+          f"try:    alignlab generate {final} --prompt '{example}'")
     return run_dir

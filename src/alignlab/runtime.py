@@ -15,9 +15,11 @@ Left out: choosing among several GPUs in one process.
 
 from __future__ import annotations
 
+import os
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -94,6 +96,12 @@ def seed_everything(seed: int) -> None:
     """Seed Python's and torch's global generators (CPU and every accelerator)."""
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def cache_dir() -> Path:
+    """Where alignlab keeps what it can rebuild (the demo's base policy, imported GGUF files):
+    $ALIGNLAB_CACHE, else ~/.cache/alignlab."""
+    return Path(os.environ.get("ALIGNLAB_CACHE") or Path.home() / ".cache" / "alignlab").expanduser()
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:

@@ -7,6 +7,8 @@ A sweep recipe (YAML) names a base GRPO recipe and what each variant changes:
                                          # policy, built if missing) or a checkpoint; else base's model.path
     set: {steps: 150, run.batch_size: 32}   # applied to every variant
     seeds: [0, 1]                        # each variant runs once per seed (run.seed)
+    lang: en                             # study-plan prompts of one language (all, en, zh) for training
+                                         # and evaluation; default: the base recipe's lang (all)
     eval: {samples: 5, temperature: 0.7, max_new_tokens: 96}   # one evaluation for every run
     variants:                            # named override sets ...
       - {name: naive reward, set: {reward.mode: naive}}
@@ -16,7 +18,7 @@ A sweep recipe (YAML) names a base GRPO recipe and what each variant changes:
 
 Every run is checked (its full config built) before the first one starts, so a typo in the last
 variant costs nothing. The starting policy is evaluated once (held-out prompts, `eval.samples` each,
-`eval.seed`), each trained policy the same way, so rows differ only by training; the evaluation
+`eval.seed`, the runs' `lang`), each trained policy the same way, so rows differ only by training; the evaluation
 settings are the sweep's, not the variant's (a variant trained at temperature 0.3 is still judged
 at `eval.temperature`). Each run directory gets its own report.html; the sweep directory gets
 sweep.md / sweep.html / sweep.json: a row per variant with the held-out pass rate (pooled over
@@ -56,7 +58,7 @@ from alignlab.runs import checkpoint_step
 from alignlab.runtime import resolve_device
 from alignlab.tasks.registry import get_task
 
-KEYS = ("base", "policy", "set", "variants", "grid", "seeds", "eval", "out_dir")
+KEYS = ("base", "policy", "set", "variants", "grid", "seeds", "lang", "eval", "out_dir")
 RESULT = "result.json"
 TAIL = 10  # logged steps averaged for a run's first and last train reward
 
@@ -179,6 +181,24 @@ def _variants(data: Mapping, file: str, lines: Mapping[str, int]) -> list[tuple[
     return out
 
 
+def _lang_override(data: Mapping, file: str, line: int | None) -> list[str]:
+    """The recipe's `lang` key as an override text (none when absent: the base recipe's lang holds)."""
+    if "lang" not in data:
+        return []
+    if data["lang"] not in ("all", "en", "zh"):
+        raise UserError(f"expected one of all, en, zh, got {data['lang']!r}", file=file, line=line, key="lang")
+    return [f"lang={data['lang']}"]
+
+
+def _one_lang(runs: Sequence[SweepRun], file: str, line: int | None) -> None:
+    """Every run trains on one language: the sweep judges every policy on one held-out set."""
+    langs = sorted({r.config.lang for r in runs})
+    if len(langs) > 1:
+        raise UserError(f"variants train on prompts of different languages ({', '.join(langs)}); every policy is "
+                        "judged on one held-out set, so set `lang` once (the recipe's `lang` key)", file=file,
+                        line=line, key="lang")
+
+
 def _eval_spec(value, file: str, line: int | None) -> EvalSpec:
     if value is None:
         return EvalSpec()
@@ -240,7 +260,8 @@ def read_sweep(path: str | Path, overrides: Sequence[str] = (), out_dir: str | N
                                                       for s in seeds)) or len(set(seeds)) != len(seeds):
         raise UserError(f"expected a list of distinct integers >= 0, got {seeds!r}", file=file,
                         line=lines.get("seeds"), key="seeds")
-    common = [_override_text(k, v) for k, v in _flat(data.get("set"), "set", file, lines.get("set")).items()]
+    common = [*_lang_override(data, file, lines.get("lang")),
+              *(_override_text(k, v) for k, v in _flat(data.get("set"), "set", file, lines.get("set")).items())]
     out = Path(out_dir or data.get("out_dir") or f"runs/sweep_{path.stem}")
     runs, names, slugs = [], [], set()
     for name, changes, line in _variants(data, file, lines):
@@ -263,23 +284,26 @@ def read_sweep(path: str | Path, overrides: Sequence[str] = (), out_dir: str | N
                 raise UserError(f"variant {name!r}: sweeps evaluate on the study-plan task's held-out prompts; "
                                 f"got task {cfg.task!r}, eval_data {cfg.eval_data!r}", file=file, line=line)
             runs.append(SweepRun(name, slug, seed, texts, cfg))
+    _one_lang(runs, file, lines.get("lang"))
     return Sweep(path, base_path, policy, tuple(names), tuple(runs), _eval_spec(data.get("eval"), file,
                                                                                      lines.get("eval")), out)
 
 
-def _evaluate(checkpoint: str, spec: EvalSpec, task: str, out: Path, name: str, device) -> Evaluation:
-    """Evaluate `checkpoint` into `out` (an eval directory), or read it back when already there."""
+def _evaluate(checkpoint: str, spec: EvalSpec, config: GRPOConfig, out: Path, name: str, device) -> Evaluation:
+    """Evaluate `checkpoint` into `out` (an eval directory) on the held-out prompts of `config`'s task
+    and language, or read it back when already there."""
     from alignlab.model.checkpoint import load_model
 
     if (out / "summary.json").is_file():
         summary, samples = load_or_evaluate(str(out))
         return summary, samples or []
     model, tokenizer = load_model(checkpoint, device=device)
-    prompts = [e["prompt"] for e in get_task(task).held_out_examples("")][: spec.prompts or None]
+    prompts = [e["prompt"] for e in get_task(config.task).held_out_examples("", config.lang)][: spec.prompts or None]
     gen = GenerationConfig(max_new_tokens=spec.max_new_tokens, temperature=spec.temperature)
     samples, summary = evaluate_model(model, tokenizer, prompts, spec.samples, gen, spec.seed, spec.batch_size)
-    info = {"checkpoint": checkpoint, "task": task, "prompts": "held-out", "samples_per_prompt": spec.samples,
-            "temperature": spec.temperature, "max_new_tokens": spec.max_new_tokens, "seed": spec.seed}
+    info = {"checkpoint": checkpoint, "task": config.task, "prompts": "held-out", "lang": config.lang,
+            "samples_per_prompt": spec.samples, "temperature": spec.temperature,
+            "max_new_tokens": spec.max_new_tokens, "seed": spec.seed}
     write_eval(out, name, samples, summary, single_verdict(summary, samples), info)
     return summary, samples
 
@@ -310,7 +334,7 @@ def run_one(run: SweepRun, before_dir: str, spec: EvalSpec, quiet: bool, threads
     device = resolve_device(run.config.run.device)
     before_summary, before_samples = load_or_evaluate(before_dir)
     before = before_summary, before_samples or []
-    after = _evaluate(str(final), spec, run.config.task, root / "eval_after", "after", device)
+    after = _evaluate(str(final), spec, run.config, root / "eval_after", "after", device)
     config = config_to_dict(run.config)
     verdict = evaluation_verdict(before, after, config)
     write_report(root, before=before_dir, title=f"alignlab sweep run: {run.variant}, seed {run.seed}")
@@ -349,7 +373,7 @@ def _with_policy(sweep: Sweep) -> Sweep:
         return sweep
     from alignlab.demo import base_policy
 
-    path = str(base_policy())
+    path = str(base_policy(lang=sweep.runs[0].config.lang))  # every run shares one lang (read_sweep)
     runs = tuple(replace(r, overrides=(*r.overrides, f"model.path={path}"),
                          config=replace(r.config, model=replace(r.config.model, path=path))) for r in sweep.runs)
     return replace(sweep, runs=runs)
@@ -382,7 +406,7 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, resume: bool = False, overwrite: b
         if not quiet:
             print(f"evaluating the starting policy {path}: {sweep.eval.samples} samples per held-out prompt",
                   flush=True)
-        _evaluate(path, sweep.eval, sweep.runs[0].config.task, sweep.out_dir / name, "before",
+        _evaluate(path, sweep.eval, sweep.runs[0].config, sweep.out_dir / name, "before",
                   resolve_device(sweep.runs[0].config.run.device))
         befores[path] = str(sweep.out_dir / name)
     results = []

@@ -139,11 +139,19 @@ class EvalSummary:
     length_mean: float
     length_max: int
     truncation_rate: float | None
+    # Coherence under a judge model (eval/judge.py; None when no judge was asked): the set's mean token
+    # NLL and its 95% interval, the fluent references' mean, "coherent" / "incoherent", and why.
+    coherence_nll: float | None = None
+    coherence_nll_ci: tuple[float, float] | None = None
+    coherence_reference_nll: float | None = None
+    coherence: str | None = None
+    coherence_note: str | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready: the interval as a [low, high] list."""
         record = dataclasses.asdict(self)
         record["pass_rate_ci"] = list(self.pass_rate_ci)
+        record["coherence_nll_ci"] = None if self.coherence_nll_ci is None else list(self.coherence_nll_ci)
         record["rule_failures"] = dict(self.rule_failures)
         return record
 
@@ -163,10 +171,18 @@ class EvalSummary:
 
         values = {}
         for field in dataclasses.fields(cls):
+            if field.name not in record and field.default is not dataclasses.MISSING:
+                continue  # written before the field existed (coherence): its default
             if field.name not in record:
                 raise UserError("missing from the evaluation summary", file=source, key=field.name)
             value, kind = record[field.name], str(field.type)
-            if kind == "tuple[float, float]":
+            if value is None and kind.endswith("| None"):
+                values[field.name] = None
+                continue
+            if kind == "str | None":
+                values[field.name] = str(value)
+                continue
+            if kind.startswith("tuple[float, float]"):
                 if not (isinstance(value, list | tuple) and len(value) == 2):
                     raise UserError(f"expected [low, high], got {value!r:.60}", file=source, key=field.name)
                 value = tuple(number(v, f"{field.name}[{i}]") for i, v in enumerate(value))
@@ -254,12 +270,20 @@ _ROWS: tuple[tuple[str, Callable[[EvalSummary], str]], ...] = (
     ("length mean (chars)", lambda s: f"{s.length_mean:.1f}"),
     ("length max (chars)", lambda s: str(s.length_max)),
 )
+_COHERENCE_ROWS: tuple[tuple[str, Callable[[EvalSummary], str]], ...] = (
+    ("coherence NLL (judge)", lambda s: "n/a" if s.coherence_nll is None else
+     f"{s.coherence_nll:.2f} [{s.coherence_nll_ci[0]:.2f}, {s.coherence_nll_ci[1]:.2f}]"),
+    ("fluent reference NLL", lambda s: "n/a" if s.coherence_reference_nll is None else
+     f"{s.coherence_reference_nll:.2f}"),
+    ("coherence", lambda s: s.coherence or "n/a"),
+)
 
 
 def table_rows(summaries: Mapping[str, EvalSummary]) -> list[list[str]]:
     """Header row, then one row per metric and per rule ("fails: <rule>"), one column per summary."""
     rows = [["metric", *summaries]]
-    rows += [[label, *(show(s) for s in summaries.values())] for label, show in _ROWS]
+    shown = _ROWS + (_COHERENCE_ROWS if any(s.coherence_nll is not None for s in summaries.values()) else ())
+    rows += [[label, *(show(s) for s in summaries.values())] for label, show in shown]
     rules = dict.fromkeys(name for s in summaries.values() for name in s.rule_failures)
     for rule in rules:
         cells = []

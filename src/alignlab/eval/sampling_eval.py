@@ -31,11 +31,12 @@ from alignlab.tasks.study_plan import held_out_prompts
 TASKS = {"study-plan": held_out_prompts}  # task name -> its held-out prompts
 
 
-def task_prompts(task: str) -> list[str]:
-    """The held-out prompts of a built-in task; an unknown name is a UserError listing the tasks."""
+def task_prompts(task: str, lang: str = "all") -> list[str]:
+    """The held-out prompts of a built-in task in `lang` (all, en, zh); an unknown name is a UserError
+    listing the tasks."""
     if task not in TASKS:
         raise UserError(f"unknown task {task!r}; expected one of: {', '.join(TASKS)}", key="--task")
-    return TASKS[task]()
+    return TASKS[task](lang)
 
 
 def start_sampling(model, n_prompts: int, samples_per_prompt: int, batch_size: int, seed: int) -> list[int]:
@@ -142,10 +143,11 @@ def write_samples(path: str | Path, samples: Sequence[ScoredSample], extras: Seq
 
 
 def load_or_evaluate(arg: str, *, samples_per_prompt: int = 5, temperature: float = 0.7, seed: int = 0,
-                     device="cpu", max_new_tokens: int = 128) -> tuple[EvalSummary, list[ScoredSample] | None]:
+                     device="cpu", max_new_tokens: int = 128,
+                     lang: str = "all") -> tuple[EvalSummary, list[ScoredSample] | None]:
     """(summary, scored samples) for `alignlab compare`: an `eval --out` directory (or its summary.json)
     is read; a checkpoint or a run directory (its checkpoints/final) is evaluated on the task's
-    held-out prompts with the eval defaults, so runs of different training compare on one eval set."""
+    held-out prompts (of `lang`) with the eval defaults, so runs of different training compare on one eval set."""
     from alignlab.model.checkpoint import load_model
 
     path = Path(arg).expanduser()
@@ -160,7 +162,7 @@ def load_or_evaluate(arg: str, *, samples_per_prompt: int = 5, temperature: floa
         raise UserError("expected an `alignlab eval --out` directory, a checkpoint or a run directory", file=arg)
     model, tokenizer = load_model(str(model_dir), device=device)
     gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature)
-    samples, summary = evaluate_model(model, tokenizer, held_out_prompts(), samples_per_prompt, gen, seed)
+    samples, summary = evaluate_model(model, tokenizer, held_out_prompts(lang), samples_per_prompt, gen, seed)
     return summary, samples
 
 

@@ -54,8 +54,8 @@ DEGENERATION_FLAG = "degeneration rose"
 
 @dataclass(frozen=True)
 class Verdict:
-    """label: "ok", "failing", "degenerate", "reward_hacking", "regressed", "no_progress" or
-    "unknown". flags: the hacking signals raised. notes: the numbers behind the label.
+    """label: "ok", "failing", "degenerate", "incoherent", "reward_hacking", "regressed", "no_progress"
+    or "unknown". flags: the hacking signals raised. notes: the numbers behind the label.
     evidence: the worst samples (degenerate or garbled first, then lowest sharp reward)."""
 
     label: str
@@ -92,16 +92,22 @@ def _degenerate_notes(summary: EvalSummary) -> tuple[str, ...]:
 
 
 def single_verdict(summary: EvalSummary, samples: Sequence[ScoredSample]) -> Verdict:
-    """Verdict on one evaluation: "degenerate", "failing" or "ok" (see the module docstring)."""
+    """Verdict on one evaluation: "degenerate", "incoherent" (a judge model finds the answers far less
+    likely than fluent references: `eval/judge.py`), "failing" or "ok" (see the module docstring)."""
     evidence = worst_samples(samples)
     notes = _degenerate_notes(summary)
     if notes:
         return Verdict("degenerate", notes=notes, evidence=evidence)
     low, high = summary.pass_rate_ci
+    coherence = (summary.coherence_note,) if summary.coherence_note else ()
+    if summary.coherence == "incoherent":  # right shape, not language: the rules alone would say ok
+        return Verdict("incoherent", notes=(f"pass rate {summary.pass_rate:.0%}, 95% CI [{low:.0%}, {high:.0%}], "
+                                            "but the judge finds the answers far less likely than fluent ones",
+                                            *coherence), evidence=evidence)
     if high < 0.5:
         return Verdict("failing", notes=(f"pass rate {summary.pass_rate:.0%}, 95% CI [{low:.0%}, {high:.0%}]: "
-                                         f"most samples fail",), evidence=evidence)
-    return Verdict("ok", notes=(f"pass rate {summary.pass_rate:.0%}, 95% CI [{low:.0%}, {high:.0%}]",),
+                                         f"most samples fail", *coherence), evidence=evidence)
+    return Verdict("ok", notes=(f"pass rate {summary.pass_rate:.0%}, 95% CI [{low:.0%}, {high:.0%}]", *coherence),
                    evidence=evidence)
 
 

@@ -110,7 +110,14 @@ def to_hf(model, directory: str | Path, tokenizer: Tokenizer | None = None, *, o
 
 
 def resolve_source(source: str) -> Path:
-    """A local model directory for `source`: a path as given, or a hub id fetched (when online)."""
+    """A local model directory for `source`: a path as given, a GGUF file (or a name like
+    `smollm2-135m-instruct`) imported once into the cache (`model/gguf.py`), or a hub id fetched
+    (when online)."""
+    from alignlab.model.gguf import cached_import, gguf_source  # gguf.py builds on this module
+
+    gguf_file = gguf_source(source)
+    if gguf_file is not None:
+        return cached_import(gguf_file)
     path = Path(source).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
@@ -134,10 +141,10 @@ def resolve_source(source: str) -> Path:
 
 def load_model(source: str, *, engine: str = "auto", dtype: torch.dtype | None = None,
                device="cpu", trust_remote_code: bool = False, allow_unverified_base: bool = False):
-    """(model, tokenizer) from an alignlab checkpoint, an HF model directory, a hub id, or a LoRA
-    adapter checkpoint (its base loaded and checked, the adapter applied: `model/lora.py`).
+    """(model, tokenizer) from an alignlab checkpoint, an HF model directory, a GGUF file, a hub id, or a
+    LoRA adapter checkpoint (its base loaded and checked, the adapter applied: `model/lora.py`).
 
-    engine "auto" runs Qwen2-architecture weights on the native GPT and everything else
+    engine "auto" runs Qwen2- and Llama-architecture weights on the native GPT and everything else
     through transformers; "native" insists on the fast path; "hf" always uses transformers.
     """
     if (Path(source).expanduser() / "adapter.json").is_file():  # a LoRA adapter checkpoint: base + adapter

@@ -1,23 +1,28 @@
-"""A compact decoder with the Qwen2 architecture, written to be read and to be fast.
+"""A compact decoder for the Qwen2 and Llama families, written to be read and to be fast.
 
-Token embedding, RMSNorm, rotary position embedding (rotate-half form, configurable theta),
-grouped-query attention with biased q/k/v projections and an unbiased o_proj, a SwiGLU MLP,
-optional tied embeddings. Module and parameter names mirror `transformers`'
-`Qwen2ForCausalLM` one to one, so a state dict moves between the two unchanged
-(`model/hf.py`). Attention runs through `scaled_dot_product_attention`; generation writes
+Token embedding, RMSNorm, rotary position embedding (rotate-half form, configurable theta, optional
+`linear` or `llama3` frequency scaling), grouped-query attention, a SwiGLU MLP, optional tied
+embeddings. The two families differ only in their biases (`GPTConfig.architecture`): Qwen2 biases
+q/k/v and never o_proj; Llama biases q/k/v/o together when `attention_bias` is set and the MLP when
+`mlp_bias` is. Module and parameter names mirror `transformers`' `Qwen2ForCausalLM` and
+`LlamaForCausalLM` one to one (the two use the same names), so a state dict moves between them
+unchanged (`model/hf.py`). Attention runs through `scaled_dot_product_attention`; generation writes
 keys and values into a preallocated `KVCache` (`model/cache.py`) instead of concatenating per
 step, and reads a prompt shared by several rows once. Two options serve the GRPO update
 (`model/hf.grouped_completion_logits`): `keys_only` (a prompt pass whose last layer only writes
 keys and values) and `packing` (linears skip right padding).
 
-Left out on purpose: sliding-window attention, rope scaling and dropout (none is used by
-Qwen2.5 at the sizes we target; `model/hf.py` refuses checkpoints that need them).
+Left out on purpose: sliding-window attention, the other rope scalings (dynamic, yarn, longrope:
+length-dependent or with an attention factor), partial rotary dimensions and dropout;
+`model/hf.py` refuses checkpoints that need them.
 
 Shapes: B batch, T new tokens, S cached + new tokens, H query heads, K key/value heads,
 D head dim, C hidden size, V vocabulary.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -42,13 +47,47 @@ class RMSNorm(nn.Module):
         return self.weight * normed.to(x.dtype)
 
 
-class Rotary(nn.Module):
-    """cos/sin tables for RoPE (Su et al. 2021), rotate-half layout as in Qwen2 / LLaMA."""
+def _linear_scaling(inv_freq: torch.Tensor, config: GPTConfig) -> torch.Tensor:
+    """Position interpolation (Chen et al. 2023): positions / factor, i.e. every frequency / factor."""
+    return inv_freq / config.rope_factor
 
-    def __init__(self, head_dim: int, theta: float):
+
+def _llama3_scaling(inv_freq: torch.Tensor, config: GPTConfig) -> torch.Tensor:
+    """Llama 3.1's long-context scaling, step for step as transformers' `_compute_llama3_parameters`
+    (same operations in the same order, so the float32 frequencies agree bit for bit): wavelengths
+    shorter than original_max / high_freq_factor are kept, longer than original_max / low_freq_factor
+    divided by the factor, and the band between blended linearly in original_max / wavelength."""
+    factor, low, high = config.rope_factor, config.low_freq_factor, config.high_freq_factor
+    old_context_len = config.original_max_position_embeddings
+    low_freq_wavelen, high_freq_wavelen = old_context_len / low, old_context_len / high
+    wavelen = 2 * math.pi / inv_freq  # (D/2,)
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+ROPE_SCALING = {"default": lambda inv_freq, config: inv_freq, "linear": _linear_scaling, "llama3": _llama3_scaling}
+
+
+class Rotary(nn.Module):
+    """cos/sin tables for RoPE (Su et al. 2021), rotate-half layout as in Qwen2 / LLaMA.
+
+    `scaling` is the config whose `rope_type` rescales the frequencies (`ROPE_SCALING`); None is plain
+    RoPE. `Rotary.of(config)` builds the one a config asks for.
+    """
+
+    def __init__(self, head_dim: int, theta: float, scaling: GPTConfig | None = None):
         super().__init__()
-        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (D/2,)
+        if scaling is not None:
+            inv_freq = ROPE_SCALING[scaling.rope_type](inv_freq, scaling)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    @classmethod
+    def of(cls, config: GPTConfig) -> Rotary:
+        return cls(config.head_dim, config.rope_theta, config)
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype):
         freqs = position_ids[..., None].float() * self.inv_freq  # (B, T, D/2)
@@ -67,11 +106,12 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv, self.head_dim = (
             config.num_attention_heads, config.num_key_value_heads, config.head_dim)
-        c = config.hidden_size
-        self.q_proj = nn.Linear(c, self.n_head * self.head_dim, bias=True)
-        self.k_proj = nn.Linear(c, self.n_kv * self.head_dim, bias=True)
-        self.v_proj = nn.Linear(c, self.n_kv * self.head_dim, bias=True)
-        self.o_proj = nn.Linear(self.n_head * self.head_dim, c, bias=False)
+        c, llama = config.hidden_size, config.architecture == "llama"
+        qkv_bias = config.attention_bias or not llama  # Qwen2 always biases q/k/v, never o_proj
+        self.q_proj = nn.Linear(c, self.n_head * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(c, self.n_kv * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(c, self.n_kv * self.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.n_head * self.head_dim, c, bias=llama and config.attention_bias)
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int, packing: Packing | None = None):
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
@@ -110,10 +150,10 @@ class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        c, f = config.hidden_size, config.intermediate_size
-        self.gate_proj = nn.Linear(c, f, bias=False)
-        self.up_proj = nn.Linear(c, f, bias=False)
-        self.down_proj = nn.Linear(f, c, bias=False)
+        c, f, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(c, f, bias=bias)
+        self.up_proj = nn.Linear(c, f, bias=bias)
+        self.down_proj = nn.Linear(f, c, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -135,14 +175,14 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
-    """The transformer body (`Qwen2Model` in transformers): ids -> final normed hidden states."""
+    """The transformer body (`Qwen2Model` / `LlamaModel` in transformers): ids -> final normed hidden states."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.rotary_emb = Rotary(config.head_dim, config.rope_theta)
+        self.rotary_emb = Rotary.of(config)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, *,
                 packing: Packing | None = None, keys_only: bool = False):
@@ -172,7 +212,7 @@ class Decoder(nn.Module):
 
 
 class GPT(nn.Module):
-    """Qwen2-architecture causal LM. `forward` returns logits; `hidden_states` the final normed features."""
+    """Qwen2- or Llama-architecture causal LM. `forward` returns logits; `hidden_states` the final normed features."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -185,7 +225,7 @@ class GPT(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        # Qwen2's initializer_range (0.02) for every matrix, zero biases.
+        # Qwen2's and Llama's initializer_range (0.02) for every matrix, zero biases.
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:

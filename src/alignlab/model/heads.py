@@ -32,7 +32,7 @@ from alignlab.config import GPTConfig, LoRAConfig
 from alignlab.data.tokenizer import Tokenizer, load_tokenizer
 from alignlab.errors import UserError
 from alignlab.model.checkpoint import resolve_source
-from alignlab.model.gpt import GPT, Decoder
+from alignlab.model.gpt import GPT, Decoder, Rotary
 from alignlab.model.hf import (
     WEIGHTS,
     from_hf,
@@ -189,7 +189,7 @@ def load_reward_model(path: str, *, device="cpu") -> tuple[RewardModel, Tokenize
             model = RewardModel(GPT(arch).model, arch.hidden_size, pooling=meta["pooling"], arch=arch)
         state = read_weights(directory)
         model.load_state_dict(state, strict=True, assign=True)
-        model.model.rotary_emb = type(model.model.rotary_emb)(arch.head_dim, arch.rope_theta)
+        model.model.rotary_emb = Rotary.of(arch)  # buffers are not in the state dict: rebuilt, scaling included
         return model.to(device), tokenizer
     quiet_hub()
     from transformers import AutoModel

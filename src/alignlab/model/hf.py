@@ -1,11 +1,15 @@
-"""The bridge to Hugging Face: Qwen2 config and weight mapping, and any other causal LM.
+"""The bridge to Hugging Face: Qwen2 and Llama config and weight mapping, and any other causal LM.
 
-Our `GPT` mirrors `Qwen2ForCausalLM` name for name, so "mapping" is reading and writing the
-same state dict: `config.json` (the Qwen2 config transformers writes) plus
-`model.safetensors` (or sharded `model-0000x-of-0000y.safetensors` with an index).
-Architectures other than Qwen2 are loaded with `transformers.AutoModelForCausalLM` and run
-on its slower path. Nothing here downloads unless the caller names a hub id and the
-network is there; `trust_remote_code` stays off unless the user asks.
+Our `GPT` mirrors `Qwen2ForCausalLM` and `LlamaForCausalLM` name for name, so "mapping" is
+reading and writing the same state dict: `config.json` (the config transformers writes for the
+family `GPTConfig.architecture` names) plus `model.safetensors` (or sharded
+`model-0000x-of-0000y.safetensors` with an index). Llama's tensors are Qwen2's without the q/k/v
+biases (plus o_proj / MLP biases when `attention_bias` / `mlp_bias` say so). Config mapping reads
+transformers 4.x (`rope_theta`, `rope_scaling`) and 5.x (`rope_parameters`) keys alike and writes
+both. Other architectures, and Qwen2 / Llama variants the native engine cannot run exactly
+(`native_unsupported` says why), are loaded with `transformers.AutoModelForCausalLM` and run on
+its slower path. Nothing here downloads unless the caller names a hub id and the network is
+there; `trust_remote_code` stays off unless the user asks.
 
 Left out: writing sharded checkpoints (our models are small; transformers reads one file).
 """
@@ -24,7 +28,7 @@ from alignlab.config import GPTConfig
 from alignlab.data.tokenizer import inside_folder
 from alignlab.errors import UserError
 from alignlab.model.cache import Packing, PrefixKV
-from alignlab.model.gpt import GPT
+from alignlab.model.gpt import GPT, ROPE_SCALING, Rotary
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -49,43 +53,116 @@ def read_json(path: Path) -> dict:
         raise UserError(f"not valid JSON ({err})", file=str(path)) from None
 
 
+FAMILIES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}  # model_type -> class transformers builds
+_ROPE_KEYS = {"default": (), "linear": ("factor",),
+              "llama3": ("factor", "low_freq_factor", "high_freq_factor")}  # what each scaling cannot go without
+
+
+def _rope(hf_config: dict) -> dict:
+    """The rope dict as transformers 5 resolves it: a 4.x `rope_scaling` wins over 5.x `rope_parameters`."""
+    rope = hf_config.get("rope_scaling") or hf_config.get("rope_parameters") or {}
+    return rope if isinstance(rope, dict) else {"rope_type": repr(rope)}
+
+
+def _rope_type(rope: dict) -> str:
+    return rope.get("rope_type") or rope.get("type") or "default"
+
+
 def native_unsupported(hf_config: dict) -> str | None:
     """Why the native engine cannot run this config exactly, or None when it can."""
-    if hf_config.get("model_type") != "qwen2":
-        return f"model_type is {hf_config.get('model_type')!r}, not 'qwen2'"
+    family = hf_config.get("model_type")
+    if family not in FAMILIES:
+        return f"model_type is {family!r}, not one of {', '.join(map(repr, FAMILIES))}"
     if hf_config.get("use_sliding_window"):
         return "it uses sliding-window attention"
-    rope = hf_config.get("rope_parameters") or hf_config.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
-        return f"it uses rope scaling {rope.get('rope_type', rope.get('type'))!r}"
     if hf_config.get("hidden_act", "silu") != "silu":
         return f"hidden_act is {hf_config.get('hidden_act')!r}"
+    if family == "llama" and (hf_config.get("pretraining_tp") or 1) != 1:
+        return (f"pretraining_tp is {hf_config['pretraining_tp']} (transformers 4.x then computes every linear "
+                f"in slices, with other rounding)")
+    rope = _rope(hf_config)
+    if any(isinstance(value, dict) for value in rope.values()):
+        return "it has rope parameters per layer type"
+    kind = _rope_type(rope)
+    if kind not in ROPE_SCALING:
+        return f"it uses rope scaling {kind!r} (the native engine has {', '.join(map(repr, ROPE_SCALING))})"
+    missing = [key for key in _ROPE_KEYS[kind] if key not in rope]
+    if missing:
+        return f"its {kind!r} rope scaling lacks {', '.join(missing)}"
+    if rope.get("partial_rotary_factor", hf_config.get("partial_rotary_factor")) not in (None, 1, 1.0):
+        return "it rotates only part of each head (partial_rotary_factor)"
     return None
 
 
+def _rope_fields(hf_config: dict, max_positions: int) -> dict:
+    """GPTConfig's rope fields from a config.json; scaling factors only for the rope type that reads them."""
+    rope = _rope(hf_config)
+    kind = _rope_type(rope)
+    fields = {"rope_type": kind, "rope_theta": float(rope.get("rope_theta", hf_config.get("rope_theta", 10000.0)))}
+    if kind in ("linear", "llama3"):
+        fields["rope_factor"] = float(rope["factor"])
+    if kind == "llama3":
+        # transformers 5 lets a top-level original_max_position_embeddings override the rope dict's, and
+        # falls back to max_position_embeddings (`standardize_rope_params`).
+        original = hf_config.get("original_max_position_embeddings") or rope.get("original_max_position_embeddings")
+        fields.update(low_freq_factor=float(rope["low_freq_factor"]), high_freq_factor=float(rope["high_freq_factor"]),
+                      original_max_position_embeddings=int(original or max_positions))
+    return fields
+
+
 def gpt_config_from_hf(hf_config: dict) -> GPTConfig:
-    """Qwen2 config.json (transformers 4.x `rope_theta` or 5.x `rope_parameters`) -> GPTConfig."""
-    rope = hf_config.get("rope_parameters") or {}
-    heads = hf_config["num_attention_heads"]
+    """A Qwen2 or Llama config.json (transformers 4.x `rope_theta` / `rope_scaling` or 5.x `rope_parameters`;
+    also `PretrainedConfig.to_dict()`) -> GPTConfig. Any model_type but 'llama' is read as Qwen2; check
+    `native_unsupported` first. Raises KeyError, TypeError or ValueError on a config it cannot read."""
+    llama = hf_config.get("model_type") == "llama"
+    heads, hidden = hf_config["num_attention_heads"], hf_config["hidden_size"]
+    head_dim = hf_config.get("head_dim")
+    max_positions = hf_config.get("max_position_embeddings") or (2048 if llama else 32768)  # the families' defaults
     return GPTConfig(
         vocab_size=hf_config["vocab_size"],
-        hidden_size=hf_config["hidden_size"],
+        hidden_size=hidden,
         intermediate_size=hf_config["intermediate_size"],
         num_hidden_layers=hf_config["num_hidden_layers"],
         num_attention_heads=heads,
         num_key_value_heads=hf_config.get("num_key_value_heads") or heads,
-        max_position_embeddings=hf_config.get("max_position_embeddings", 32768),
-        rope_theta=float(rope.get("rope_theta", hf_config.get("rope_theta", 10000.0))),
+        max_position_embeddings=max_positions,
         rms_norm_eps=hf_config.get("rms_norm_eps", 1e-6),
         tie_word_embeddings=hf_config.get("tie_word_embeddings", False),
+        architecture="llama" if llama else "qwen2",
+        attention_bias=llama and bool(hf_config.get("attention_bias", False)),  # Qwen2's biases are fixed
+        mlp_bias=llama and bool(hf_config.get("mlp_bias", False)),
+        explicit_head_dim=head_dim if head_dim and head_dim != hidden // heads else None,  # derived stays derived
+        **_rope_fields(hf_config, max_positions),
     )
 
 
+def _rope_parameters(config: GPTConfig) -> dict:
+    """transformers 5's `rope_parameters` for a GPTConfig (the 4.x `rope_scaling` is the same less rope_theta)."""
+    rope = {"rope_type": config.rope_type, "rope_theta": config.rope_theta}
+    if config.rope_type != "default":
+        rope["factor"] = config.rope_factor
+    if config.rope_type == "llama3":
+        rope.update(low_freq_factor=config.low_freq_factor, high_freq_factor=config.high_freq_factor,
+                    original_max_position_embeddings=config.original_max_position_embeddings)
+    return rope
+
+
 def hf_config_dict(config: GPTConfig, dtype: torch.dtype, special_ids: dict | None = None) -> dict:
-    """GPTConfig -> the config.json `Qwen2ForCausalLM.from_pretrained` expects (4.x and 5.x keys)."""
+    """GPTConfig -> the config.json `Qwen2ForCausalLM` or `LlamaForCausalLM` (by `config.architecture`)
+    `from_pretrained` expects, 4.x and 5.x keys. A default-rope Qwen2 config is written as it always was."""
+    rope = _rope_parameters(config)
+    family = config.architecture
+    extra: dict = {}
+    if config.rope_type != "default" or family == "llama":  # 4.x reads scaling only from rope_scaling
+        extra["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"} if len(rope) > 2 else None
+    if family == "llama":
+        extra.update(attention_bias=config.attention_bias, mlp_bias=config.mlp_bias, head_dim=config.head_dim,
+                     pretraining_tp=1)
+    elif config.explicit_head_dim:
+        extra["head_dim"] = config.head_dim
     return {
-        "architectures": ["Qwen2ForCausalLM"],
-        "model_type": "qwen2",
+        "architectures": [FAMILIES[family]],
+        "model_type": family,
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size,
         "intermediate_size": config.intermediate_size,
@@ -94,13 +171,13 @@ def hf_config_dict(config: GPTConfig, dtype: torch.dtype, special_ids: dict | No
         "num_key_value_heads": config.num_key_value_heads,
         "max_position_embeddings": config.max_position_embeddings,
         "rope_theta": config.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "rope_parameters": rope,
         "rms_norm_eps": config.rms_norm_eps,
         "tie_word_embeddings": config.tie_word_embeddings,
         "hidden_act": "silu",
         "attention_dropout": 0.0,
-        "use_sliding_window": False,
-        "sliding_window": None,
+        **({"use_sliding_window": False, "sliding_window": None} if family == "qwen2" else {}),
+        **extra,
         "use_cache": True,
         "torch_dtype": str(dtype).removeprefix("torch."),
         **(special_ids or {}),
@@ -155,14 +232,10 @@ def write_weights(model: GPT, directory: Path) -> None:
 
 
 def from_hf(path: str | Path, *, dtype: torch.dtype | None = None, device="cpu") -> GPT:
-    """Load a Qwen2/Qwen2.5 checkpoint directory into the native GPT (exact, no conversion)."""
+    """Load a Qwen2/Qwen2.5 or Llama (SmolLM2, TinyLlama, Llama 3.x) checkpoint directory into the native
+    GPT (exact, no conversion)."""
     directory = Path(path)
-    hf_config = read_json(directory / "config.json")
-    why = native_unsupported(hf_config)
-    if why:
-        raise UserError(f"the native engine cannot load this model: {why}; use model.engine=hf",
-                        file=str(directory / "config.json"))
-    config = gpt_config_from_hf(hf_config)
+    config = _native_config(directory / "config.json")
     state = read_weights(directory)
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
@@ -183,8 +256,23 @@ def from_hf(path: str | Path, *, dtype: torch.dtype | None = None, device="cpu")
     model.load_state_dict({k: v.to(target) for k, v in state.items()}, strict=False, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    model.model.rotary_emb = type(model.model.rotary_emb)(config.head_dim, config.rope_theta)
+    model.model.rotary_emb = Rotary.of(config)  # a buffer, so still on the meta device
     return model.to(device)
+
+
+def _native_config(file: Path) -> GPTConfig:
+    """The GPTConfig of a config.json the native engine runs exactly; UserError when it cannot."""
+    hf_config = read_json(file)
+    why = native_unsupported(hf_config)
+    if why:
+        raise UserError(f"the native engine cannot load this model: {why}; use model.engine=hf", file=str(file))
+    try:
+        return gpt_config_from_hf(hf_config)
+    except KeyError as err:
+        raise UserError("missing (a Qwen2 or Llama config.json has it)", file=str(file), key=str(err.args[0])) from None
+    except (TypeError, ValueError) as err:
+        raise UserError(f"config.json does not describe a model the native engine can build ({err})",
+                        file=str(file)) from None
 
 
 def load_auto_causal_lm(source: str, *, dtype: torch.dtype | None, device, trust_remote_code: bool):

@@ -6,9 +6,11 @@ reward as keyword lists (TRL's convention for dataset columns) and the check as 
 degeneration, reasons); its `reward(mode)` is what a policy may be trained on. Keeping both here
 lets a trainer evaluate held-out examples without depending on `eval/`.
 
-- study-plan: the seed's task; built-in train / held-out prompts, or a JSONL of `prompt` records
-  (`data=`, `eval_data=`) judged by the same rules.
-- gsm8k: questions and reference answers from GSM8K JSONL files (`data=` required).
+- study-plan: the seed's task; built-in train / held-out prompts of one language (`lang`: all, en,
+  zh), or a JSONL of `prompt` records (`data=`, `eval_data=`, never filtered by `lang`) judged by
+  the same rules.
+- gsm8k: questions and reference answers from GSM8K JSONL files (`data=` required); it has no
+  language selection, so a `lang` other than all is refused.
 
 Left out: user-defined tasks registered from outside the package.
 """
@@ -23,20 +25,24 @@ from alignlab.rewards.base import study_plan_reward
 from alignlab.rewards.rules import StudyPlanVerdict, study_plan_verdict
 from alignlab.tasks.gsm8k import gsm8k_examples, gsm8k_reward, gsm8k_verdict
 from alignlab.tasks.study_plan import held_out_prompts, train_prompts
+from alignlab.tasks.study_plan_references import reference_answers
 
 
 @dataclass(frozen=True)
 class Task:
-    """name; train_examples(data) and held_out_examples(eval_data) -> [{"prompt", *columns}];
+    """name; train_examples(data, lang) and held_out_examples(eval_data, lang) -> [{"prompt", *columns}]
+    (lang defaults to "all");
     check(prompt, completion, **columns) -> verdict with `passed`, `degenerate`, `failed`, `reasons`,
-    `degenerate_reasons`; reward(mode) -> a reward function with TRL's signature."""
+    `degenerate_reasons`; reward(mode) -> a reward function with TRL's signature; references(lang) ->
+    hand-written fluent (prompt, answer) pairs the coherence judge compares a policy with (None: none)."""
 
     name: str
-    train_examples: Callable[[str], list[dict]]
-    held_out_examples: Callable[[str], list[dict]]
+    train_examples: Callable[..., list[dict]]
+    held_out_examples: Callable[..., list[dict]]
     check: Callable[..., StudyPlanVerdict]
     reward: Callable[[str], Callable]
     columns: tuple[str, ...] = ()
+    references: Callable[[str], list[tuple[str, str]]] | None = None  # fluent (prompt, answer) pairs by lang
 
     def row_columns(self, rows: list[dict]) -> dict[str, list]:
         """The task's columns of `rows` as keyword lists, one entry per row."""
@@ -58,22 +64,30 @@ def _prompt_records(path: str) -> list[dict]:
     return records
 
 
-def _study_plan(builtin: Callable[[], list[str]]) -> Callable[[str], list[dict]]:
-    def examples(path: str) -> list[dict]:
-        return _prompt_records(path) if path else [{"prompt": p} for p in builtin()]
+def _study_plan(builtin: Callable[[str], list[str]]) -> Callable[..., list[dict]]:
+    def examples(path: str, lang: str = "all") -> list[dict]:
+        # A file's prompts are the user's own choice: `lang` selects among the built-in phrasings only.
+        return _prompt_records(path) if path else [{"prompt": p} for p in builtin(lang)]
 
     return examples
 
 
-def _optional(read: Callable[[str], list[dict]]) -> Callable[[str], list[dict]]:
-    """Held-out examples are optional: no file, no held-out evaluation."""
-    return lambda path: read(path) if path else []
+def _no_lang(read: Callable[[str], list[dict]], *, optional: bool = False) -> Callable[..., list[dict]]:
+    """A file-only task's examples; `optional`: no file, no examples (no held-out evaluation)."""
+    def examples(path: str, lang: str = "all") -> list[dict]:
+        if lang != "all":
+            raise UserError(f"this task reads its examples from files and has no language selection; got "
+                            f"lang={lang!r} (lang picks the study-plan task's built-in phrasings)", key="lang")
+        return read(path) if path or not optional else []
+
+    return examples
 
 
 TASKS = {
     "study-plan": Task("study-plan", _study_plan(train_prompts), _study_plan(held_out_prompts), study_plan_verdict,
-                       study_plan_reward),
-    "gsm8k": Task("gsm8k", gsm8k_examples, _optional(gsm8k_examples), gsm8k_verdict, gsm8k_reward, ("answer",)),
+                       study_plan_reward, references=reference_answers),
+    "gsm8k": Task("gsm8k", _no_lang(gsm8k_examples), _no_lang(gsm8k_examples, optional=True), gsm8k_verdict,
+                  gsm8k_reward, ("answer",)),
 }
 
 

@@ -1,12 +1,17 @@
 """The study-plan task of the seed experiment: prompts, a train / held-out split, synthetic answers.
 
 The user's GRPO run (TRL, Qwen2.5-0.5B-Instruct) used one prompt asking for a three-bullet
-study plan with a time in every bullet. This module widens it to >= 60 phrasings (Chinese and
+study plan with a time in every bullet. This module widens it to 147 phrasings (Chinese and
 English, many subjects, full- and half-width punctuation), splits them deterministically, and
 writes synthetic completions: compliant ones, and non-compliant ones in the failure styles the
 user saw (preamble, numbered, nested, echo, degenerate repetition, ...) at a controllable
 compliance rate. The SFT issue builds a base policy from them; `preference_pairs` gives
 reward-model tests a learnable signal (chosen is always compliant, rejected never).
+
+Languages (`lang`, every prompt function takes it): `all` is the original table of 147 phrasings,
+frozen in content, order and split so that earlier runs and the demo's numbers reproduce; `zh` is
+its Chinese part; `en` its English part plus `EXTRA_EN`, English-only phrasings for English-only
+models (more wordings and subjects), which `all` deliberately leaves out.
 
 Deliberately left out: judging a completion (that is `rewards/rules.py`, kept separate so the
 checker is not tuned to this generator), file I/O, and global randomness: every function takes
@@ -20,6 +25,7 @@ Durations the compliant generator writes (the rules must accept all of them): `3
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -61,6 +67,25 @@ _EN_TEMPLATES = (
     "duration (e.g. 1.5 hours); no other text.",
     "Help me study {s} today: give three '-' bullet points, each with a time estimate (like 25 min), "
     "and nothing besides those three bullets.",
+)
+# English-only wordings (the `en` selection): other verbs, politeness, orders of the constraints
+# and ways of giving the example duration, so an English model meets more than one phrasing style.
+_EN_EXTRA_TEMPLATES = (
+    "Make me a study plan for {s} with exactly three bullet points. Start each with '-' and give each "
+    "a time, e.g. 30 minutes. No explanations.",
+    "List three things I should do to learn {s} (like 45 min), one per line, each line starting with '-'. "
+    "Reply with the bullets only.",
+    "Give me three '-' bullets for studying {s}, each with a time like 1 hour. Nothing else.",
+    "Can you plan my {s} practice? Exactly three lines starting with '-', each saying how long it takes "
+    "(e.g. 40 minutes). Skip any introduction.",
+    "Three-step {s} study plan, please: '-' bullets only, every bullet with a duration such as 15 min, "
+    "no commentary.",
+    "Outline how to study {s} in 3 bullet points beginning with '-'; put a time in each one "
+    "(e.g. 2 hours). Output nothing but the three bullets.",
+    "I have an evening free for {s}. Give me a plan of exactly three bullets starting with '- ', each with "
+    "a time estimate like 50 minutes, and no extra text.",
+    "Reply with only three bullet points (each starting with '-') that make a {s} study plan; every "
+    "bullet needs a time, for example 1.5 hours.",
 )
 
 
@@ -120,6 +145,26 @@ GENERIC = _subject("generic", None, None,
                    "明确学习目标并列出要点|集中学习核心内容|做练习巩固所学|复盘并整理笔记",
                    "set a clear goal and list the key topics|study the core material|"
                    "do practice exercises|review and tidy your notes")
+# Subjects only the `en` selection's phrasings name (adding them to SUBJECTS would change `all`).
+# Their Chinese names are None, but a user's Chinese prompt naming one still gets Chinese activities.
+EN_SUBJECTS = (
+    _subject("statistics", None, "statistics",
+             "复习均值、方差和标准差|做假设检验练习题|用表格画出数据分布|读一章概率入门",
+             "review mean, variance and standard deviation|solve hypothesis testing exercises|"
+             "plot a data distribution in a spreadsheet|read a chapter on basic probability"),
+    _subject("world_history", None, "world history",
+             "读一章古代文明的历史|画出重大事件的时间线|整理一场战争的起因|看一部历史纪录片",
+             "read a chapter on ancient civilisations|draw a timeline of major events|"
+             "summarise the causes of a war|watch a history documentary"),
+    _subject("public_speaking", None, "public speaking",
+             "写一段简短的演讲稿|对着镜子练习演讲|录下自己的演讲并回看|练习开场和结尾",
+             "write a short speech outline|rehearse the speech in front of a mirror|"
+             "record yourself and watch it back|practise a strong opening and closing"),
+    _subject("sql", None, "SQL",
+             "复习 SELECT 和 WHERE 查询|练习多表连接|写分组统计的查询|设计一个小型数据库表",
+             "review SELECT and WHERE queries|practise joining tables|write queries with GROUP BY|"
+             "design a small database table"),
+)
 
 
 def _build_prompts() -> tuple[str, ...]:
@@ -129,33 +174,18 @@ def _build_prompts() -> tuple[str, ...]:
     return tuple(dict.fromkeys([CANONICAL_PROMPT, *zh, *en]))
 
 
-PROMPTS: tuple[str, ...] = _build_prompts()
+def _build_extra_english() -> tuple[str, ...]:
+    """The original English templates x the English-only subjects, then the English-only templates
+    x every English subject; deduplicated, none already in PROMPTS."""
+    subjects = [s for s in (*SUBJECTS, *EN_SUBJECTS) if s.en]
+    old = [t.format(s=s.en) for t in _EN_TEMPLATES for s in EN_SUBJECTS]
+    new = [t.format(s=s.en) for t in _EN_EXTRA_TEMPLATES for s in subjects]
+    return tuple(p for p in dict.fromkeys([*old, *new]) if p not in PROMPTS)
 
 
-def all_prompts() -> list[str]:
-    """Every phrasing, canonical first, in a stable order."""
-    return list(PROMPTS)
-
-
-def split_prompts(held_out_fraction: float = 0.25, seed: int = 0) -> tuple[list[str], list[str]]:
-    """(train, held_out): disjoint, covering PROMPTS, each in PROMPTS order; the canonical prompt
-    is always in train. Same seed -> same split."""
-    if not 0.0 <= held_out_fraction < 1.0:
-        raise UserError(f"expected a fraction in [0, 1), got {held_out_fraction!r}", key="held_out_fraction")
-    others = list(range(1, len(PROMPTS)))  # index 0 is the canonical prompt
-    random.Random(seed).shuffle(others)
-    held = set(others[:round(held_out_fraction * len(PROMPTS))])
-    train = [p for i, p in enumerate(PROMPTS) if i not in held]
-    return train, [p for i, p in enumerate(PROMPTS) if i in held]
-
-
-def train_prompts() -> list[str]:
-    return split_prompts()[0]
-
-
-def held_out_prompts() -> list[str]:
-    return split_prompts()[1]
-
+PROMPTS: tuple[str, ...] = _build_prompts()  # the `all` selection: frozen, see the module docstring
+EXTRA_EN: tuple[str, ...] = _build_extra_english()
+LANGS = ("all", "en", "zh")
 
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 
@@ -165,10 +195,61 @@ def is_chinese(text: str) -> bool:
     return _CJK.search(text) is not None
 
 
+def _of_lang(prompts: Sequence[str], lang: str) -> list[str]:
+    """The prompts of one language (`all`: every one), order kept."""
+    if lang not in LANGS:
+        raise UserError(f"unknown prompt language {lang!r}; expected one of {', '.join(LANGS)}", key="lang")
+    return list(prompts) if lang == "all" else [p for p in prompts if is_chinese(p) == (lang == "zh")]
+
+
+def all_prompts(lang: str = "all") -> list[str]:
+    """Every phrasing of `lang` in a stable order: `all` is PROMPTS (canonical first), `zh` its
+    Chinese ones, `en` its English ones then EXTRA_EN."""
+    return _of_lang(PROMPTS, lang) + (list(EXTRA_EN) if lang == "en" else [])
+
+
+def _held_out_extra(prompt: str, held_out_fraction: float, seed: int) -> bool:
+    """EXTRA_EN's split: a phrasing's side hangs on its own text (and the seed) only, so adding
+    phrasings later never moves an existing one between train and held-out, as a shuffle would."""
+    digest = hashlib.sha256(f"{seed}\n{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") < held_out_fraction * 2**64
+
+
+def split_prompts(held_out_fraction: float = 0.25, seed: int = 0, lang: str = "all") -> tuple[list[str], list[str]]:
+    """(train, held_out) of `all_prompts(lang)`: disjoint, covering it, each in its order; the
+    canonical prompt is always in train. Same arguments -> same split.
+
+    `zh` and `en` keep each PROMPTS phrasing on its side of the `all` split (a policy trained on
+    `all` is never judged on its own train prompts by an `en` evaluation); EXTRA_EN is split
+    phrasing by phrasing (`_held_out_extra`), held out with probability `held_out_fraction`.
+    """
+    if not 0.0 <= held_out_fraction < 1.0:
+        raise UserError(f"expected a fraction in [0, 1), got {held_out_fraction!r}", key="held_out_fraction")
+    _of_lang((), lang)  # refuse an unknown language before any work
+    others = list(range(1, len(PROMPTS)))  # index 0 is the canonical prompt
+    random.Random(seed).shuffle(others)
+    held = set(others[:round(held_out_fraction * len(PROMPTS))])
+    train = _of_lang([p for i, p in enumerate(PROMPTS) if i not in held], lang)
+    held_out = _of_lang([p for i, p in enumerate(PROMPTS) if i in held], lang)
+    if lang == "en":
+        extra_held = [_held_out_extra(p, held_out_fraction, seed) for p in EXTRA_EN]
+        train += [p for p, h in zip(EXTRA_EN, extra_held, strict=True) if not h]
+        held_out += [p for p, h in zip(EXTRA_EN, extra_held, strict=True) if h]
+    return train, held_out
+
+
+def train_prompts(lang: str = "all") -> list[str]:
+    return split_prompts(lang=lang)[0]
+
+
+def held_out_prompts(lang: str = "all") -> list[str]:
+    return split_prompts(lang=lang)[1]
+
+
 def subject_of(prompt: str) -> Subject:
     """The subject named in the prompt (longest name wins), or GENERIC."""
     lowered = prompt.lower()
-    names = [(name, s) for s in SUBJECTS for name in (s.zh, s.en) if name]
+    names = [(name, s) for s in (*SUBJECTS, *EN_SUBJECTS) for name in (s.zh, s.en) if name]
     for name, subject in sorted(names, key=lambda pair: -len(pair[0])):
         if name.lower() in lowered:
             return subject
@@ -361,13 +442,13 @@ def synthetic_completions(prompts: Sequence[str], n_per_prompt: int, compliance_
     return records
 
 
-def preference_pairs(n: int, seed: int = 0, prompts: list[str] | None = None) -> list[dict]:
+def preference_pairs(n: int, seed: int = 0, prompts: list[str] | None = None, lang: str = "all") -> list[dict]:
     """`n` records {prompt, chosen, rejected, rejected_style}: chosen compliant, rejected not,
     both for the same prompt; rejected styles cycle through NONCOMPLIANT_STYLES so every one
-    appears once n >= 9. Prompts default to the training split (held-out stays unseen)."""
+    appears once n >= 9. Prompts default to the training split of `lang` (held-out stays unseen)."""
     if n < 0:
         raise UserError(f"expected a non-negative number of pairs, got {n}", key="n")
-    pool = train_prompts() if prompts is None else list(prompts)
+    pool = train_prompts(lang) if prompts is None else list(prompts)
     if not pool:
         raise UserError("expected at least one prompt, got an empty list", key="prompts")
     rng = random.Random(seed)

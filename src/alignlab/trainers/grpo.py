@@ -144,8 +144,8 @@ def prepare(cfg: GRPOConfig, *, resume: bool, overwrite: bool, quiet: bool,
     evaluation; None after a preflight-only call (no run directory is made)."""
     task = get_task(cfg.task)
     runtime = resolve_runtime(cfg.run.device, cfg.run.precision)
-    train = task.train_examples(cfg.data)[: cfg.prompts or None]
-    held_out = task.held_out_examples(cfg.eval_data)[: cfg.eval_prompts or None]
+    train = task.train_examples(cfg.data, cfg.lang)[: cfg.prompts or None]
+    held_out = task.held_out_examples(cfg.eval_data, cfg.lang)[: cfg.eval_prompts or None]
     if len(train) < 1:
         raise UserError("no train examples", key="prompts")
     # each rank's share of every micro-batch must be whole groups: refuse before anything is loaded or written

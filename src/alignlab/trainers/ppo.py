@@ -124,8 +124,8 @@ def ppo(cfg: PPOConfig, *, resume: bool = False, overwrite: bool = False, quiet:
         raise UserError("PPO needs a policy to start from: set model.path (e.g. an `alignlab sft` run's "
                         "checkpoints/final, or a transformers model directory)", key="model.path")
     task, runtime = get_task(cfg.task), resolve_runtime(cfg.run.device, cfg.run.precision)
-    train = task.train_examples(cfg.data)[: cfg.prompts or None]
-    held_out = task.held_out_examples(cfg.eval_data)[: cfg.eval_prompts or None]
+    train = task.train_examples(cfg.data, cfg.lang)[: cfg.prompts or None]
+    held_out = task.held_out_examples(cfg.eval_data, cfg.lang)[: cfg.eval_prompts or None]
     policy, tokenizer = load_trainable(cfg.model, cfg.lora, runtime.device, seed=cfg.run.seed)
     scorer = Scorer(task, cfg.reward, runtime.device)
     model = PolicyAndValue(policy, make_value(cfg, policy, tokenizer, runtime.device))

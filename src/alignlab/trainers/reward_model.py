@@ -38,13 +38,13 @@ from alignlab.trainers.loop import Loop, TrainSpec
 
 def load_pairs(cfg, pairs=None, bad_rows: BadRows | None = None):
     """(train pairs, eval pairs, data files) from `pairs` (a list), cfg.data, or dummy pairs; `cfg` is
-    any config with data, eval_data, on_bad_row, dummy_pairs, eval_fraction and run.seed (train-rm's,
+    any config with data, eval_data, on_bad_row, dummy_pairs, lang, eval_fraction and run.seed (train-rm's,
     DPO's). Malformed rows of the files go to `bad_rows` (a fresh BadRows(cfg.on_bad_row) if None)."""
     bad_rows = bad_rows if bad_rows is not None else BadRows(cfg.on_bad_row)
     if pairs is None and cfg.data:
         pairs = [p for spec in cfg.data for p in read_preferences(spec, bad_rows=bad_rows)]
     elif pairs is None:
-        pairs = read_preferences(preference_pairs(cfg.dummy_pairs, seed=cfg.run.seed))
+        pairs = read_preferences(preference_pairs(cfg.dummy_pairs, seed=cfg.run.seed, lang=cfg.lang))
     else:
         pairs = read_preferences(pairs)
     if cfg.eval_data:

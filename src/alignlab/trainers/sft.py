@@ -53,7 +53,8 @@ def load_conversations(cfg: SFTConfig, bad_rows: BadRows | None = None) -> tuple
     if cfg.data:
         return ([c for spec in cfg.data for c in read_conversations(spec, bad_rows)],
                 [s.split("[")[0] for s in cfg.data])
-    records = synthetic_completions(train_prompts(), cfg.synthetic_per_prompt, cfg.compliance_rate, cfg.run.seed)
+    records = synthetic_completions(train_prompts(cfg.lang), cfg.synthetic_per_prompt, cfg.compliance_rate,
+                                    cfg.run.seed)
     return read_conversations([{"prompt": r["prompt"], "response": r["completion"]} for r in records]), []
 
 
