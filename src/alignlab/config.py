@@ -124,6 +124,8 @@ class ModelConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = knob(
         "auto", "weight dtype; auto keeps the checkpoint's own (float32 for a new model)")
     trust_remote_code: bool = knob(False, "let transformers run model code shipped with the weights")
+    gradient_checkpointing: bool = knob(False, "recompute each decoder layer's activations in the backward pass: "
+                                               "less memory for real models, about a third more compute")
     allow_unverified_base: bool = knob(False, "load a LoRA adapter whose adapter.json records no SHA-256 of "
                                               "its base (the base then cannot be checked)")
 

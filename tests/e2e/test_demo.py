@@ -48,3 +48,13 @@ def test_recipes_match_the_demo():
     assert grpo_recipe == load_config(GRPOConfig, None, policy)
     naive = load_config(GRPOConfig, RECIPES / "grpo_study_plan_naive.yaml", ["run.out_dir=x", "model.path=m"])
     assert naive.reward.mode == "naive" and naive.optim == grpo_recipe.optim
+
+
+def test_smollm2_recipes_match_its_demo():
+    """recipes/smollm2_*.yaml are `alignlab demo --model smollm2`'s settings (arms b and d)."""
+    from alignlab import demo_smollm2
+
+    sft_recipe = load_config(SFTConfig, RECIPES / "smollm2_sft.yaml", ["run.out_dir=x"])
+    assert sft_recipe == load_config(SFTConfig, None, [*demo_smollm2.SFT, "run.out_dir=x"])
+    grpo_recipe = load_config(GRPOConfig, RECIPES / "smollm2_grpo.yaml", ["run.out_dir=x", "model.path=m"])
+    assert grpo_recipe == load_config(GRPOConfig, None, [*demo_smollm2.GRPO, "run.out_dir=x", "model.path=m"])

@@ -27,6 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from alignlab.config import GPTConfig
 from alignlab.model.cache import KVCache, Packing
@@ -183,6 +184,9 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(Block(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = Rotary.of(config)
+        # Activation checkpointing per layer (a training choice, not the architecture's): a layer's
+        # activations are recomputed in the backward pass instead of kept, trading time for memory.
+        self.gradient_checkpointing = False
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, *,
                 packing: Packing | None = None, keys_only: bool = False):
@@ -204,8 +208,12 @@ class Decoder(nn.Module):
         x = self.embed_tokens(packing.pack(input_ids) if packing is not None else input_ids)  # (B, T, C)
         cos, sin = self.rotary_emb(position_ids, x.dtype)
         last = len(self.layers) - 1
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled() and cache is None and not keys_only
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, cache, i, packing, keys_only and i == last)
+            if recompute:  # non-reentrant: works with packing and with parameters that do not need grads (LoRA)
+                x = checkpoint(layer, x, cos, sin, mask, None, i, packing, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache, i, packing, keys_only and i == last)
         if cache is not None:
             cache.advance(input_ids.shape[1])
         return None if keys_only else self.norm(x)

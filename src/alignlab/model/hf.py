@@ -28,7 +28,7 @@ from alignlab.config import GPTConfig
 from alignlab.data.tokenizer import inside_folder
 from alignlab.errors import UserError
 from alignlab.model.cache import Packing, PrefixKV
-from alignlab.model.gpt import GPT, ROPE_SCALING, Rotary
+from alignlab.model.gpt import GPT, ROPE_SCALING, Decoder, Rotary
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -292,6 +292,19 @@ def load_auto_causal_lm(source: str, *, dtype: torch.dtype | None, device, trust
         raise UserError(f"could not load model '{source}' (not a local model directory, and the hub "
                         f"is offline or does not have it): {first}") from None
     return model.to(device)
+
+
+def set_gradient_checkpointing(model, on: bool) -> None:
+    """Recompute each decoder layer's activations in the backward pass (less memory, more time), for the
+    native GPT (its Decoder's flag; a reward or value head's backbone too) and any transformers model."""
+    for module in model.modules():
+        if isinstance(module, Decoder):
+            module.gradient_checkpointing = on
+        elif getattr(module, "supports_gradient_checkpointing", False):  # a transformers PreTrainedModel
+            if on:
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                module.gradient_checkpointing_disable()
 
 
 def causal_lm_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -291,6 +291,10 @@ def load_trainable(model_cfg, lora: LoRAConfig, device, *, engine: str | None = 
                                   dtype=parse_dtype(model_cfg.dtype), device=device,
                                   trust_remote_code=model_cfg.trust_remote_code,
                                   allow_unverified_base=model_cfg.allow_unverified_base)
+    if model_cfg.gradient_checkpointing:
+        from alignlab.model.hf import set_gradient_checkpointing
+
+        set_gradient_checkpointing(model, True)
     if lora.enabled:
         if has_lora(model):
             raise UserError("model.path is a LoRA adapter checkpoint: train it on (lora.r=0 continues its adapter) "

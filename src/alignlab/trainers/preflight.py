@@ -61,6 +61,16 @@ def _tokenizer_checks(tokenizer, prompt: str) -> list[tuple[str, bool, str]]:
     return checks
 
 
+def _no_spread_advice(m: dict, mode: str) -> str:
+    """What to do when most pilot groups' rewards are equal: GRPO's advantages are then zero."""
+    advice = (f"{m['zero_spread_fraction']:.0%} of pilot groups have equal rewards (zero advantage): raise "
+              "num_generations or temperature, or use a reward with partial credit")
+    if m["pass_rate"] == 0 and mode != "shaped":  # a 0% start under an all-or-nothing reward learns nothing
+        advice += (f"; no pilot completion passes and reward.mode={mode} gives them all the same score: train "
+                   "with reward.mode=shaped, or run `alignlab sft` first so some answers pass")
+    return advice
+
+
 def preflight(source, compute_loss, model, examples: list[dict], seed: int) -> PreflightReport:
     """Run the checks with `source` (a RolloutSource) on a pilot batch of `examples`; see the module doc.
 
@@ -87,8 +97,7 @@ def preflight(source, compute_loss, model, examples: list[dict], seed: int) -> P
         report.warnings.append(f"{m['truncation_rate']:.0%} of pilot completions hit max_new_tokens="
                                f"{source.cfg.generation.max_new_tokens}: raise it, or the policy never learns to stop")
     if m["zero_spread_fraction"] > ZERO_SPREAD_WARN:
-        report.warnings.append(f"{m['zero_spread_fraction']:.0%} of pilot groups have equal rewards (zero advantage): "
-                               "raise num_generations or temperature, or use a reward with partial credit")
+        report.warnings.append(_no_spread_advice(m, source.cfg.reward.mode))
     update = 0.0
     for _ in range(2):  # the second pass is the one timed, as for generation
         started = time.perf_counter()

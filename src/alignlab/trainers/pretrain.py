@@ -23,6 +23,7 @@ from alignlab.errors import UserError
 from alignlab.generation.engine import generate
 from alignlab.model.checkpoint import load_model, save_model
 from alignlab.model.gpt import GPT
+from alignlab.model.hf import set_gradient_checkpointing
 from alignlab.runs import Run, print_nothing
 from alignlab.runtime import Runtime, make_generator, parse_dtype, resolve_runtime, seed_everything
 from alignlab.trainers.loop import Loop, TrainSpec
@@ -91,6 +92,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = Fal
     part = runtime.dist.shard(cfg.run.batch_size)
     previous = Run(Path(cfg.run.out_dir)).latest_checkpoint(warn=print_nothing) if resume else None
     model, tokenizer = build_model(cfg, runtime, text, previous)
+    set_gradient_checkpointing(model, cfg.model.gradient_checkpointing)
     tokens = torch.tensor(tokenizer.encode(text), dtype=torch.long)
     n_val = int(tokens.numel() * cfg.val_fraction)
     train_tokens, val_tokens = tokens[: tokens.numel() - n_val], tokens[tokens.numel() - n_val:]

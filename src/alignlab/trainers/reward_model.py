@@ -28,6 +28,7 @@ from alignlab.data.tokenizer import tokenizer_for_new_model
 from alignlab.errors import UserError
 from alignlab.model.checkpoint import atomic_dir, resolve_source
 from alignlab.model.heads import RewardModel, restore_lora_reward_model, reward_model_from, save_reward_model
+from alignlab.model.hf import set_gradient_checkpointing
 from alignlab.model.lora import add_lora
 from alignlab.rewards.learned import score_ids
 from alignlab.runs import Run, print_nothing
@@ -116,6 +117,7 @@ def train_reward_model(cfg: RewardModelConfig, *, pairs=None, resume: bool = Fal
     part = runtime.dist.shard(cfg.run.batch_size)
     previous = Run(Path(cfg.run.out_dir)).latest_checkpoint(warn=print_nothing) if resume else None
     model, tokenizer = build_reward_model(cfg, train_pairs, runtime, previous)
+    set_gradient_checkpointing(model, cfg.model.gradient_checkpointing)
     collator = PreferenceCollator(tokenizer, cfg.max_length)
     train_items = [collator.tokenize(p) for p in train_pairs]
     eval_items = [collator.tokenize(p) for p in eval_pairs]

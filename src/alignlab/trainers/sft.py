@@ -30,7 +30,7 @@ from alignlab.data.tokenizer import Tokenizer, tokenizer_for_new_model
 from alignlab.errors import UserError
 from alignlab.model.checkpoint import save_model
 from alignlab.model.gpt import GPT
-from alignlab.model.hf import causal_lm_logits
+from alignlab.model.hf import causal_lm_logits, set_gradient_checkpointing
 from alignlab.model.lora import load_trainable
 from alignlab.runs import Run, print_nothing
 from alignlab.runtime import resolve_runtime, seed_everything
@@ -98,6 +98,7 @@ def sft(cfg: SFTConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     part = runtime.dist.shard(cfg.run.batch_size)
     previous = Run(Path(cfg.run.out_dir)).latest_checkpoint(warn=print_nothing) if resume else None
     model, tokenizer = build_policy(cfg, conversations, runtime, previous)
+    set_gradient_checkpointing(model, cfg.model.gradient_checkpointing)
     tokenized = [tokenize_example(tokenizer, c, cfg.max_length) for c in conversations]
     examples = [example for example, _ in tokenized]
     n_eval = int(len(examples) * cfg.eval_fraction)
