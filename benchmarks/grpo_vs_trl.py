@@ -270,13 +270,17 @@ def bench_model(args: argparse.Namespace, tmp: Path) -> None:
             for name in args.engines:
                 rows[name] += run_engine(name, model_dir, beta, args, tmp / f"model_{beta}_{round_}_{name}")
         report(rows, cfg.hidden_size, cfg.num_hidden_layers, beta)
+        tokenizer = load_model(str(model_dir))[1]
+        prompt = sum(len(tokenizer.chat_prompt_ids(p)) for p in train_prompts(LANG)[:PROMPTS]) / PROMPTS
+        print(f"  FLOPs the step needs: each prompt ({prompt:.0f} chat-templated tokens on average) once per group, "
+              f"each completion token once; LoRA's frozen weights need no weight gradient (4 of 6 FLOPs per weight)")
         for name, steps in rows.items():
             tokens = statistics.median(r["tokens"] for r in steps)
             gen = statistics.median(r["gen"] for r in steps)
             update = statistics.median(r["update"] for r in steps)
-            prompt = 120 * BATCH  # chat-templated prompts are ~120 tokens here (system prompt included)
-            update_flops = 6.0 * weights * (tokens + prompt) * (1 if not args.lora else 2 / 3)
-            gen_flops = 2.0 * weights * (tokens + prompt / GENERATIONS)
+            needed = tokens + prompt * PROMPTS_PER_STEP
+            update_flops = (6.0 if not args.lora else 4.0) * weights * needed
+            gen_flops = 2.0 * weights * needed
             print(f"  {name:<7} update {update_flops / update / 1e9:6.0f} GFLOP/s = "
                   f"{update_flops / update / 1e9 / peak[1024]:.0%} of peak; generation "
                   f"{gen_flops / gen / 1e9:6.0f} GFLOP/s = {gen_flops / gen / 1e9 / peak[16]:.0%} of peak")

@@ -193,25 +193,11 @@ def _add_command_parsers(sub) -> None:
         add_parser(sub)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_model_parsers(sub) -> None:
+    """generate, export and import: the commands that move models (handlers in cli_model.py)."""
     from alignlab.config import GenerationConfig
 
-    parser = Parser(prog="alignlab", description="Align small language models with human feedback and rules.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
-                                help="; ".join(f"{k}: {v}" for k, v in COMMANDS.items()))
     raw = argparse.RawDescriptionHelpFormatter
-
-    _add_trainer_parsers(sub)
-    sc = sub.add_parser("score", help=COMMANDS["score"])
-    sc.add_argument("checkpoint", help="reward model checkpoint or train-rm run directory")
-    sc.add_argument("--pairs", required=True, help="preference JSONL(.gz), optionally sliced f.jsonl[:100]")
-    sc.add_argument("--show", type=count, default=5, help="pairs printed seed-style")
-    sc.add_argument("--max-length", type=positive_int, default=512)
-    sc.add_argument("--device", default="auto")
-    sc.add_argument("--skip-bad-rows", action="store_true", help="leave malformed rows out (counted, the first few "
-                    "shown) instead of stopping at the first")
-    _add_command_parsers(sub)
-
     g = sub.add_parser("generate", help=COMMANDS["generate"], epilog=_config_help(GenerationConfig),
                        formatter_class=raw)
     g.add_argument("checkpoint", help="alignlab checkpoint, HF model directory or hub id")
@@ -242,6 +228,23 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("gguf", help="a .gguf file (Llama, Qwen2, ... as transformers reads them) or smollm2-135m-instruct")
     i.add_argument("out", help="output directory")
     i.add_argument("--overwrite", action="store_true", help="replace an earlier alignlab import in OUT")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="alignlab", description="Align small language models with human feedback and rules.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                help="; ".join(f"{k}: {v}" for k, v in COMMANDS.items()))
+    _add_trainer_parsers(sub)
+    sc = sub.add_parser("score", help=COMMANDS["score"])
+    sc.add_argument("checkpoint", help="reward model checkpoint or train-rm run directory")
+    sc.add_argument("--pairs", required=True, help="preference JSONL(.gz), optionally sliced f.jsonl[:100]")
+    sc.add_argument("--show", type=count, default=5, help="pairs printed seed-style")
+    sc.add_argument("--max-length", type=positive_int, default=512)
+    sc.add_argument("--device", default="auto")
+    sc.add_argument("--skip-bad-rows", action="store_true", help="leave malformed rows out (counted, the first few "
+                    "shown) instead of stopping at the first")
+    _add_command_parsers(sub)
+    _add_model_parsers(sub)
 
     r = sub.add_parser("report", help=COMMANDS["report"])
     r.add_argument("run", help="run directory (metrics.jsonl, config.yaml)")

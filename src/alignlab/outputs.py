@@ -207,6 +207,15 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def fsync_tree(directory: Path) -> None:
+    """Every file under `directory` and the folder itself on disk before a rename publishes them."""
+    for path in sorted(directory.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    fsync_dir(directory)
+
+
 def swap_in(tmp: Path, target: Path) -> None:
     """Rename the complete folder `tmp` to `target`; an existing `target` is moved aside first and
     deleted only after the rename (the caller has decided it may be replaced)."""

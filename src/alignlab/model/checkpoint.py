@@ -34,16 +34,7 @@ from alignlab.model.hf import (
     read_json,
     write_weights,
 )
-from alignlab.outputs import fsync_dir, new_output, swap_in, temp_beside
-
-
-def fsync_tree(directory: Path) -> None:
-    for path in sorted(directory.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-    fsync_dir(directory)
-
+from alignlab.outputs import fsync_tree, new_output, swap_in, temp_beside
 
 EXPORT_HINT = ": pass --overwrite to replace it (an earlier alignlab export), or choose another folder"
 

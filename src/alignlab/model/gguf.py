@@ -35,10 +35,17 @@ import torch
 
 from alignlab.data.tokenizer import ENDOFTEXT, Tokenizer
 from alignlab.errors import UserError
-from alignlab.model.checkpoint import fsync_tree, save_model
 from alignlab.model.gpt import GPT
 from alignlab.model.hf import hf_config_dict, quiet_hub, read_json
-from alignlab.outputs import check_output_file, clean_leftovers, fsync_dir, marker_kind, new_output, temp_beside
+from alignlab.outputs import (
+    check_output_file,
+    clean_leftovers,
+    fsync_dir,
+    fsync_tree,
+    marker_kind,
+    new_output,
+    temp_beside,
+)
 from alignlab.runtime import cache_dir
 
 MAGIC = b"GGUF"
@@ -141,8 +148,10 @@ def import_gguf(source: str | Path, out: str | Path, *, replace: bool = False) -
         raise UserError("expected a .gguf file (or smollm2-135m-instruct)", file=str(source))
     hint = ": pass --overwrite to replace it (an earlier alignlab import), or choose another folder"
     with new_output(out, "import", replace=replace, protect=[path], hint=hint) as tmp:
-        model, tokenizer = read_gguf(path)
-        save_model(model, tokenizer, tmp)
+        model, tokenizer = read_gguf(path)  # a transformers model: its own save_pretrained writes it
+        quiet_hub()
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save(str(tmp))
         fsync_tree(tmp)
     return Path(out)
 
