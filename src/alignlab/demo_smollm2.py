@@ -6,8 +6,8 @@ prompts x `SAMPLES` at temperature 0.7: pass rate, Wilson interval, degeneration
 (the instruct model itself as the judge, against hand-written fluent answers):
 (a) the instruct model as shipped (the "before");
 (b) SFT on synthetic compliant answers (`recipes/smollm2_sft.yaml` holds the same settings);
-(c) GRPO from the instruct model: only its preflight, which shows why the sharp reward cannot
-    start there (no group of a 0% policy has any reward spread) and what to do instead;
+(c) GRPO from the instruct model: only its preflight, which shows what a 0% start looks like under
+    the sharp reward (pass rate, reward spread, truncation) and what to change before training;
 (d) GRPO with the sharp reward from the SFT policy (`recipes/smollm2_grpo.yaml`);
 then `report.html` in the GRPO run directory (before = a, after = d) and one table of a, b, d.
 
