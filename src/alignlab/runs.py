@@ -94,15 +94,18 @@ class Run:
     @classmethod
     def create(cls, out_dir: str | Path, config, *, resume: bool = False, overwrite: bool = False,
                allow_changes: bool = False, data_files=(), device: str = "cpu", dtype="float32",
-               quiet: bool = False, progress: bool = True, extra: dict | None = None):
+               quiet: bool = False, progress: bool = True, extra: dict | None = None, skipped_rows=None):
         """The run directory at `out_dir`, checked on every rank, then locked and written by rank 0.
 
         A new run needs a new or empty folder; `resume` continues alignlab's run there (its config
         compared first: run_resume.py); `overwrite` replaces alignlab's run there, never anything
         else, and never a folder holding one of the run's inputs (model, reward model, data). The
         replaced run is moved aside and deleted when the new run finishes (`finish`). `dtype` is a
-        name or a torch.dtype; `extra` adds fields to the manifest.
+        name or a torch.dtype; `extra` adds fields to the manifest; `skipped_rows` (data.sources.BadRows)
+        records the rows `on_bad_row=skip` left out in the manifest and prints the first few.
         """
+        if skipped_rows is not None:
+            extra = {**(extra or {}), "skipped_rows": skipped_rows.to_manifest()}
         data_files = [str(f).split("[")[0] for f in data_files]  # "f.jsonl[:100]" names f.jsonl
         root = check_target(out_dir, key="run.out_dir", protect=_inputs(config, data_files) if overwrite else (),
                             what="run")
@@ -122,6 +125,8 @@ class Run:
         if group.any(failure is not None):
             raise failure or UserError("rank 0 could not open the run directory (its message says why)",
                                        file=str(root))
+        for line in skipped_rows.report() if skipped_rows is not None else ():  # nothing when none was skipped
+            run.print(line)
         return run
 
     @staticmethod

@@ -228,9 +228,7 @@ def dpo(cfg: DPOConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, allow_changes=allow_changes,
                      data_files=files, device=str(runtime.device), dtype=next(model.parameters()).dtype,
                      quiet=quiet, progress=cfg.run.progress,
-                     extra={"skipped_rows": bad_rows.to_manifest()})
-    for line in bad_rows.report():  # nothing when no row was skipped
-        run.print(line)
+                     skipped_rows=bad_rows)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     run.print(f"dpo ({cfg.loss_type}, beta {cfg.beta}): {trained} parameters trained, "
               f"{len(train)} train / {len(held_out)} held-out pairs, reference "

@@ -124,9 +124,7 @@ def train_reward_model(cfg: RewardModelConfig, *, pairs=None, resume: bool = Fal
     run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, allow_changes=allow_changes,
                      data_files=files, device=str(runtime.device), dtype="float32", quiet=quiet,
                      progress=cfg.run.progress,
-                     extra={"skipped_rows": bad_rows.to_manifest()})
-    for line in bad_rows.report():  # nothing when no row was skipped
-        run.print(line)
+                     skipped_rows=bad_rows)
     run.print(f"train-rm: {sum(p.numel() for p in model.parameters())} parameters, {len(train_items)} "
               f"train / {len(eval_items)} held-out pairs, {tokenizer.kind} tokenizer (vocab "
               f"{tokenizer.vocab_size}), truncated prompts {collator.stats()['prompt_truncated_frac']:.1%}, "

@@ -108,9 +108,7 @@ def sft(cfg: SFTConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, allow_changes=allow_changes,
                      data_files=files, device=str(runtime.device), dtype="float32", quiet=quiet,
                      progress=cfg.run.progress,
-                     extra={"skipped_rows": bad_rows.to_manifest()})
-    for line in bad_rows.report():  # nothing when no row was skipped
-        run.print(line)
+                     skipped_rows=bad_rows)
     run.print(f"sft: {sum(p.numel() for p in model.parameters())} parameters, {len(train)} train / "
               f"{len(held_out)} held-out examples, {sum(t for _, t in tokenized)} truncated, "
               f"{tokenizer.kind} tokenizer (vocab {tokenizer.vocab_size}), {runtime.device} -> {run.root}")
