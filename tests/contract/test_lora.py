@@ -98,7 +98,7 @@ def test_unknown_target_module_is_a_user_error(policy_dir):
 
 def test_transformers_engine_takes_adapters_too(policy_dir, tmp_path):
     from alignlab.config import ModelConfig
-    from alignlab.model.lora import load_trainable
+    from alignlab.model.checkpoint import load_trainable
 
     model, tok = load_trainable(ModelConfig(path=str(policy_dir), engine="hf"), LoRAConfig(r=2), "cpu", seed=3)
     assert type(model).__name__ == "Qwen2ForCausalLM" and lora_layers(model)

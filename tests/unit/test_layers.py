@@ -44,3 +44,51 @@ def test_nothing_imports_the_cli():
         if path.name in ("cli.py", "__main__.py"):
             continue
         assert "alignlab.cli" not in dict(_imports(path)).values(), path
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """alignlab module -> the alignlab modules it imports anywhere (top level or inside a function)."""
+    modules = {_module_name(p): p for p in ROOT.rglob("*.py")}
+    graph = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            graph[name].update(t for t in targets if t in modules and t != name and t != "alignlab")
+    return graph
+
+
+def _cycle_from(start: str, graph: dict[str, set[str]]) -> list[str] | None:
+    """A path start -> ... -> start through the graph (depth first), or None."""
+    stack, seen = [(start, [start])], set()
+    while stack:
+        node, path = stack.pop()
+        for nxt in sorted(graph[node]):
+            if nxt == start:
+                return [*path, start]
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append((nxt, [*path, nxt]))
+    return None
+
+
+def test_no_import_cycles():
+    """No module reaches itself through imports, counting imports hidden inside functions."""
+    graph = _import_graph()
+    cycles = {tuple(c) for m in graph if (c := _cycle_from(m, graph))}
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in sorted(cycles))
+
+
+def test_the_cycle_check_finds_a_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycle_from("a", graph) == ["a", "b", "c", "a"]
+    assert _cycle_from("d", graph) is None

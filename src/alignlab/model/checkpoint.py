@@ -32,9 +32,22 @@ from alignlab.model.hf import (
     native_unsupported,
     quiet_hub,
     read_json,
+    set_gradient_checkpointing,
     write_weights,
 )
+from alignlab.model.lora import (
+    adapter_record,
+    add_lora,
+    apply_adapter,
+    base_to_check,
+    has_lora,
+    is_adapter_dir,
+    read_adapter,
+    save_adapter,
+    verify_base,
+)
 from alignlab.outputs import fsync_tree, new_output, swap_in, temp_beside
+from alignlab.runtime import parse_dtype
 
 EXPORT_HINT = ": pass --overwrite to replace it (an earlier alignlab export), or choose another folder"
 
@@ -68,9 +81,7 @@ def _special_ids(tokenizer: Tokenizer | None) -> dict:
 def save_model(model, tokenizer: Tokenizer | None, directory: str | Path) -> None:
     """Write model (+ tokenizer) into an existing directory (wrap in `atomic_dir` for safety)."""
     directory = Path(directory)
-    if getattr(model, "alignlab_lora", None) is not None:  # only the adapters (model/lora.py)
-        from alignlab.model.lora import save_adapter
-
+    if adapter_record(model) is not None:  # only the adapters (model/lora.py)
         save_adapter(model, tokenizer, directory)
         return
     if isinstance(model, GPT):
@@ -138,11 +149,9 @@ def load_model(source: str, *, engine: str = "auto", dtype: torch.dtype | None =
     engine "auto" runs Qwen2- and Llama-architecture weights on the native GPT and everything else
     through transformers; "native" insists on the fast path; "hf" always uses transformers.
     """
-    if (Path(source).expanduser() / "adapter.json").is_file():  # a LoRA adapter checkpoint: base + adapter
-        from alignlab.model.lora import load_adapter
-
-        return load_adapter(source, engine=engine, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                            allow_unverified_base=allow_unverified_base)  # base_sha256 missing: load anyway
+    if is_adapter_dir(source):  # a LoRA adapter checkpoint: base + adapter
+        return _load_adapter(Path(source).expanduser(), engine=engine, dtype=dtype, device=device,
+                             trust_remote_code=trust_remote_code, allow_unverified_base=allow_unverified_base)
     directory = resolve_source(source)
     hf_config = read_json(directory / "config.json")
     why_not = native_unsupported(hf_config)
@@ -163,3 +172,41 @@ def check_vocabulary(model, tokenizer: Tokenizer, directory) -> None:
     if tokenizer.vocab_size > rows:
         raise UserError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary (embedding) has "
                         f"{rows} rows: tokenizer and weights do not belong together", file=str(directory))
+
+
+def checked_base(meta: dict, directory: Path, allow_unverified: bool = False) -> str:
+    """The base model of the adapter in `directory` (found from the adapter's folder, never the current
+    directory), after checking it still has the weights the adapter was trained on (`model/lora.py`)."""
+    base, recorded = base_to_check(meta, directory, allow_unverified)
+    if recorded is not None:
+        verify_base(resolve_source(base), recorded, base, directory)
+    return base
+
+
+def _load_adapter(directory: Path, *, engine: str, dtype, device, trust_remote_code: bool,
+                  allow_unverified_base: bool):
+    """(model with the adapter applied, tokenizer) from an adapter checkpoint: its base loaded and checked
+    (`checked_base`; a record without a hash loads only with `allow_unverified_base`), then the adapter."""
+    meta, cfg = read_adapter(directory)
+    base = checked_base(meta, directory, allow_unverified_base)
+    model, _ = load_model(base, engine=engine, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                          allow_unverified_base=allow_unverified_base)
+    apply_adapter(model, directory, meta, cfg, base)
+    return model.to(device), load_tokenizer(str(directory), trust_remote_code=trust_remote_code)
+
+
+def load_trainable(model_cfg, lora, device, *, engine: str | None = None, seed: int = 0):
+    """(model, tokenizer) to train from `model_cfg.path`: with `lora.r` > 0 the adapters are added (base
+    frozen, its identity recorded); an adapter checkpoint as the start continues its own adapter."""
+    model, tokenizer = load_model(model_cfg.path, engine=engine or model_cfg.engine,
+                                  dtype=parse_dtype(model_cfg.dtype), device=device,
+                                  trust_remote_code=model_cfg.trust_remote_code,
+                                  allow_unverified_base=model_cfg.allow_unverified_base)
+    if model_cfg.gradient_checkpointing:
+        set_gradient_checkpointing(model, True)
+    if lora.enabled:
+        if has_lora(model):
+            raise UserError("model.path is a LoRA adapter checkpoint: train it on (lora.r=0 continues its adapter) "
+                            "or fold it into its base first (alignlab export --merge)", key="lora.r")
+        add_lora(model, lora, model_cfg.path, resolve_source(model_cfg.path), seed=seed)
+    return model, tokenizer

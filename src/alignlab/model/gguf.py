@@ -37,6 +37,7 @@ from alignlab.data.tokenizer import ENDOFTEXT, Tokenizer
 from alignlab.errors import UserError
 from alignlab.model.gpt import GPT
 from alignlab.model.hf import hf_config_dict, quiet_hub, read_json
+from alignlab.model.lora import has_lora
 from alignlab.outputs import (
     check_output_file,
     clean_leftovers,
@@ -305,7 +306,7 @@ def _model_name(source: str | None) -> str:
 
 def _layout(model, where: str) -> tuple[str, dict]:
     """(architecture, transformers config dict) of a model GGUF can hold, else a UserError saying why."""
-    if getattr(model, "alignlab_lora", None) is not None:
+    if has_lora(model):
         raise UserError("a model with LoRA adapters: merge them first (alignlab export --merge)", file=where)
     if isinstance(model, GPT):
         config = hf_config_dict(model.config, model.dtype)

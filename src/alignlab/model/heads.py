@@ -31,7 +31,7 @@ from torch import nn
 from alignlab.config import GPTConfig, LoRAConfig
 from alignlab.data.tokenizer import Tokenizer, load_tokenizer
 from alignlab.errors import UserError
-from alignlab.model.checkpoint import resolve_source
+from alignlab.model.checkpoint import checked_base, resolve_source
 from alignlab.model.gpt import GPT, Decoder, Rotary
 from alignlab.model.hf import (
     WEIGHTS,
@@ -44,7 +44,14 @@ from alignlab.model.hf import (
     read_weights,
 )
 from alignlab.model.lora import META as LORA_META
-from alignlab.model.lora import add_lora, check_base, has_lora, load_adapter_weights, save_adapter
+from alignlab.model.lora import (
+    adapter_record,
+    add_lora,
+    has_lora,
+    load_adapter_weights,
+    save_adapter,
+    set_adapter_record,
+)
 
 META = "reward_model.json"
 HEAD = "score.safetensors"
@@ -141,7 +148,7 @@ def save_reward_model(model: RewardModel, tokenizer: Tokenizer, directory: str |
     if has_lora(model.model):  # LoRA on the backbone: its adapters (model/lora.py) + the head
         save_adapter(model.model, tokenizer, directory)
         save_file({"score.weight": model.score.weight.detach().contiguous()}, str(directory / HEAD))
-        meta.update(backbone="lora", base=model.model.alignlab_lora["base"])
+        meta.update(backbone="lora", base=adapter_record(model.model)["base"])
         (directory / META).write_text(json.dumps(meta, indent=2) + "\n")
         return
     if model.native:
@@ -175,11 +182,11 @@ def load_reward_model(path: str, *, device="cpu") -> tuple[RewardModel, Tokenize
     tokenizer = load_tokenizer(str(directory))
     if meta.get("backbone") == "lora":  # the base's reward model (or LM body) + the adapters + the head
         lora = read_json(directory / LORA_META)
-        base = check_base(lora, directory)  # found from the adapter's folder (never the current directory)
+        base = checked_base(lora, directory)  # found from the adapter's folder (never the current directory)
         model, _ = reward_model_from(base, pooling=meta["pooling"], device=device)
         add_lora(model.model, LoRAConfig(**{**lora["lora"], "target_modules": tuple(lora["lora"]["target_modules"])}),
                  meta["base"])
-        model.model.alignlab_lora = lora
+        set_adapter_record(model.model, lora)
         restore_lora_reward_model(model, directory)
         return model.to(device), tokenizer
     if meta.get("backbone") == "native":

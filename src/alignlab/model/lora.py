@@ -11,13 +11,13 @@ An adapter checkpoint holds only the adapters: `adapter_model.safetensors` and
 `adapter_config.json` in peft's own format (keys `base_model.model.<module>.lora_A.weight`, so
 `peft.PeftModel.from_pretrained` loads it onto the transformers base too), `adapter.json` with the
 base model's identity (the `model.path` it was trained from) and the SHA-256 of its weights, and
-the tokenizer. `load_model` recognises such a directory (`load_adapter`): it finds the base from the
+the tokenizer. `model/checkpoint.py::load_model` recognises such a directory: it finds the base from the
 adapter's folder, never the current directory (`base_abs`, the absolute folder; `base_rel`, the same
 relative to the adapter; else `base` itself), loads it, checks the hash (a base that changed since
 training is an error, not a silent mismatch; a record without a hash loads only when the user says
 `--allow-unverified-base`) and applies the adapter. `merge_lora` folds the adapters into the weights
 and removes them, leaving the plain model (`alignlab export --merge`), which transformers loads with
-no peft installed.
+no peft installed. This module knows nothing of checkpoints: `model/checkpoint.py` builds on it.
 
 Left out: QLoRA (4-bit bases), DoRA and other peft methods, several adapters on one model.
 """
@@ -43,6 +43,7 @@ from alignlab.errors import UserError
 META = "adapter.json"
 WEIGHTS = "adapter_model.safetensors"
 PREFIX = "base_model.model."  # peft's key prefix for a PeftModel's adapter weights
+RECORD = "_alignlab_adapter"  # the module attribute holding the record (adapter_record)
 
 
 def _peft():
@@ -67,8 +68,19 @@ def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path).expanduser() / META).is_file()
 
 
+def adapter_record(model: nn.Module) -> dict | None:
+    """The adapter's record (what adapter.json holds: base, its hash and folder, the LoRA settings), or
+    None for a plain model. It travels on the module next to the peft layers it describes, under one
+    private name, and is read and written only through this function and `set_adapter_record`."""
+    return getattr(model, RECORD, None)
+
+
+def set_adapter_record(model: nn.Module, record: dict | None) -> None:
+    setattr(model, RECORD, record)
+
+
 def has_lora(model: nn.Module) -> bool:
-    return getattr(model, "alignlab_lora", None) is not None
+    return adapter_record(model) is not None
 
 
 def _peft_config(cfg: LoRAConfig, base: str):
@@ -89,11 +101,12 @@ def add_lora(model: nn.Module, cfg: LoRAConfig, base: str, base_dir: Path | None
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         _peft().inject_adapter_in_model(_peft_config(cfg, base), model)
-    model.alignlab_lora = {"format": 1, "base": base, "lora": dataclasses.asdict(cfg),
-                           "base_sha256": weights_sha256(base_dir) if base_dir is not None else None,
-                           # found again from anywhere: the folder hashed, absolute (and relative: save_adapter)
-                           "base_abs": os.path.abspath(base_dir) if base_dir is not None else None,
-                           "base_hub": not Path(base).expanduser().is_dir(), "base_abs_for": base}
+    set_adapter_record(model, {
+        "format": 1, "base": base, "lora": dataclasses.asdict(cfg),
+        "base_sha256": weights_sha256(base_dir) if base_dir is not None else None,
+        # found again from anywhere: the folder hashed, absolute (and relative: save_adapter)
+        "base_abs": os.path.abspath(base_dir) if base_dir is not None else None,
+        "base_hub": not Path(base).expanduser().is_dir(), "base_abs_for": base})
     return model
 
 
@@ -139,7 +152,7 @@ def load_adapter_weights(model: nn.Module, directory: Path) -> None:
 def save_adapter(model: nn.Module, tokenizer, directory: str | Path) -> None:
     """Write the adapter checkpoint (module docstring) into an existing directory."""
     directory = Path(directory)
-    meta = dict(model.alignlab_lora)
+    meta = dict(adapter_record(model))
     if meta.get("base_abs"):  # `directory` is a temporary sibling of the target: the same relative path
         meta["base_rel"] = os.path.relpath(meta["base_abs"], os.path.abspath(directory))
     save_file(adapter_state(model), str(directory / WEIGHTS), metadata={"format": "pt"})
@@ -214,25 +227,32 @@ def _check_chain(directory: Path) -> None:
         current = nxt
 
 
-def check_base(meta: dict, directory: Path, allow_unverified: bool = False) -> str:
-    """The adapter's base (`resolve_base`), after checking it still has the weights the adapter was trained
-    on: UserError when the SHA-256 differs, or when none was recorded unless `allow_unverified`."""
-    from alignlab.model.checkpoint import resolve_source
-
+def base_to_check(meta: dict, directory: Path, allow_unverified: bool = False) -> tuple[str, str | None]:
+    """(the adapter's base as `resolve_base` finds it, the SHA-256 its weights must have); the hash is None
+    when none was recorded and `allow_unverified` lets it load anyway (else UserError)."""
     directory = Path(directory)
     base, recorded = resolve_base(meta, directory), meta.get("base_sha256")
-    if recorded is None:
-        if not allow_unverified:
-            raise UserError(f"no SHA-256 of the base model's weights is recorded (base_sha256), so alignlab cannot "
-                            f"check that {meta['base']!r} is the model this adapter was trained on; to load it "
-                            f"anyway pass --allow-unverified-base (generate, eval, export) or set "
-                            f"model.allow_unverified_base=true (training)", file=str(directory / META),
-                            key="base_sha256")
-        return base
-    if not isinstance(recorded, str) or weights_sha256(resolve_source(base)) != recorded:
+    if recorded is None and not allow_unverified:
+        raise UserError(f"no SHA-256 of the base model's weights is recorded (base_sha256), so alignlab cannot "
+                        f"check that {meta['base']!r} is the model this adapter was trained on; to load it "
+                        f"anyway pass --allow-unverified-base (generate, eval, export) or set "
+                        f"model.allow_unverified_base=true (training)", file=str(directory / META),
+                        key="base_sha256")
+    return base, recorded
+
+
+def verify_base(base_dir: Path, recorded: str | None, base: str, directory: Path) -> None:
+    """UserError when the base's weights in `base_dir` no longer have the `recorded` SHA-256 (None: unchecked)."""
+    if recorded is not None and (not isinstance(recorded, str) or weights_sha256(base_dir) != recorded):
         raise UserError(f"the base model {base} no longer has the weights this adapter was trained on "
-                        f"(SHA-256 differs from the one recorded)", file=str(directory / META))
-    return base
+                        f"(SHA-256 differs from the one recorded)", file=str(Path(directory) / META))
+
+
+def read_adapter(directory: Path) -> tuple[dict, LoRAConfig]:
+    """(record, LoRA settings) of the adapter checkpoint in `directory`, after refusing a loop of bases."""
+    meta, cfg = _read_meta(directory)
+    _check_chain(directory)
+    return meta, cfg
 
 
 def _read_meta(directory: Path) -> tuple[dict, LoRAConfig]:
@@ -244,29 +264,17 @@ def _read_meta(directory: Path) -> tuple[dict, LoRAConfig]:
     return meta, cfg
 
 
-def load_adapter(directory: str | Path, *, engine: str = "auto", dtype=None, device="cpu",
-                 trust_remote_code: bool = False, allow_unverified_base: bool = False):
-    """(model with the adapter applied, tokenizer) from an adapter checkpoint; the base is found from the
-    adapter's folder (`resolve_base`, never the current directory) and must still have the recorded weights
-    (`check_base`; a record without them loads only with `allow_unverified_base`)."""
-    from alignlab.data.tokenizer import load_tokenizer
-    from alignlab.model.checkpoint import load_model
-
-    directory = Path(directory).expanduser()
-    meta, cfg = _read_meta(directory)
-    _check_chain(directory)
-    base = check_base(meta, directory, allow_unverified_base)
-    model, _ = load_model(base, engine=engine, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                          allow_unverified_base=allow_unverified_base)
+def apply_adapter(model: nn.Module, directory: Path, meta: dict, cfg: LoRAConfig, base: str) -> nn.Module:
+    """Add the saved adapter of `directory` to `model` (its base, loaded from `base`) and load its weights."""
     add_lora(model, cfg, meta["base"])
     local = Path(base).expanduser()
     # saved again (training on), the record still finds the base: its absolute folder as found now
     located = {"base_abs": os.path.abspath(local), "base_abs_for": meta["base"]}
     if not _recorded_for_base(meta):
         located["base_hub"] = False
-    model.alignlab_lora = {**meta, **located} if local.is_dir() else meta
+    set_adapter_record(model, {**meta, **located} if local.is_dir() else meta)
     load_adapter_weights(model, directory)
-    return model.to(device), load_tokenizer(str(directory), trust_remote_code=trust_remote_code)
+    return model
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -277,27 +285,5 @@ def merge_lora(model: nn.Module) -> nn.Module:
             module.merge(safe_merge=True)
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
-    model.alignlab_lora = None
+    set_adapter_record(model, None)
     return model
-
-
-def load_trainable(model_cfg, lora: LoRAConfig, device, *, engine: str | None = None, seed: int = 0):
-    """(model, tokenizer) to train from `model_cfg.path`: with `lora.r` > 0 the adapters are added (base
-    frozen, its identity recorded); an adapter checkpoint as the start continues its own adapter."""
-    from alignlab.model.checkpoint import load_model, resolve_source
-    from alignlab.runtime import parse_dtype
-
-    model, tokenizer = load_model(model_cfg.path, engine=engine or model_cfg.engine,
-                                  dtype=parse_dtype(model_cfg.dtype), device=device,
-                                  trust_remote_code=model_cfg.trust_remote_code,
-                                  allow_unverified_base=model_cfg.allow_unverified_base)
-    if model_cfg.gradient_checkpointing:
-        from alignlab.model.hf import set_gradient_checkpointing
-
-        set_gradient_checkpointing(model, True)
-    if lora.enabled:
-        if has_lora(model):
-            raise UserError("model.path is a LoRA adapter checkpoint: train it on (lora.r=0 continues its adapter) "
-                            "or fold it into its base first (alignlab export --merge)", key="lora.r")
-        add_lora(model, lora, model_cfg.path, resolve_source(model_cfg.path), seed=seed)
-    return model, tokenizer

@@ -42,9 +42,9 @@ from alignlab.config import DPOConfig
 from alignlab.data.batches import PreferenceCollator, ShuffledBatches, right_pad
 from alignlab.data.sources import BadRows
 from alignlab.errors import UserError
-from alignlab.model.checkpoint import save_model
+from alignlab.model.checkpoint import load_trainable, save_model
 from alignlab.model.hf import causal_lm_logits
-from alignlab.model.lora import adapters_off, has_lora, load_trainable
+from alignlab.model.lora import adapters_off, has_lora
 from alignlab.runs import Run
 from alignlab.runtime import resolve_runtime
 from alignlab.trainers.loop import Loop, TrainSpec

@@ -40,8 +40,8 @@ from alignlab.distributed import split_rows
 from alignlab.errors import UserError
 from alignlab.generation.engine import generate
 from alignlab.generation.sampling import derive_seed
-from alignlab.model.checkpoint import save_model
-from alignlab.model.lora import has_lora, load_trainable
+from alignlab.model.checkpoint import load_trainable, save_model
+from alignlab.model.lora import has_lora
 from alignlab.runs import Run
 from alignlab.runtime import resolve_runtime
 from alignlab.tasks.registry import get_task

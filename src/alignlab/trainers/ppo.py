@@ -40,9 +40,9 @@ from alignlab.algorithms.ppo import policy_loss, value_loss
 from alignlab.config import PPOConfig
 from alignlab.distributed import Distributed
 from alignlab.errors import UserError
-from alignlab.model.checkpoint import save_model
+from alignlab.model.checkpoint import load_trainable, save_model
 from alignlab.model.heads import ValueModel, load_reward_model
-from alignlab.model.lora import add_lora, has_lora, load_trainable
+from alignlab.model.lora import add_lora, has_lora
 from alignlab.runs import Run
 from alignlab.runtime import resolve_runtime
 from alignlab.tasks.registry import get_task

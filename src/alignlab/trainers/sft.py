@@ -28,10 +28,9 @@ from alignlab.data.batches import LMBatch, ShuffledBatches, right_pad
 from alignlab.data.sources import BadRows, read_conversations
 from alignlab.data.tokenizer import Tokenizer, tokenizer_for_new_model
 from alignlab.errors import UserError
-from alignlab.model.checkpoint import save_model
+from alignlab.model.checkpoint import load_trainable, save_model
 from alignlab.model.gpt import GPT
 from alignlab.model.hf import causal_lm_logits, set_gradient_checkpointing
-from alignlab.model.lora import load_trainable
 from alignlab.runs import Run, print_nothing
 from alignlab.runtime import resolve_runtime, seed_everything
 from alignlab.tasks.study_plan import synthetic_completions, train_prompts
