@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from alignlab.config_io import (
+    ConfigError,
     config_from_dict,
     config_hash,
     config_to_dict,
@@ -49,14 +50,14 @@ def _check(cfg: Any, rule: str, test: Any, *names: str) -> None:
 
     A non-finite float (nan, inf) fails whatever `test` says: `inf >= 0` holds, and nan makes
     every comparison False, so a test alone would let inf through and word nan's refusal oddly.
-    The message starts with the field name: `config_io._build` reads it to point at the key.
+    The error carries the field as data (`ConfigError.field`): `config_io._build` points at its key.
     """
     for name in names:
         value = getattr(cfg, name)
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{name} must be {rule} (a finite number), got {value}")
+            raise ConfigError(name, f"must be {rule} (a finite number), got {value}")
         if not test(value):
-            raise ValueError(f"{name} must be {rule}, got {value}")
+            raise ConfigError(name, f"must be {rule}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ class OptimConfig:
     warmup_steps: int = knob(10, "optimizer steps of linear warmup from 0")
     min_lr_ratio: float = knob(0.1, "final learning rate as a fraction of lr")
     grad_clip: float = knob(1.0, "max global gradient norm; 0 disables")
-    grad_accum: int = knob(1, "micro-batches per optimizer step")
+    grad_accum: int = knob(1, "micro-batches per optimizer step: run.batch_size is split into this many")
     nan_policy: Literal["stop", "skip_step"] = knob(
         "stop", "a non-finite loss or gradient norm: stop (the last good checkpoint stays) or skip_step (no update)")
 
@@ -197,7 +198,8 @@ class RunConfig:
 
     out_dir: str = knob("runs/run", "run directory: config, metrics, samples, checkpoints")
     steps: int = knob(200, "optimizer steps")
-    batch_size: int = knob(16, "sequences per micro-batch")
+    batch_size: int = knob(16, "examples per optimizer step, whatever the trainer (sequences, pairs, completions); "
+                               "optim.grad_accum splits it into micro-batches")
     seed: int = knob(0, "seeds initial weights, data order and sampling")
     device: Literal["auto", "cpu", "cuda", "mps"] = knob("auto", "auto: cuda, then mps, then cpu")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = knob(
@@ -231,8 +233,23 @@ class GenerationConfig:
         _check(self, "in (0, 1]", lambda v: 0 < v <= 1, "top_p")
 
 
+def _check_micro_batches(cfg: Any) -> None:
+    """run.batch_size is the whole optimizer step in every trainer; optim.grad_accum must split it evenly."""
+    if cfg.run.batch_size % cfg.optim.grad_accum:
+        raise ConfigError("run.batch_size", f"({cfg.run.batch_size}) must be a multiple of optim.grad_accum "
+                          f"({cfg.optim.grad_accum}): it is the whole optimizer step, split into micro-batches")
+
+
+class _StepBatch:
+    """`micro_batch_size` of a trainer config whose run.batch_size is split by optim.grad_accum."""
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.run.batch_size // self.optim.grad_accum
+
+
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(_StepBatch):
     """`alignlab pretrain`: a causal LM trained on a text file."""
 
     data: str = knob("", 'a UTF-8 text file; "" = the built-in corpus')
@@ -248,6 +265,7 @@ class PretrainConfig:
     def __post_init__(self):
         _check(self, ">= 1", lambda v: v >= 1, "block_size")
         _check(self, "in [0, 1)", lambda v: 0 <= v < 1, "val_fraction")
+        _check_micro_batches(self)
 
 
 LANG_WHY = ("the built-in study-plan prompts' language: all (the original 147 phrasings), en (English only, "
@@ -257,11 +275,11 @@ LANG_WHY = ("the built-in study-plan prompts' language: all (the original 147 ph
 def _check_lang(cfg: Any) -> None:
     """Only the study-plan task has phrasings by language; gsm8k reads its examples from files."""
     if cfg.lang != "all" and cfg.task != "study-plan":
-        raise ValueError(f"lang must be all for task {cfg.task} (it has no language selection), got {cfg.lang}")
+        raise ConfigError("lang", f"must be all for task {cfg.task} (it has no language selection), got {cfg.lang}")
 
 
 @dataclass(frozen=True)
-class RewardModelConfig:
+class RewardModelConfig(_StepBatch):
     """`alignlab train-rm`: a Bradley-Terry reward model on (prompt, chosen, rejected) pairs."""
 
     data: tuple[str, ...] = knob((), 'preference JSONL(.gz) files, each may be sliced "f.jsonl.gz[:1354]"; '
@@ -293,10 +311,11 @@ class RewardModelConfig:
         _check(self, ">= 1", lambda v: v >= 1, "eval_batch_size")
         _check(self, ">= 0", lambda v: v >= 0, "dummy_pairs", "center_rewards_coefficient")
         _check(self, "in [0, 1)", lambda v: 0 <= v < 1, "eval_fraction")
+        _check_micro_batches(self)
 
 
 @dataclass(frozen=True)
-class SFTConfig:
+class SFTConfig(_StepBatch):
     """`alignlab sft`: supervised fine-tuning on (prompt, response) pairs, loss on response tokens only."""
 
     data: tuple[str, ...] = knob((), "JSONL(.gz) of {prompt, response} or {messages}, each may be sliced "
@@ -321,10 +340,11 @@ class SFTConfig:
         _check(self, ">= 1", lambda v: v >= 1, "synthetic_per_prompt")
         _check(self, "in [0, 1]", lambda v: 0 <= v <= 1, "compliance_rate")
         _check(self, "in [0, 1)", lambda v: 0 <= v < 1, "eval_fraction")
+        _check_micro_batches(self)
 
 
 @dataclass(frozen=True)
-class DPOConfig:
+class DPOConfig(_StepBatch):
     """`alignlab dpo`: Direct Preference Optimization of a policy on (prompt, chosen, rejected) pairs."""
 
     data: tuple[str, ...] = knob((), 'preference JSONL(.gz) files (the reward model\'s formats), each may be sliced '
@@ -357,6 +377,7 @@ class DPOConfig:
         _check(self, ">= 1", lambda v: v >= 1, "eval_batch_size")
         _check(self, ">= 0", lambda v: v >= 0, "dummy_pairs")
         _check(self, "in [0, 1)", lambda v: 0 <= v < 1, "eval_fraction")
+        _check_micro_batches(self)
 
 
 @dataclass(frozen=True)
@@ -377,7 +398,7 @@ class RewardConfig:
         _check(self, ">= 0", lambda v: v >= 0, "rules_weight", "model_weight", "function_weight")
         _check(self, "finite and >= 0 (0 = no limit)", lambda v: 0 <= v < float("inf"), "timeout_s")
         if self.rules_weight == 0 and not (self.model or self.function):
-            raise ValueError("rules_weight must be > 0 when neither reward.model nor reward.function is set, got 0")
+            raise ConfigError("rules_weight", "must be > 0 when neither reward.model nor reward.function is set, got 0")
 
 
 @dataclass(frozen=True)
@@ -398,10 +419,24 @@ class GRPOConfig:
     num_generations: int = knob(8, "completions per prompt (the group size G)")
     num_iterations: int = knob(1, "optimizer steps on each generation batch (mu); > 1 reuses old log-probs")
     epsilon: float = knob(0.2, "lower clip of the importance ratio: 1 - epsilon")
-    epsilon_high: float = knob(0.0, "upper clip 1 + epsilon_high (DAPO clip-higher); 0 = same as epsilon")
+    epsilon_high: float = knob(0.0, "upper clip 1 + epsilon_high (DAPO clip-higher); 0 = same as epsilon; "
+                                     "cispo: the cap on the importance weight itself (> 1, e.g. 5.0)")
+    delta: float | None = knob(None, "clipped loss types: also cap the unclipped ratio at delta (INTELLECT-2 "
+                                     "two-sided clip, > 1; e.g. 4); null = no cap")
     beta: float = knob(0.0, "weight of the k3 KL to the frozen initial policy; 0 = no reference model at all")
-    loss_type: Literal["grpo", "dr_grpo", "dapo"] = knob(
-        "dapo", "aggregation: grpo (per-sequence mean), dr_grpo (constant), dapo (token mean; TRL's default)")
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"] = knob(
+        "dapo", "clipped, aggregated as grpo (sequence mean), dr_grpo (constant), dapo (batch token mean; TRL's "
+                "default), bnpo (micro-batch token mean), luspo (sequence sum); or cispo (capped detached "
+                "weight), sapo (soft gate), vespo (gamma sequence weight); algorithms/grpo_losses.py")
+    importance_sampling_level: Literal["token", "sequence"] = knob(
+        "token", "importance ratio per token, or one per sequence, the mean log ratio (GSPO; luspo is meant for "
+                 "it, but TRL 1.16 accepts token too, and so does alignlab)")
+    sapo_temperature_pos: float = knob(1.0, "sapo: gate temperature where the advantage is > 0")
+    sapo_temperature_neg: float = knob(1.05, "sapo: gate temperature elsewhere (higher: negative updates fade faster)")
+    vespo_k_pos: float = knob(2.0, "vespo, advantage >= 0: power k of the gamma weight w^k e^(lambda (1 - w))")
+    vespo_lambda_pos: float = knob(3.0, "vespo, advantage >= 0: decay lambda of the gamma weight")
+    vespo_k_neg: float = knob(3.0, "vespo, advantage < 0: power k of the gamma weight")
+    vespo_lambda_neg: float = knob(2.0, "vespo, advantage < 0: decay lambda of the gamma weight")
     scale_rewards: Literal["group", "batch", "none"] = knob("group", "divide advantages by the group std, "
                                                                      "the batch std, or not at all (Dr. GRPO)")
     mask_truncated_completions: bool = knob(False, "leave completions cut by max_new_tokens out of the loss")
@@ -425,13 +460,36 @@ class GRPOConfig:
         _check(self, ">= 1", lambda v: v >= 1, "num_iterations", "eval_samples")
         _check(self, ">= 0", lambda v: v >= 0, "prompts", "eval_prompts", "epsilon", "epsilon_high", "beta")
         _check_lang(self)
+        self._check_loss_knobs()
         if self.run.batch_size % self.num_generations:
-            raise ValueError(f"run.batch_size ({self.run.batch_size}) must be a multiple of num_generations "
-                             f"({self.num_generations}): each step samples whole groups")
-        micro = self.run.batch_size // self.optim.grad_accum
-        if self.run.batch_size % self.optim.grad_accum:
-            raise ValueError(f"run.batch_size ({self.run.batch_size}) must be a multiple of optim.grad_accum "
-                             f"({self.optim.grad_accum}), got micro-batches of {micro}")
+            raise ConfigError("run.batch_size", f"({self.run.batch_size}) must be a multiple of num_generations "
+                              f"({self.num_generations}): each step samples whole groups")
+        _check_micro_batches(self)
+
+    def _check_loss_knobs(self) -> None:
+        """Each loss-type knob against its type. TRL 1.16 refuses none of these (it warns about luspo or
+        vespo at an unusual importance level, which alignlab accepts likewise); alignlab refuses what
+        would silently do nothing, divide by zero or cap every weight below 1."""
+        types = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+        clipped = ("grpo", "dr_grpo", "dapo", "bnpo", "luspo")  # the types whose ratio delta caps
+        _check(self, f"one of {', '.join(types)}", lambda v: v in types, "loss_type")
+        _check(self, "token or sequence", lambda v: v in ("token", "sequence"), "importance_sampling_level")
+        _check(self, "> 0 (the gate divides by it)", lambda v: v > 0, "sapo_temperature_pos", "sapo_temperature_neg")
+        _check(self, ">= 0", lambda v: v >= 0, "vespo_k_pos", "vespo_k_neg")
+        _check(self, "> 0", lambda v: v > 0, "vespo_lambda_pos", "vespo_lambda_neg")
+        _check(self, "null or > 1 (a cap on the importance ratio)", lambda v: v is None or v > 1, "delta")
+        _check(self, f"null with loss_type {self.loss_type} (it caps the ratio of {', '.join(clipped)} only)",
+               lambda v: v is None or self.loss_type in clipped, "delta")
+        _check(self, "> 1 with loss_type cispo, where it caps the importance weight itself (ScaleRL uses 5.0); "
+                     "0 would fall back to epsilon, as in TRL, and cap every weight below 1",
+               lambda v: self.loss_type != "cispo" or v > 1, "epsilon_high")
+
+    @property
+    def loss_knobs(self) -> dict:
+        """The loss-type keywords `grpo_loss` and TRL's GRPOConfig share, by TRL's names."""
+        names = ("importance_sampling_level", "delta", "sapo_temperature_pos", "sapo_temperature_neg",
+                 "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg")
+        return {name: getattr(self, name) for name in names}
 
     @property
     def prompts_per_step(self) -> int:
@@ -491,12 +549,12 @@ class PPOConfig:
         _check(self, "in [0, 1]", lambda v: 0 <= v <= 1, "gamma", "lam")
         _check_lang(self)
         if self.adaptive_kl_target > 0 and self.kl_coef == 0:
-            raise ValueError("kl_coef must be > 0 for the adaptive KL controller (it scales kl_coef), got 0")
+            raise ConfigError("kl_coef", "must be > 0 for the adaptive KL controller (it scales kl_coef), got 0")
         mini, rest = divmod(self.run.batch_size, self.num_mini_batches)
         if rest or mini % self.optim.grad_accum:
-            raise ValueError(f"run.batch_size ({self.run.batch_size}) must split into num_mini_batches "
-                             f"({self.num_mini_batches}) mini-batches of a multiple of optim.grad_accum "
-                             f"({self.optim.grad_accum}) rows")
+            raise ConfigError("run.batch_size", f"({self.run.batch_size}) must split into num_mini_batches "
+                              f"({self.num_mini_batches}) mini-batches of a multiple of optim.grad_accum "
+                              f"({self.optim.grad_accum}) rows")
 
     @property
     def mini_batch_size(self) -> int:

@@ -44,6 +44,16 @@ ALIASES = {"data.on_bad_row": "on_bad_row", "task.lang": "lang"}
 # came from; values are coerced once the field's type is known, and the tree is built bottom-up.
 
 
+class ConfigError(ValueError):
+    """A config class's validation failure, with the field it concerns as data: `field` is the dotted
+    path inside the class that raised it ("steps", "run.batch_size"), `reason` the rest of the sentence.
+    `load_config` turns it into a UserError pointing at the recipe line or override that set the field."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field} {reason}")
+        self.field, self.reason = field, reason
+
+
 @dataclass(frozen=True)
 class _Entry:
     value: Any
@@ -353,12 +363,12 @@ def _build(cls: type, prefix: str, entries: dict[str, _Entry], template: Any) ->
         return template
     try:
         return cls(**kwargs)
-    except ValueError as err:
-        # "steps must be >= 1, got -5": point at the recipe line (or override) that set the field.
-        field, _, rest = str(err).partition(" ")
-        entry = entries.get(prefix + field)
-        if entry is not None:
-            raise UserError(rest, file=entry.file, line=entry.line, key=prefix + field) from None
+    except ConfigError as err:  # point at the recipe line (or override) that set the field
+        key = prefix + err.field
+        entry = entries.get(key)
+        where = {"file": entry.file, "line": entry.line} if entry is not None else {}
+        raise UserError(err.reason, key=key, **where) from None
+    except ValueError as err:  # a library's own check (no field known): the section
         raise UserError(str(err), key=prefix.rstrip(".") or None) from None
 
 

@@ -127,6 +127,10 @@ class Run:
                                        file=str(root))
         for line in skipped_rows.report() if skipped_rows is not None else ():  # nothing when none was skipped
             run.print(line)
+        if getattr(config, "micro_batch_size", None) is not None and config.optim.grad_accum > 1:
+            run.print(f"note: run.batch_size={config.run.batch_size} is the whole optimizer step: "
+                      f"{config.optim.grad_accum} micro-batches of {config.micro_batch_size} (earlier versions of "
+                      f"sft / dpo / train-rm / pretrain read it as one micro-batch)")
         return run
 
     @staticmethod

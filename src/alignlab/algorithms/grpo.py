@@ -1,4 +1,4 @@
-"""Group Relative Policy Optimization maths: advantages, the clipped objective, loss aggregation.
+"""Group Relative Policy Optimization maths: advantages and the loss, `grpo_loss`, over TRL 1.16's loss types.
 
 GRPO (Shao et al. 2024, DeepSeekMath, eq. 3) samples G completions per prompt and uses each
 completion's reward relative to its group as the advantage, so no value model is needed. Variants:
@@ -6,26 +6,46 @@ completion's reward relative to its group as the advantage, so no value model is
   (`scale="none"`) and a constant loss normaliser, removing the length and difficulty biases.
 - DAPO (Yu et al. 2025): asymmetric clipping (`epsilon_high` > `epsilon`, "clip-higher") and a
   token-level mean over the whole batch.
+- The rest of TRL 1.16's `loss_type` set (bnpo, cispo, sapo, luspo, vespo), sequence-level importance
+  weights (`importance_sampling_level="sequence"`, GSPO) and INTELLECT-2's `delta`: the per-type pieces
+  live in `algorithms/grpo_losses.py`, which says what each computes; `grpo_loss` composes them.
 Numbers match TRL 1.16's `GRPOTrainer` (advantage block of `_generate_and_score_completions`, and
 `_compute_loss`), which the unit tests check on identical inputs.
 
 Layout: rewards (B,) hold B / G groups as consecutive blocks of G, i.e. prompt 0's G completions,
 then prompt 1's, and so on (TRL's `repeat_interleave` layout).
 
-Left out on purpose: sequence-level importance sampling (GSPO), the other TRL loss types (bnpo,
-cispo, sapo, vespo, luspo), entropy masks and bonuses, vLLM importance correction, gradient
-accumulation scaling (the trainer's job). Pure functions; shapes use the letters of
-`algorithms/common.py`.
+Left out on purpose: TRL's bias-corrected KL (`use_bias_correction_kl`, on by default in TRL 1.16:
+alignlab's KL term is the plain k3 estimate, not k3 times the importance ratio), the off-policy
+sequence mask (`off_policy_mask_threshold`), entropy masks and bonuses, vLLM importance correction,
+gradient accumulation scaling and the rescaling of micro-batches (the trainer's job; see
+`BATCH_TOKEN_TYPES`). Pure functions; shapes use the letters of `algorithms/common.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from alignlab.algorithms.common import kl_k3, masked_mean
+from alignlab.algorithms.grpo_losses import (
+    AGGREGATIONS,
+    BATCH_TOKEN_TYPES,
+    IMPORTANCE_LEVELS,
+    LOSS_TYPES,
+    SURROGATES,
+    LossKnobs,
+    PolicyTerms,
+    clipped_surrogate,
+    dapo_aggregate,
+    dr_grpo_aggregate,
+    grpo_aggregate,
+)
+
+__all__ = ["AGGREGATIONS", "BATCH_TOKEN_TYPES", "LOSS_TYPES", "GRPOLossResult", "GRPOTerms", "clipped_objective",
+           "dapo_aggregate", "dr_grpo_aggregate", "group_advantages", "grpo_aggregate", "grpo_loss",
+           "zero_spread_fraction"]
 
 STD_EPS = 1e-4  # TRL adds 1e-4 to the std (not inside a sqrt), so a zero-spread group gets advantage 0
 
@@ -37,12 +57,6 @@ def _nanstd(values: torch.Tensor, dim: int) -> torch.Tensor:
     count = (~torch.isnan(values)).sum(dim=dim).to(values.dtype)
     correction = torch.where(count > 1, count / (count - 1), torch.full_like(count, float("nan")))
     return torch.sqrt(variance * correction)
-
-
-def _masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Sum of `values` where `mask` is True; `where` rather than multiply so padding garbage cannot leak in."""
-    kept = torch.where(mask, values, torch.zeros_like(values))
-    return kept.sum() if dim is None else kept.sum(dim)
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group",
@@ -117,10 +131,22 @@ class GRPOTerms:
     per_token_kl: torch.Tensor | None
 
 
+def _kl_term(logps: torch.Tensor, ref_logps: torch.Tensor | None, beta: float) -> torch.Tensor | None:
+    """k3 KL to the reference per token (B, T), or None when beta is 0 (no reference is needed then)."""
+    if beta == 0.0:
+        return None
+    if ref_logps is None:
+        raise ValueError("beta != 0 needs ref_logps (the reference model's per-token log-probs); "
+                         "pass them or set beta=0")
+    return kl_k3(logps, ref_logps)  # (B, T)
+
+
 def clipped_objective(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, *,
                       epsilon: float = 0.2, epsilon_high: float | None = None, beta: float = 0.0,
                       ref_logps: torch.Tensor | None = None) -> GRPOTerms:
     """PPO-style clipped surrogate per token (Shao et al. 2024, eq. 3), DAPO's clip-higher, optional k3 KL.
+
+    The token-level clipped types' per-token loss, for callers that want the pieces; `grpo_loss` is the entry point.
 
     Shapes: logps (B, T), old_logps (B, T), advantages (B,) or (B, T), ref_logps (B, T) or None -> GRPOTerms.
 
@@ -130,87 +156,80 @@ def clipped_objective(logps: torch.Tensor, old_logps: torch.Tensor, advantages: 
     >>> round(terms.per_token_loss.item(), 4), terms.clipped_mask.item()
     (-1.2, True)
     """
-    epsilon_high = epsilon if epsilon_high is None else epsilon_high
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(1)  # (B, 1), broadcast over T
     ratio = torch.exp(logps - old_logps)  # (B, T)
-    clipped_ratio = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
-    per_token_loss = -torch.min(ratio * advantages, clipped_ratio * advantages)  # (B, T)
-    clipped_mask = ((ratio < 1 - epsilon) & (advantages < 0)) | ((ratio > 1 + epsilon_high) & (advantages > 0))
-    per_token_kl = None
-    if beta != 0.0:
-        if ref_logps is None:
-            raise ValueError("beta != 0 needs ref_logps (the reference model's per-token log-probs); "
-                             "pass them or set beta=0")
-        per_token_kl = kl_k3(logps, ref_logps)  # (B, T)
+    surrogate = clipped_surrogate(ratio, advantages, epsilon=epsilon, epsilon_high=epsilon_high)
+    per_token_kl = _kl_term(logps, ref_logps, beta)
+    per_token_loss = surrogate.per_token_loss
+    if per_token_kl is not None:
         per_token_loss = per_token_loss + beta * per_token_kl
-    return GRPOTerms(per_token_loss, ratio, clipped_mask, per_token_kl)
-
-
-def grpo_aggregate(per_token_loss: torch.Tensor, mask: torch.Tensor, max_completion_length: int | None) -> torch.Tensor:
-    """Mean over each sequence's kept tokens, then over sequences (Shao et al. 2024, eq. 3).
-
-    Long completions weigh less per token, the length bias Dr. GRPO removes. Shapes: (B, T), (B, T) bool -> scalar.
-    """
-    mask = mask.bool()
-    return (_masked_sum(per_token_loss, mask, -1) / mask.sum(-1).clamp(min=1)).mean()
-
-
-def dr_grpo_aggregate(per_token_loss: torch.Tensor, mask: torch.Tensor,
-                      max_completion_length: int | None) -> torch.Tensor:
-    """Sum over kept tokens / (B * max_completion_length): a constant normaliser (Liu et al. 2025, Dr. GRPO).
-
-    Shapes: (B, T), (B, T) bool -> scalar.
-    """
-    if max_completion_length is None:
-        raise ValueError("loss_type 'dr_grpo' needs max_completion_length (the generation limit, not T); pass it")
-    return _masked_sum(per_token_loss, mask.bool()) / (per_token_loss.size(0) * max_completion_length)
-
-
-def dapo_aggregate(per_token_loss: torch.Tensor, mask: torch.Tensor, max_completion_length: int | None) -> torch.Tensor:
-    """Sum over kept tokens / number of kept tokens in the batch (Yu et al. 2025, DAPO token-level loss).
-
-    TRL divides by the token count of the whole generation batch; for one micro-batch that is this
-    batch's count. Split batches must be weighted by their token counts. Shapes: (B, T), (B, T) bool -> scalar.
-    """
-    mask = mask.bool()
-    return _masked_sum(per_token_loss, mask) / mask.sum().clamp(min=1)
-
-
-Aggregation = Callable[[torch.Tensor, torch.Tensor, "int | None"], torch.Tensor]
-AGGREGATIONS: dict[str, Aggregation] = {"grpo": grpo_aggregate, "dr_grpo": dr_grpo_aggregate, "dapo": dapo_aggregate}
+    return GRPOTerms(per_token_loss, ratio, surrogate.clipped_mask, per_token_kl)
 
 
 @dataclass(frozen=True)
 class GRPOLossResult:
-    """The scalar to minimise and detached per-batch summaries (masked means over kept tokens)."""
+    """The scalar to minimise and detached per-batch summaries.
+
+    Summaries are means over kept tokens, or over sequences for a (B, 1) sequence-level quantity (TRL's
+    convention). `clip_fraction` is, per type: the PPO clip region (clipped types), weights above the cap
+    with A > 0 (cispo; TRL's `cispo_clip_ratio`), 0.0 where nothing is clipped (sapo, vespo).
+    """
 
     loss: torch.Tensor  # scalar, differentiable
-    clip_fraction: float  # fraction of kept tokens in the clipped region
+    clip_fraction: float  # fraction of kept tokens (or sequences) in the clipped region
     kl_mean: float | None  # mean k3 KL to the reference; None when beta is 0
-    ratio_mean: float  # mean importance ratio (1.0 on the first pass over a batch)
+    ratio_mean: float  # mean importance weight (1.0 on the first pass over a batch)
+    extra: dict[str, float] = field(default_factory=dict)  # type-specific readings, e.g. vespo_phi_mean
+
+
+def _summary_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean over kept tokens of (B, T) values; over sequences of (B, 1) ones, as TRL logs them."""
+    if values.size(-1) == 1 and mask.size(-1) != 1:
+        return values.float().mean().item()
+    return masked_mean(values.float(), mask).item()
 
 
 def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
               epsilon: float = 0.2, epsilon_high: float | None = None, beta: float = 0.0,
               ref_logps: torch.Tensor | None = None, loss_type: str = "grpo",
-              max_completion_length: int | None = None) -> GRPOLossResult:
-    """The GRPO loss: clipped objective per token, aggregated by `AGGREGATIONS[loss_type]`.
+              max_completion_length: int | None = None, importance_sampling_level: str = "token",
+              delta: float | None = None, sapo_temperature_pos: float = 1.0, sapo_temperature_neg: float = 1.05,
+              vespo_k_pos: float = 2.0, vespo_lambda_pos: float = 3.0, vespo_k_neg: float = 3.0,
+              vespo_lambda_neg: float = 2.0) -> GRPOLossResult:
+    """The GRPO loss: importance weight at `importance_sampling_level`, the `loss_type`'s surrogate, plus
+    beta * k3 KL, aggregated by `AGGREGATIONS[loss_type]` (algorithms/grpo_losses.py has each piece).
 
-    Shapes: logps (B, T), old_logps (B, T), advantages (B,), mask (B, T) bool, ref_logps (B, T) or None.
+    Parameters keep TRL GRPOConfig's names and defaults; `epsilon_high` None means epsilon (for cispo it
+    is the cap on the weight itself). Shapes: logps (B, T), old_logps (B, T), advantages (B,) or (B, T),
+    mask (B, T) bool, ref_logps (B, T) or None -> GRPOLossResult.
+
+    By hand: on-policy (ratio 1), one kept token of two, A = 2: the clipped loss is -1 * 2 = -2.
 
     >>> result = grpo_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([2.0]), torch.tensor([[True, False]]))
     >>> result.loss.item(), result.clip_fraction, result.ratio_mean
     (-2.0, 0.0, 1.0)
     """
-    if loss_type not in AGGREGATIONS:
-        raise ValueError(f"loss_type must be one of {sorted(AGGREGATIONS)}; got {loss_type!r}")
+    if loss_type not in SURROGATES:
+        raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)}; got {loss_type!r}")
+    if importance_sampling_level not in IMPORTANCE_LEVELS:
+        raise ValueError(f"importance_sampling_level must be 'token' or 'sequence'; got {importance_sampling_level!r}")
     mask = mask.bool()
-    terms = clipped_objective(logps, old_logps, advantages, epsilon=epsilon, epsilon_high=epsilon_high,
-                              beta=beta, ref_logps=ref_logps)
-    loss = AGGREGATIONS[loss_type](terms.per_token_loss, mask, max_completion_length)
+    advantages = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages  # (B, 1) or (B, T)
+    log_ratio = logps - old_logps  # (B, T)
+    ratio = torch.exp(IMPORTANCE_LEVELS[importance_sampling_level](log_ratio, mask))  # (B, T) or (B, 1)
+    knobs = LossKnobs(epsilon, epsilon_high, delta, sapo_temperature_pos, sapo_temperature_neg, vespo_k_pos,
+                      vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg)
+    surrogate = SURROGATES[loss_type](PolicyTerms(logps, log_ratio, ratio, advantages, mask), knobs)
+    per_token_kl = _kl_term(logps, ref_logps, beta)
+    per_token_loss = surrogate.per_token_loss.expand_as(logps)  # a (B, 1) sequence term covers its tokens
+    if per_token_kl is not None:
+        per_token_loss = per_token_loss + beta * per_token_kl
+    loss = AGGREGATIONS[loss_type](per_token_loss, mask, max_completion_length)
     with torch.no_grad():
-        clip_fraction = masked_mean(terms.clipped_mask.float(), mask).item()
-        ratio_mean = masked_mean(terms.ratio, mask).item()
-        kl_mean = None if terms.per_token_kl is None else masked_mean(terms.per_token_kl, mask).item()
-    return GRPOLossResult(loss=loss, clip_fraction=clip_fraction, kl_mean=kl_mean, ratio_mean=ratio_mean)
+        clipped = surrogate.clipped_mask
+        extra = {} if surrogate.weight is None else {"vespo_phi_mean": _summary_mean(surrogate.weight, mask)}
+        return GRPOLossResult(
+            loss=loss, clip_fraction=0.0 if clipped is None else _summary_mean(clipped, mask),
+            kl_mean=None if per_token_kl is None else masked_mean(per_token_kl, mask).item(),
+            ratio_mean=_summary_mean(ratio, mask), extra=extra)

@@ -10,6 +10,8 @@ What is TRL's: prompt order and batching, generation (`model.generate`), the los
 aggregation, the training loop and its checkpoints (`trl/checkpoint-N`, which `--resume` uses).
 
 Recipe keys map one to one (num_generations, num_iterations, epsilon, epsilon_high, beta, loss_type,
+the loss-type knobs of `GRPOConfig.loss_knobs` (importance_sampling_level, delta, sapo_*, vespo_*; passed
+only when not at their default, which is TRL's, so an older TRL runs recipes that leave them alone),
 scale_rewards, mask_truncated_completions, max_new_tokens -> max_completion_length, temperature,
 top_p, top_k, grad_clip -> max_grad_norm, grad_accum, batch_size -> generation batch, steps, seed,
 save_every, keep_checkpoints, log_every, precision). What TRL cannot do is refused by
@@ -21,6 +23,7 @@ resume (TRL restores its checkpoint; its RNG handling is its own), multi-process
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -41,7 +44,8 @@ METRICS = {"loss": "loss", "grad_norm": "grad_norm", "learning_rate": "lr", "rew
            "reward_std": "reward_std", "frac_reward_zero_std": "zero_spread_fraction",
            "completions/mean_length": "completion_length_mean", "completions/max_length": "completion_length_max",
            "completions/clipped_ratio": "truncation_rate", "kl": "kl", "entropy": "entropy",
-           "clip_ratio/region_mean": "clip_fraction"}
+           "clip_ratio/region_mean": "clip_fraction", "cispo_clip_ratio": "clip_fraction",
+           "vespo/phi_seq_mean": "vespo_phi_mean"}
 
 
 def check_supported(cfg: GRPOConfig) -> None:
@@ -59,9 +63,19 @@ def check_supported(cfg: GRPOConfig) -> None:
         raise UserError("backend=trl cannot honour this recipe: " + "; ".join(problems), key="backend")
     try:
         import datasets  # noqa: F401
-        import trl  # noqa: F401
+        import trl
     except ImportError as err:
         raise UserError(f"backend=trl needs TRL: pip install 'alignlab[trl]' ({err})", key="backend") from None
+    missing = [k for k in _loss_keys(cfg) if k not in {f.name for f in dataclasses.fields(trl.GRPOConfig)}]
+    if missing:
+        raise UserError(f"TRL {trl.__version__} has no {', '.join(missing)}; pip install 'trl>=1.16' or use "
+                        f"backend=alignlab", key=missing[0])
+
+
+def _loss_keys(cfg: GRPOConfig) -> dict:
+    """The loss-type knobs that differ from their defaults (TRL's defaults too)."""
+    defaults = GRPOConfig().loss_knobs
+    return {k: v for k, v in cfg.loss_knobs.items() if v != defaults[k]}
 
 
 def _trl_args(cfg: GRPOConfig, out: Path, quiet: bool):
@@ -82,7 +96,7 @@ def _trl_args(cfg: GRPOConfig, out: Path, quiet: bool):
         save_steps=cfg.run.save_every or 500, save_total_limit=cfg.run.keep_checkpoints, report_to="none",
         use_cpu=device == "cpu", bf16=precision == "bf16", fp16=precision == "fp16",
         gradient_checkpointing=False, dataloader_num_workers=0, disable_tqdm=quiet or not cfg.run.progress,
-        shuffle_dataset=True)
+        shuffle_dataset=True, **_loss_keys(cfg))
 
 
 def _schedule(optimizer: torch.optim.Optimizer, cfg: GRPOConfig):

@@ -216,7 +216,7 @@ def dpo(cfg: DPOConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     bad_rows = BadRows(cfg.on_bad_row)  # rows skipped under on_bad_row=skip: printed and in the manifest
     train_pairs, held_out_pairs, files = load_pairs(cfg, None, bad_rows)  # the reward model's data and split
     runtime = resolve_runtime(cfg.run.device, cfg.run.precision)
-    part = runtime.dist.shard(cfg.run.batch_size)
+    part = runtime.dist.shard(cfg.micro_batch_size)
     model, tokenizer = load_trainable(cfg.model, cfg.lora, runtime.device, seed=cfg.run.seed)
     collator = PreferenceCollator(tokenizer, cfg.max_length)
 
@@ -244,7 +244,7 @@ def dpo(cfg: DPOConfig, *, resume: bool = False, overwrite: bool = False, quiet:
         reference = model if has_lora(model) else copy.deepcopy(model).eval().requires_grad_(False)
     compute_loss = make_loss(model, reference, cfg)
     evaluate = make_evaluate(compute_loss, model, held_out, pad_id, cfg, runtime.device) if held_out else None
-    source = ShuffledBatches(train, lambda items: collate(items, pad_id), cfg.run.batch_size, cfg.run.seed,
+    source = ShuffledBatches(train, lambda items: collate(items, pad_id), cfg.micro_batch_size, cfg.run.seed,
                              runtime.device, part)
     spec = TrainSpec(model, source, compute_loss, lambda d: save_model(model, tokenizer, d), evaluate=evaluate)
     loop = Loop(spec, cfg.optim, cfg.run, runtime, run)

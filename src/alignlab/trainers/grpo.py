@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.algorithms.common import masked_mean, wilson_interval
-from alignlab.algorithms.grpo import grpo_loss
+from alignlab.algorithms.grpo import BATCH_TOKEN_TYPES, grpo_loss
 from alignlab.config import GRPOConfig
 from alignlab.distributed import split_rows
 from alignlab.errors import UserError
@@ -65,13 +65,16 @@ def make_loss(model, cfg: GRPOConfig):
         mask = batch.completion_mask
         result = grpo_loss(logps, old, batch.advantages, mask, epsilon=cfg.epsilon,
                            epsilon_high=cfg.epsilon_high or None, beta=cfg.beta, ref_logps=batch.ref_logps,
-                           loss_type=cfg.loss_type, max_completion_length=cfg.generation.max_new_tokens)
+                           loss_type=cfg.loss_type, max_completion_length=cfg.generation.max_new_tokens,
+                           **cfg.loss_knobs)
         loss = result.loss
         kept = int(mask.sum())
-        if cfg.loss_type == "dapo":  # token mean over the whole generation batch, not this micro-batch
+        # dapo, cispo, vespo: token mean over the whole generation batch, not this micro-batch (as TRL).
+        # The other types are local to the micro-batch (bnpo's token mean included); the loop divides by grad_accum.
+        if cfg.loss_type in BATCH_TOKEN_TYPES:
             loss = loss * (max(kept, 1) / batch.token_normaliser)
         metrics = {**batch.metrics, "clip_fraction": result.clip_fraction, "ratio_mean": result.ratio_mean,
-                   "entropy": masked_mean(entropy, mask).item() if kept else 0.0, "tokens": kept}
+                   "entropy": masked_mean(entropy, mask).item() if kept else 0.0, "tokens": kept, **result.extra}
         if result.kl_mean is not None:
             metrics["kl"] = result.kl_mean
         return loss, metrics

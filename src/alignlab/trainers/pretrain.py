@@ -89,14 +89,14 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = Fal
     """Train and return the run directory; the model ends in <run>/checkpoints/final."""
     text, files = read_corpus(cfg.data)
     runtime = resolve_runtime(cfg.run.device, cfg.run.precision)
-    part = runtime.dist.shard(cfg.run.batch_size)
+    part = runtime.dist.shard(cfg.micro_batch_size)
     previous = Run(Path(cfg.run.out_dir)).latest_checkpoint(warn=print_nothing) if resume else None
     model, tokenizer = build_model(cfg, runtime, text, previous)
     set_gradient_checkpointing(model, cfg.model.gradient_checkpointing)
     tokens = torch.tensor(tokenizer.encode(text), dtype=torch.long)
     n_val = int(tokens.numel() * cfg.val_fraction)
     train_tokens, val_tokens = tokens[: tokens.numel() - n_val], tokens[tokens.numel() - n_val:]
-    source = TokenBlocks(train_tokens, cfg.block_size, cfg.run.batch_size, cfg.run.seed, runtime.device, part)
+    source = TokenBlocks(train_tokens, cfg.block_size, cfg.micro_batch_size, cfg.run.seed, runtime.device, part)
     run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, allow_changes=allow_changes,
                      data_files=files, device=str(runtime.device), dtype=model.dtype, quiet=quiet,
                      progress=cfg.run.progress)

@@ -114,7 +114,7 @@ def train_reward_model(cfg: RewardModelConfig, *, pairs=None, resume: bool = Fal
     bad_rows = BadRows(cfg.on_bad_row)  # rows skipped under on_bad_row=skip: printed and in the manifest
     train_pairs, eval_pairs, files = load_pairs(cfg, pairs, bad_rows)
     runtime = resolve_runtime(cfg.run.device, cfg.run.precision)
-    part = runtime.dist.shard(cfg.run.batch_size)
+    part = runtime.dist.shard(cfg.micro_batch_size)
     previous = Run(Path(cfg.run.out_dir)).latest_checkpoint(warn=print_nothing) if resume else None
     model, tokenizer = build_reward_model(cfg, train_pairs, runtime, previous)
     set_gradient_checkpointing(model, cfg.model.gradient_checkpointing)
@@ -141,7 +141,7 @@ def train_reward_model(cfg: RewardModelConfig, *, pairs=None, resume: bool = Fal
                 save_reward_model(model, tokenizer, tmp)
         return metrics
 
-    source = ShuffledBatches(train_items, collator.collate, cfg.run.batch_size, cfg.run.seed, runtime.device, part)
+    source = ShuffledBatches(train_items, collator.collate, cfg.micro_batch_size, cfg.run.seed, runtime.device, part)
     spec = TrainSpec(model, source,
                      make_loss(model, cfg), lambda d: save_reward_model(model, tokenizer, d),
                      evaluate=evaluate if eval_items else None,

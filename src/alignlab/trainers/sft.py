@@ -94,7 +94,7 @@ def sft(cfg: SFTConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     bad_rows = BadRows(cfg.on_bad_row)  # rows skipped under on_bad_row=skip: printed and in the manifest
     conversations, files = load_conversations(cfg, bad_rows)
     runtime = resolve_runtime(cfg.run.device, cfg.run.precision)
-    part = runtime.dist.shard(cfg.run.batch_size)
+    part = runtime.dist.shard(cfg.micro_batch_size)
     previous = Run(Path(cfg.run.out_dir)).latest_checkpoint(warn=print_nothing) if resume else None
     model, tokenizer = build_policy(cfg, conversations, runtime, previous)
     set_gradient_checkpointing(model, cfg.model.gradient_checkpointing)
@@ -127,7 +127,7 @@ def sft(cfg: SFTConfig, *, resume: bool = False, overwrite: bool = False, quiet:
             loss = next_token_loss(causal_lm_logits(model, batch.input_ids), batch.labels, batch.loss_mask)
         return {"loss": loss.item()}
 
-    source = ShuffledBatches(train, functools.partial(collate, pad_id=tokenizer.pad_id), cfg.run.batch_size,
+    source = ShuffledBatches(train, functools.partial(collate, pad_id=tokenizer.pad_id), cfg.micro_batch_size,
                              cfg.run.seed, runtime.device, part)
     spec = TrainSpec(model, source, compute_loss, lambda d: save_model(model, tokenizer, d),
                      evaluate=evaluate if held_out else None)
