@@ -13,7 +13,15 @@ import math
 import os
 import sys
 
-from alignlab.cli_eval import cmd_audit_rm, cmd_check, cmd_compare, cmd_eval, cmd_score
+from alignlab.cli_eval import (
+    add_probe_parser,
+    cmd_audit_rm,
+    cmd_check,
+    cmd_compare,
+    cmd_eval,
+    cmd_probe_reward,
+    cmd_score,
+)
 from alignlab.cli_model import cmd_export, cmd_generate, cmd_import
 from alignlab.errors import ForcedStop, TrainingStopped, UserError
 
@@ -29,6 +37,7 @@ COMMANDS = {
     "ppo": "PPO with a learned critic against a reward model and/or rules (the InstructGPT loop)",
     "score": "score preference pairs with a reward model: accuracy and Good/Bad/Margin lines",
     "audit-rm": "audit a reward model before RL: calibration, length bias, exploit probes",
+    "probe-reward": "attack any reward before RL: adversarial completions by family against good answers, a verdict",
     "eval": "sample N completions per held-out prompt, score them: pass rate, degeneration, verdict",
     "check": "score completions made anywhere (JSONL prompt/completion) with a task's rules",
     "compare": "one table of several evaluations (eval --out directories), with a verdict for two",
@@ -191,6 +200,7 @@ def _add_command_parsers(sub) -> None:
     for add_parser in (_add_audit_rm_parser, _add_eval_parser, _add_check_parser, _add_compare_parser,
                        _add_sweep_parser):
         add_parser(sub)
+    add_probe_parser(sub, COMMANDS["probe-reward"])
 
 
 def _add_model_parsers(sub) -> None:
@@ -232,8 +242,7 @@ def _add_model_parsers(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="alignlab", description="Align small language models with human feedback and rules.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
-                                help="; ".join(f"{k}: {v}" for k, v in COMMANDS.items()))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)  # each listed once, by its help
     _add_trainer_parsers(sub)
     sc = sub.add_parser("score", help=COMMANDS["score"])
     sc.add_argument("checkpoint", help="reward model checkpoint or train-rm run directory")
@@ -329,6 +338,7 @@ def cmd_sweep(args) -> int:
 
 
 HANDLERS = {**dict.fromkeys(TRAINERS, cmd_train), "score": cmd_score, "audit-rm": cmd_audit_rm,
+            "probe-reward": cmd_probe_reward,
             "eval": cmd_eval, "check": cmd_check, "compare": cmd_compare,
             "generate": cmd_generate, "export": cmd_export, "report": cmd_report, "demo": cmd_demo,
             "sweep": cmd_sweep, "import": cmd_import}

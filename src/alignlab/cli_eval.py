@@ -1,4 +1,4 @@
-"""The `alignlab` commands that judge rather than train: eval, check, compare, score, audit-rm.
+"""The `alignlab` commands that judge rather than train: eval, check, compare, score, audit-rm, probe-reward.
 
 Split from `cli.py` (which parses the arguments and dispatches here); the same rules hold: each
 handler builds what the library needs from its arguments, prints, and returns the exit code; a
@@ -214,4 +214,82 @@ def cmd_compare(args) -> int:
 
         html, _ = write_compare_report(Path(args.out), loaded, verdict, training)
         print(f"report: {html}")
+    return 0
+
+
+def add_probe_parser(sub, help_text: str) -> None:
+    """`alignlab probe-reward`: the task, the reward as `alignlab grpo` builds it (recipe / reward.* keys)."""
+    pr = sub.add_parser("probe-reward", help=help_text)
+    pr.add_argument("overrides", nargs="*", metavar="[RECIPE.yaml] key=value", help="the reward and task as for "
+                    "`alignlab grpo` (a GRPO recipe, reward.mode, reward.function=file.py:fn, reward.model=PATH, "
+                    "reward.*_weight, reward.judge_weight, data=, lang=); other GRPO keys are read and unused")
+    pr.add_argument("--task", help="built-in task: study-plan or gsm8k (needs data=GSM8K.jsonl); default: the "
+                    "recipe's, else study-plan")
+    pr.add_argument("--modes", metavar="M1,M2", help="probe the reward once per rule mode (naive,shaped,sharp), "
+                    "everything else as configured")
+    pr.add_argument("--families", metavar="F1,F2", help="only these attack families (default: all of the task's)")
+    pr.add_argument("--prompts", type=int, default=16, help="prompts sampled (seeded) from the task's train examples")
+    pr.add_argument("--seed", type=int, default=0, help="seeds the prompt sample and the attacks")
+    pr.add_argument("--device", default="auto", help="where a reward model or judge runs")
+    pr.add_argument("--out", metavar="DIR", help="also write DIR/probe.md, probe.html and probe.json")
+
+
+def _listed(text: str | None, key: str, allowed: tuple[str, ...] | None = None) -> list[str] | None:
+    """A comma-separated option as a list (None when not given); `allowed` checks each item."""
+    if text is None:
+        return None
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    bad = [item for item in items if allowed is not None and item not in allowed]
+    if not items or bad:
+        expected = f"a comma-separated list of {', '.join(allowed)}" if allowed else "a comma-separated list"
+        raise UserError(f"expected {expected}, got {text!r}", key=key)
+    return items
+
+
+def _probe_config(args):
+    """The GRPO config whose task, data, lang and reward the probe uses (recipe, overrides, --task)."""
+    from alignlab.config import GRPOConfig, load_config
+
+    if args.prompts < 1:
+        raise UserError(f"expected a positive integer, got {args.prompts}", key="--prompts")
+    if not 0 <= args.seed < 2**64:
+        raise UserError(f"expected a seed in [0, 2^64 - 1], got {args.seed}", key="--seed")
+    items = list(args.overrides)
+    recipe = items.pop(0) if items and "=" not in items[0] else None
+    return load_config(GRPOConfig, recipe, [*items, *([f"task={args.task}"] if args.task else [])])
+
+
+def cmd_probe_reward(args) -> int:
+    import dataclasses
+
+    from alignlab.eval.probe import format_probe, format_rewards, write_probe
+    from alignlab.outputs import check_output
+    from alignlab.rewards.base import MODES
+    from alignlab.rewards.probe import probe_examples, probe_reward
+    from alignlab.runtime import resolve_device
+    from alignlab.tasks.registry import get_task
+    from alignlab.trainers.rollouts import Scorer
+
+    cfg = _probe_config(args)
+    modes, families = _listed(args.modes, "--modes", MODES), _listed(args.families, "--families")
+    inputs = [cfg.data, cfg.reward.model, cfg.reward.function.rpartition(":")[0],
+              cfg.reward.judge_model if cfg.reward.judge_weight else ""]
+    out = check_output(args.out, "probe", protect=inputs) if args.out is not None else None
+    task = get_task(cfg.task)
+    examples = probe_examples(task, cfg.data, cfg.lang, args.prompts, args.seed)
+    device = resolve_device(args.device)
+    results = []
+    for reward in [dataclasses.replace(cfg.reward, mode=m) for m in modes] if modes else [cfg.reward]:
+        scorer = Scorer(task, reward, device)  # exactly the trainers' reward
+        result, _ = probe_reward(scorer.reward, task, examples, seed=args.seed, families=families)
+        results.append(result)
+        print(format_probe(result) + "\n")
+    if len(results) > 1:
+        print(format_rewards(results))
+    if out is not None:
+        info = {"task": cfg.task, "data": cfg.data or None, "lang": cfg.lang, "seed": args.seed, "modes": modes,
+                "families": families, "reward": dataclasses.asdict(cfg.reward),
+                "prompts": [e["prompt"] for e in examples]}
+        write_probe(out, results, info, protect=inputs)
+        print(f"wrote {out / 'probe.md'}, {out / 'probe.html'} and {out / 'probe.json'}")
     return 0

@@ -393,10 +393,19 @@ class RewardConfig:
     function_weight: float = knob(1.0, "weight of reward.function in the total")
     timeout_s: float = knob(300.0, "seconds one reward.function call may take before the run stops naming it "
                                    "(a hung function never stalls a run silently); 0 = no limit")
+    judge_weight: float = knob(0.0, "weight of the judge's penalty -clip((NLL - fluent references' NLL) / "
+                                    "judge_margin, 0, 1) per completion (closes word salad); 0 = off, no judge loaded")
+    judge_model: str = knob("smollm2-135m-instruct", "the judge (rewards/judge.py): any causal LM, a checkpoint, "
+                                                     "transformers folder, .gguf or smollm2-135m-instruct")
+    judge_margin: float = knob(1.5, "nats per token above the fluent references' mean NLL where the judge's "
+                                    "penalty is full (one completion spreads wider than eval's set margin 0.4)")
 
     def __post_init__(self):
-        _check(self, ">= 0", lambda v: v >= 0, "rules_weight", "model_weight", "function_weight")
+        _check(self, ">= 0", lambda v: v >= 0, "rules_weight", "model_weight", "function_weight", "judge_weight")
         _check(self, "finite and >= 0 (0 = no limit)", lambda v: 0 <= v < float("inf"), "timeout_s")
+        _check(self, "> 0", lambda v: v > 0, "judge_margin")
+        _check(self, "set when judge_weight > 0 (a causal LM to judge with)",
+               lambda v: bool(v.strip()) or self.judge_weight == 0, "judge_model")
         if self.rules_weight == 0 and not (self.model or self.function):
             raise ConfigError("rules_weight", "must be > 0 when neither reward.model nor reward.function is set, got 0")
 

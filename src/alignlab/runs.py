@@ -15,7 +15,8 @@ moves the old run aside and deletes it once the new one finishes). One process w
 time: `Run.create` takes an OS lock on `<run>/.lock` for the whole run (`finish` releases it), and a
 second writer is refused before it writes anything. `--resume` first compares the config and data
 with the run's own (`run_resume.py`) and resumes from the newest *intact* checkpoint.
-`quiet=True` silences all printing (tests); `progress=False` only the progress bar (logs, CI).
+`quiet=True` silences all printing (tests); `progress=False` only the progress bar (on a terminal) or
+lines (elsewhere).
 
 In a multi-process run (torchrun) this is where the rank-0 guards live: every rank opens the
 `Run` (all read checkpoints when resuming), but only rank 0 creates, writes, prunes and prints;
@@ -50,6 +51,7 @@ from alignlab.outputs import (
     move_aside,
     write_marker,
 )
+from alignlab.progress import start_progress
 from alignlab.run_resume import check_resume, checkpoint_problem, file_sha256
 
 
@@ -315,27 +317,15 @@ class Run:
         if not self.quiet:
             print(message, flush=True)
 
-    def start_progress(self, total: int, done: int = 0, description: str = "train") -> None:
-        if self.quiet or not self.progress:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                  TextColumn("{task.fields[status]}"), transient=False)
-        self._progress.start()
-        self._task = self._progress.add_task(description, total=total, completed=done, status="")
+    def start_progress(self, total: int, done: int = 0, every: int = 10, description: str = "train") -> None:
+        """A live bar on a terminal, else a plain line every `every` steps (`progress.py`); nothing when
+        quiet or with progress off."""
+        if not self.quiet and self.progress:
+            self._progress = start_progress(total, done, every, description)
 
     def advance(self, step: int, status: str = "") -> None:
         if self._progress is not None:
-            self._progress.update(self._task, completed=step, status=status)
+            self._progress.advance(step, status)
 
     def close(self) -> None:
         if self._progress is not None:

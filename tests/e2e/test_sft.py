@@ -50,9 +50,10 @@ def test_sft_learns_the_format(tmp_path):
     cfg = load_config(SFTConfig, None, [*TINY, "synthetic_per_prompt=2", "steps=60", "run.batch_size=8",
                                         "optim.lr=3e-3", "run.eval_every=30", f"run.out_dir={tmp_path / 'sft'}"])
     run = sft(cfg, quiet=True)
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    baseline, *records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert baseline["step"] == 0 and set(baseline) >= {"eval/loss"}  # the starting model, evaluated
     assert records[-1]["loss"] < records[0]["loss"] - 1.0
-    assert any("eval/loss" in r for r in records)
+    assert records[-1]["eval/loss"] < baseline["eval/loss"] - 1.0
     from alignlab.model.checkpoint import load_model
 
     model, tok = load_model(str(run / "checkpoints" / "final"))

@@ -35,7 +35,7 @@ AFTER_2 = P + " -    1、 《关于社会主义建设、代码\n\n给定/API/API
 def test_score_sample_uses_the_rules_and_the_sharp_reward():
     good, bad = score_sample(P, THREE, truncated=False), score_sample(P, AFTER_1, truncated=True)
     assert (good.passed, good.degenerate, good.score, good.failed_rules) == (True, False, 1.0, ())
-    assert set(good.rule_reasons) == {"structure", "count", "durations", "activities", "extra_text", "echo",
+    assert set(good.rule_reasons) == {"structure", "count", "durations", "activities", "extra_text", "language", "echo",
                                       "repetition", "length", "garbled"}
     assert bad.passed is False and bad.degenerate is True and bad.score == -1.0  # a penalty failed: -1
     assert "echo" in bad.failed_rules and "repetition" in bad.failed_rules
@@ -55,8 +55,8 @@ def test_summarize_rates_ci_and_rule_failures():
     assert s.rule_failures["count"] == 1 and s.rule_failures["extra_text"] == 1 and s.rule_failures["echo"] == 0
     assert set(s.rule_failures) >= {"structure", "durations", "repetition", "length"}
     assert s.degenerate_rate == 0.0 and s.echo_rate == 0.0 and s.truncation_rate == 0.2
-    # sharp: three +1, two format failures of weight 1 of 5: -0.5 - 0.5 * 1/5 = -0.6
-    assert s.reward_mean == pytest.approx((3 - 2 * 0.6) / 5)
+    # sharp: three +1, two format failures of weight 1 of 6: -0.5 - 0.5 * 1/6
+    assert s.reward_mean == pytest.approx((3 - 2 * (0.5 + 0.5 / 6)) / 5)
     assert s.length_max == len(PREAMBLE.strip()) and s.longest_run_max == 1
 
 

@@ -2,8 +2,8 @@
 
 Values by hand (default weights: format rules 1 each, echo 1, repetition 1, length 0.5):
 - compliant: naive 1.0, shaped 1.0, sharp 1.0;
-- preamble line + three bullets: extra_text credit 3/4, so shaped (1 + 1 + 1 + 1 + 0.75) / 5 = 0.95;
-  sharp -0.5 - 0.5 * 1/5 = -0.6; naive 3 of 4 lines timed = 0.75;
+- preamble line + three bullets: extra_text credit 3/4, so shaped (1 + 1 + 1 + 1 + 0.75 + 1) / 6 = 0.9583
+  (six format rules, language included); sharp -0.5 - 0.5 * 1/6 = -0.5833; naive 3 of 4 lines timed = 0.75;
 - the user's after-training sample 1: naive 1.0 (the echoed prompt names "30 分钟": the hack),
   sharp -1.0 (echo and repetition).
 """
@@ -34,8 +34,8 @@ AFTER_1 = ("请给我一个三点式学习计划，用 '-' 做 bullet,每一条�
            "只输出三条bullet。当然，对阻阻阻阻阻阻阻...")
 STUFFED = P + " " + "30分钟 " * 40  # the echoed prompt, then a duration over and over
 MODES = ("naive", "shaped", "sharp")
-KEYS = {"structure", "count", "durations", "activities", "extra_text", "echo", "repetition", "length", "garbled",
-        "content", "passed", "total"}
+KEYS = {"structure", "count", "durations", "activities", "extra_text", "language", "echo", "repetition", "length",
+        "garbled", "content", "passed", "total"}
 
 
 def _samples(compliant: bool, per_style: int = 4, seed: int = 0) -> list[tuple[str, str, str]]:
@@ -60,8 +60,8 @@ def test_hand_computed_values(rewards):
     preamble = "好的：\n" + THREE
     assert [rewards[m]([P], [THREE])[0] for m in MODES] == [1.0, 1.0, 1.0]
     assert rewards["naive"]([P], [preamble]) == [0.75]
-    assert rewards["shaped"]([P], [preamble]) == [pytest.approx(0.95)]
-    assert rewards["sharp"]([P], [preamble]) == [pytest.approx(-0.6)]
+    assert rewards["shaped"]([P], [preamble]) == [pytest.approx(5.75 / 6)]
+    assert rewards["sharp"]([P], [preamble]) == [pytest.approx(-0.5 - 0.5 / 6)]
     assert rewards["naive"]([P], [AFTER_1]) == [1.0]
     assert rewards["sharp"]([P], [AFTER_1]) == [-1.0]
 
@@ -130,8 +130,9 @@ def test_weights_and_options_change_the_reward():
     long_plan = "- study (30 min)\n- practise (1 hour)\n- rest (half an hour) " + " ".join(f"w{i}" for i in range(80))
     assert 300 < len(long_plan) < 600  # too long, not a blow-up, and no repeated unit
     assert study_plan_reward("sharp")([P], [long_plan]) == [-1.0]  # too long is a hard violation
-    assert study_plan_reward("sharp", weights={"length": 0})([P], [long_plan]) == [1.0]
-    assert study_plan_reward("sharp", max_chars=1000)([P], [long_plan]) == [1.0]
+    # an English plan for the Chinese prompt P: the language rule is weighed out too
+    assert study_plan_reward("sharp", weights={"length": 0, "language": 0})([P], [long_plan]) == [1.0]
+    assert study_plan_reward("sharp", max_chars=1000, weights={"language": 0})([P], [long_plan]) == [1.0]
     heavy = study_plan_reward("shaped", weights={"echo": 3.0})([P], [P + "\n" + THREE])[0]
     light = study_plan_reward("shaped")([P], [P + "\n" + THREE])[0]
     assert heavy < light

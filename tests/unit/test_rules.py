@@ -216,10 +216,10 @@ def test_partial_credit_of_each_rule():
 def test_verdict_lists_every_rule_in_order():
     verdict = study_plan_verdict(P, "好的\n" + THREE)
     assert isinstance(verdict, StudyPlanVerdict)
-    assert list(verdict.results) == ["structure", "count", "durations", "activities", "extra_text", "echo",
+    assert list(verdict.results) == ["structure", "count", "durations", "activities", "extra_text", "language", "echo",
                                     "repetition", "length", "garbled"]
     assert verdict.failed == ("extra_text",)
-    assert verdict.score == pytest.approx((8 + 0.75) / 9)
+    assert verdict.score == pytest.approx((9 + 0.75) / 10)
 
 
 def test_max_chars_is_configurable():

@@ -15,6 +15,9 @@ answers 2.83 (2.52-3.04), SmolLM2's own samples 1.31. So:
 `coherence_verdict` calls a policy "incoherent" when its set's mean NLL exceeds the reference
 set's by at least `INCOHERENT_MARGIN` and the 95% interval of that difference excludes zero.
 
+The per-completion scoring (`completion_nll`) lives in `rewards/judge.py`, where the reward term
+`reward.judge_weight` uses the same numbers: training pressure and this verdict measure alike.
+
 Left out: judging with a reward model, and per-token attribution (which words the judge balked at).
 """
 
@@ -24,11 +27,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
+from alignlab.rewards.judge import completion_nll
 
-from alignlab.algorithms.common import token_logps
-from alignlab.data.batches import right_pad
-from alignlab.model.hf import causal_lm_logits
+__all__ = ["INCOHERENT_MARGIN", "Coherence", "CoherenceVerdict", "coherence_verdict", "completion_nll", "judge",
+           "judge_evaluation", "summarize", "t975"]
 
 # Half the measured gap between fluent references (2.83) and word salad of the right shape (3.60)
 # with SmolLM2-135M as judge: a policy 0.4 nats/token less likely than fluent text, per token, is
@@ -84,38 +86,6 @@ def summarize(judge: str, nlls: Sequence[float]) -> Coherence:
     mean, sd = _mean_sd(values)
     half = t975(len(values) - 1) * sd / math.sqrt(len(values))
     return Coherence(judge, len(values), mean, (mean - half, mean + half), tuple(values))
-
-
-def _sequences(tokenizer, prompts: Sequence[str], completions: Sequence[str], max_length: int):
-    """(ids, first completion position) per pair; the prompt is cut from the left to fit."""
-    out = []
-    for prompt, completion in zip(prompts, completions, strict=True):
-        answer = tokenizer.encode(completion)[: max_length - 1]
-        context = tokenizer.chat_prompt_ids(prompt)[-(max_length - len(answer)):]
-        out.append((context + answer, len(context)))
-    return out
-
-
-@torch.no_grad()
-def completion_nll(model, tokenizer, prompts: Sequence[str], completions: Sequence[str], *, batch_size: int = 16,
-                   max_length: int = 1024) -> list[float]:
-    """Mean negative log-likelihood per token of each completion after its prompt, under `model`
-    (nan for an empty completion: nothing to judge). The prompt is rendered with the judge's chat
-    template (`Tokenizer.chat_prompt_ids`), so the judge reads an answer to the question asked."""
-    model.eval()
-    device = next(model.parameters()).device
-    sequences = _sequences(tokenizer, prompts, completions, max_length)
-    out = []
-    for start in range(0, len(sequences), batch_size):
-        chunk = sequences[start:start + batch_size]
-        ids, mask = right_pad([s for s, _ in chunk], tokenizer.pad_id or 0)  # (B, T)
-        ids, mask = ids.to(device), mask.to(device)
-        logits = causal_lm_logits(model, ids, mask).float()  # (B, T, V)
-        logps = token_logps(logits[:, :-1], ids[:, 1:])  # (B, T-1): position t predicts token t+1
-        for row, (seq, first) in enumerate(chunk):
-            scored = logps[row, max(first, 1) - 1:len(seq) - 1]  # the completion's tokens
-            out.append(-scored.mean().item() if scored.numel() else math.nan)
-    return out
 
 
 def judge(model, tokenizer, name: str, prompts: Sequence[str], completions: Sequence[str], *,

@@ -48,6 +48,7 @@ Check = Callable[[str, str], RuleResult]  # (prompt, completion) -> RuleResult
 
 MODES = ("naive", "shaped", "sharp")
 DEFAULT_WEIGHTS = {"structure": 1.0, "count": 1.0, "durations": 1.0, "activities": 1.0, "extra_text": 1.0,  # format
+                   "language": 1.0,
                    "echo": 1.0, "repetition": 1.0, "length": 0.5, "garbled": 1.0}  # penalties: length mildest
 CONTENT = "content"
 

@@ -10,6 +10,8 @@ Every check has the signature `check(prompt, completion) -> RuleResult(passed, s
 - `check_activities`: every bullet says what to do besides its duration (two Chinese
   characters or four letters at least), and no two bullets say the same thing;
 - `check_extra_text`: no line that is not a list item (preamble, explanation, echoed prompt);
+- `check_language`: the plan is in the prompt's language (a Chinese prompt gets Chinese activities,
+  any other prompt no Chinese);
 - `check_content`: the lenient content-only score of the naive reward (lines with a duration).
 Structure and extra text split the "every non-empty line starts with '-'" criterion: list items
 with the wrong shape fail structure, prose lines fail extra text, so each reason is told once.
@@ -44,7 +46,7 @@ from alignlab.rewards.penalties import (
 )
 
 __all__ = ["RuleResult", "StudyPlanVerdict", "check_activities", "check_content", "check_count", "check_durations",
-           "check_extra_text", "check_structure", "check_study_plan", "find_durations",
+           "check_extra_text", "check_language", "check_structure", "check_study_plan", "find_durations",
            "study_plan_verdict"]
 
 EXPECTED_BULLETS = 3
@@ -76,6 +78,9 @@ _OTHER_MARKER = re.compile(r"[*+•·●▪◦–—－]")  # list markers that 
 _NUMBERED = re.compile(r"(?:-\s*)?(?:\d+\s*(?:\.(?!\d)|[)、])|[(（]\d+[)）]|[①-⑳])")  # not "1.5 小时"
 _INLINE_NUMBER = re.compile(r"(?<=\s)\d+[.、](?!\d)(?=\s|\*)")  # "... 1. **第一步** ..."
 _INLINE_DASH = re.compile(r"(?<=\s)-(?=\s)")  # a spaced '-' inside a line: one more item
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")  # CJK ideographs (not full-width punctuation)
+_WORD = re.compile(r"[A-Za-z]{2,}")
+MIN_PROMPT_WORDS = 4  # a prompt without Chinese asks for another language only when it says something
 
 
 def find_durations(text: str) -> list[str]:
@@ -282,6 +287,28 @@ def check_extra_text(prompt: str, completion: str) -> RuleResult:
     return RuleResult(not reasons, score, tuple(reasons))
 
 
+def check_language(prompt: str, completion: str) -> RuleResult:
+    """The plan is written in the prompt's language: asked in Chinese (the prompt holds a CJK ideograph),
+    every bullet's activity is Chinese; asked in another language (MIN_PROMPT_WORDS words at least, no
+    Chinese), the answer holds no Chinese; a prompt too short to tell sets no language. A
+    compliant plan in the other language (probe-reward's `other_language` family) fails here.
+
+    >>> check_language("给我三条计划", "- Read a chapter (30 min)").reasons
+    ("the prompt is Chinese but bullet 1 is not: '- Read a chapter (30 min)'",)
+    >>> check_language("Give me a study plan", "- 复习（30 分钟）\\n- Read (1 hour)").reasons
+    ("the prompt is not Chinese but the answer is: '- 复习（30 分钟）'",)
+    """
+    if _CJK.search(prompt):
+        reasons = tuple(f"the prompt is Chinese but bullet {i} is not: {snippet(bullet)}"
+                        for i, bullet in enumerate(_bullets(completion), 1) if not _CJK.search(_activity(bullet)))
+    elif len(_WORD.findall(prompt)) >= MIN_PROMPT_WORDS:
+        line = next((line for line in _lines(completion) if _CJK.search(line)), None)
+        reasons = () if line is None else (f"the prompt is not Chinese but the answer is: {snippet(line.strip())}",)
+    else:  # "plan?": too short to say which language was asked
+        reasons = ()
+    return RuleResult(not reasons, 0.0 if reasons else 1.0, reasons)
+
+
 def check_content(prompt: str, completion: str) -> RuleResult:
     """Content only, the naive reward: the fraction of non-empty lines naming a duration,
     whatever their shape. Hackable on purpose (an echoed prompt holds "30 分钟"): it is the
@@ -299,13 +326,14 @@ def check_content(prompt: str, completion: str) -> RuleResult:
 
 
 FORMAT_RULES = {"structure": check_structure, "count": check_count, "durations": check_durations,
-                "activities": check_activities, "extra_text": check_extra_text}
+                "activities": check_activities, "extra_text": check_extra_text, "language": check_language}
 
 
 @dataclass(frozen=True)
 class StudyPlanVerdict:
     """Every rule's result on one completion, in a fixed order: the format rules
-    (structure, count, durations, activities, extra_text), then the penalties (echo, repetition, length, garbled).
+    (structure, count, durations, activities, extra_text, language), then the penalties
+    (echo, repetition, length, garbled).
 
     passed: all hold (the design's pass criterion). degenerate_reasons: why the completion is
     degenerate (`penalties.degeneration_reasons`), empty when it is not.

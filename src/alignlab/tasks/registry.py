@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from alignlab.errors import UserError
 from alignlab.rewards.base import study_plan_reward
 from alignlab.rewards.rules import StudyPlanVerdict, study_plan_verdict
+from alignlab.tasks import gsm8k_attacks, study_plan_attacks
+from alignlab.tasks.attacks import TaskAttacks
 from alignlab.tasks.gsm8k import gsm8k_examples, gsm8k_reward, gsm8k_verdict
 from alignlab.tasks.study_plan import held_out_prompts, train_prompts
 from alignlab.tasks.study_plan_references import reference_answers
@@ -34,7 +36,9 @@ class Task:
     (lang defaults to "all");
     check(prompt, completion, **columns) -> verdict with `passed`, `degenerate`, `failed`, `reasons`,
     `degenerate_reasons`; reward(mode) -> a reward function with TRL's signature; references(lang) ->
-    hand-written fluent (prompt, answer) pairs the coherence judge compares a policy with (None: none)."""
+    hand-written fluent (prompt, answer) pairs the coherence judge compares a policy with (None: none);
+    attacks: the task's attack families and known-good answers for `alignlab probe-reward` (None: the task
+    cannot be probed)."""
 
     name: str
     train_examples: Callable[..., list[dict]]
@@ -43,6 +47,7 @@ class Task:
     reward: Callable[[str], Callable]
     columns: tuple[str, ...] = ()
     references: Callable[[str], list[tuple[str, str]]] | None = None  # fluent (prompt, answer) pairs by lang
+    attacks: TaskAttacks | None = None  # tasks/attacks.py: probe families and reference answers
 
     def row_columns(self, rows: list[dict]) -> dict[str, list]:
         """The task's columns of `rows` as keyword lists, one entry per row."""
@@ -85,9 +90,9 @@ def _no_lang(read: Callable[[str], list[dict]], *, optional: bool = False) -> Ca
 
 TASKS = {
     "study-plan": Task("study-plan", _study_plan(train_prompts), _study_plan(held_out_prompts), study_plan_verdict,
-                       study_plan_reward, references=reference_answers),
+                       study_plan_reward, references=reference_answers, attacks=study_plan_attacks.ATTACKS),
     "gsm8k": Task("gsm8k", _no_lang(gsm8k_examples), _no_lang(gsm8k_examples, optional=True), gsm8k_verdict,
-                  gsm8k_reward, ("answer",)),
+                  gsm8k_reward, ("answer",), attacks=gsm8k_attacks.ATTACKS),
 }
 
 

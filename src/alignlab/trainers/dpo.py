@@ -247,9 +247,5 @@ def dpo(cfg: DPOConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     source = ShuffledBatches(train, lambda items: collate(items, pad_id), cfg.micro_batch_size, cfg.run.seed,
                              runtime.device, part)
     spec = TrainSpec(model, source, compute_loss, lambda d: save_model(model, tokenizer, d), evaluate=evaluate)
-    loop = Loop(spec, cfg.optim, cfg.run, runtime, run)
-    if evaluate is not None and cfg.run.eval_every and not resume:
-        with loop.parallel.full_parameters():
-            run.log(0, {f"eval/{k}": v for k, v in evaluate().items()})
-    loop.train(resume=resume)
+    Loop(spec, cfg.optim, cfg.run, runtime, run).train(resume=resume)
     return run.root

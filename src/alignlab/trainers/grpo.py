@@ -33,24 +33,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alignlab.algorithms.common import masked_mean, wilson_interval
+from alignlab.algorithms.common import masked_mean
 from alignlab.algorithms.grpo import BATCH_TOKEN_TYPES, grpo_loss
 from alignlab.config import GRPOConfig
 from alignlab.distributed import split_rows
 from alignlab.errors import UserError
-from alignlab.generation.engine import generate
-from alignlab.generation.sampling import derive_seed
 from alignlab.model.checkpoint import load_trainable, save_model
 from alignlab.model.lora import has_lora
 from alignlab.runs import Run
 from alignlab.runtime import resolve_runtime
 from alignlab.tasks.registry import get_task
+from alignlab.trainers.heldout import make_evaluate
 from alignlab.trainers.ledger import LEDGER, Ledger
 from alignlab.trainers.loop import Loop, TrainSpec
 from alignlab.trainers.preflight import preflight
-from alignlab.trainers.rollouts import GRPOBatch, RolloutSource, Scorer, policy_logps, shared_prompt_groups
-
-EVAL_SEED_OFFSET = 104729  # held-out sampling has its own stream: every evaluation sees the same draws
+from alignlab.trainers.rollouts import (
+    GRPOBatch,
+    RolloutSource,
+    Scorer,
+    policy_logps,
+    rl_step_metrics,
+    shared_prompt_groups,
+)
 
 
 def make_loss(model, cfg: GRPOConfig):
@@ -80,35 +84,6 @@ def make_loss(model, cfg: GRPOConfig):
         return loss, metrics
 
     return compute_loss
-
-
-def make_evaluate(model, tokenizer, cfg: GRPOConfig, examples: list[dict], scorer: Scorer, device, dist):
-    """Held-out evaluation: pass rate (+ Wilson bounds), degeneration and reward of fresh samples.
-    Under torchrun rank r samples rows r, r + world, ...; the texts are gathered and every rank scores
-    them all, so every rank logs the same numbers (and, row-seeded, the one-process ones)."""
-
-    def evaluate() -> dict:
-        rows = [e for e in examples for _ in range(cfg.eval_samples)]
-        mine = dist.dealt(len(rows))
-        seeds = [derive_seed(cfg.run.seed + EVAL_SEED_OFFSET, i) for i in mine]  # row i's own stream
-        was_training = model.training
-        model.eval()
-        texts = []
-        for start in range(0, len(mine), cfg.run.batch_size):
-            chunk = mine[start:start + cfg.run.batch_size]
-            texts += generate(model, tokenizer, [rows[i]["prompt"] for i in chunk], cfg.generation,
-                              row_seeds=seeds[start:start + cfg.run.batch_size]).texts
-        model.train(was_training)
-        texts = dist.gather_dealt(texts, len(rows))
-        totals, _, _, verdicts = scorer(rows, texts)
-        passed = sum(v.passed for v in verdicts)
-        low, high = wilson_interval(passed, len(rows))
-        scored = [t for t in totals if t is not None]
-        return {"pass_rate": passed / len(rows), "pass_rate_low": low, "pass_rate_high": high,
-                "degenerate_rate": sum(v.degenerate for v in verdicts) / len(rows),
-                "reward_mean": sum(scored) / len(scored) if scored else float("nan")}
-
-    return evaluate
 
 
 def load_policy(cfg: GRPOConfig, device):
@@ -195,16 +170,9 @@ def grpo(cfg: GRPOConfig, *, resume: bool = False, overwrite: bool = False, quie
     source = RolloutSource(cfg, model, setup.tokenizer, setup.train, setup.scorer, setup.runtime.device, ledger,
                            setup.reference, setup.runtime.dist)
     spec = TrainSpec(model, source, make_loss(model, cfg), lambda d: save_model(model, setup.tokenizer, d),
-                     evaluate=setup.evaluate, status=grpo_status)
-    loop = Loop(spec, cfg.optim, cfg.run, setup.runtime, run)
-    if resume:
-        loop.resume()
-        if ledger is not None:
-            ledger.keep_until(loop.step)
-    elif setup.evaluate is not None and cfg.run.eval_every:  # the baseline later evaluations are read against
-        with loop.parallel.full_parameters():
-            run.log(0, {f"eval/{k}": v for k, v in setup.evaluate().items()})
-    loop.train(resume=False)
+                     evaluate=setup.evaluate, status=grpo_status, step_metrics=rl_step_metrics,
+                     on_resume=ledger.keep_until if ledger is not None else None)
+    Loop(spec, cfg.optim, cfg.run, setup.runtime, run).train(resume=resume)
     return run.root
 
 

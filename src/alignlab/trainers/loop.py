@@ -74,6 +74,9 @@ class TrainSpec:
     evaluate: Callable[[], dict] | None = None  # held-out metrics, logged as eval/<name>
     status: Callable[[dict], str] | None = None  # the progress line's tail from a step's metrics
     restore_model: Callable[[Path], None] | None = None  # reads save_model's files back; default: model.safetensors
+    baseline: bool = True  # a new run evaluates at step 0: the reference later evaluations are read against
+    on_resume: Callable[[int], None] | None = None  # told the step a resumed run continues from (a ledger trims)
+    step_metrics: Callable[[dict], dict] | None = None  # the batch source's own readings from a step's totals
 
 
 def lr_at(step: int, optim: OptimConfig, total_steps: int) -> float:
@@ -170,10 +173,16 @@ class Loop:
         self.weights_checked = False  # after this process's first step (and before every save)
 
     def train(self, resume: bool = False) -> dict:
+        """The run's lifecycle once `Run.create` has made (or reopened and locked) its folder: resume from
+        the newest complete checkpoint, or evaluate the starting model at step 0; then the steps, the final
+        checkpoint and the run's closing. Returns the last step's metrics."""
         if resume:
             self.resume()
+        elif self.spec.evaluate is not None and self.spec.baseline and self.run_cfg.eval_every:
+            with self.parallel.full_parameters():
+                self.run.log(0, {f"eval/{k}": v for k, v in self.spec.evaluate().items()})
         cfg, metrics = self.run_cfg, {}
-        self.run.start_progress(cfg.steps, self.step)
+        self.run.start_progress(cfg.steps, self.step, every=cfg.log_every)
         try:
             with StopSignals(self._newest_checkpoint) as stop:
                 while self.step < cfg.steps:
@@ -270,8 +279,8 @@ class Loop:
         self.optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - started
         totals.update(lr=lr, grad_norm=float(grad_norm), step_time=elapsed)
-        if "gen_time" in totals:  # RL trainers: the rest of the step is the update (and scoring)
-            totals["update_time"] = elapsed - totals["gen_time"]
+        if self.spec.step_metrics is not None:
+            totals.update(self.spec.step_metrics(totals))
         if "tokens" in totals:
             totals["tokens_per_s"] = totals["tokens"] * self.optim_cfg.grad_accum / elapsed
         return totals
@@ -324,6 +333,8 @@ class Loop:
         if directory is None:
             self.run.print(f"no complete checkpoint in {self.run.checkpoints}: starting from step 0")
             self.run.keep_metrics_until(0)
+            if self.spec.on_resume is not None:
+                self.spec.on_resume(0)
             return
         state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
         if self.parallel.sharded:
@@ -345,6 +356,8 @@ class Loop:
         set_rng_state(state["rng"])
         self.step, self.skipped = state["step"], state.get("skipped", 0)
         self.run.keep_metrics_until(self.step)
+        if self.spec.on_resume is not None:
+            self.spec.on_resume(self.step)
         self.run.print(f"resuming from {directory} (step {self.step})")
 
 

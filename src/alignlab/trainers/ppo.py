@@ -46,11 +46,11 @@ from alignlab.model.lora import add_lora, has_lora
 from alignlab.runs import Run
 from alignlab.runtime import resolve_runtime
 from alignlab.tasks.registry import get_task
-from alignlab.trainers.grpo import make_evaluate
+from alignlab.trainers.heldout import make_evaluate
 from alignlab.trainers.ledger import LEDGER, Ledger
 from alignlab.trainers.loop import Loop, TrainSpec, restore_weights
 from alignlab.trainers.ppo_rollouts import PolicyAndValue, PPOBatch, PPOSource
-from alignlab.trainers.rollouts import Scorer, policy_logps
+from alignlab.trainers.rollouts import Scorer, policy_logps, rl_step_metrics
 
 VALUE = "value.safetensors"
 
@@ -147,16 +147,9 @@ def ppo(cfg: PPOConfig, *, resume: bool = False, overwrite: bool = False, quiet:
                 if held_out else None)
     spec = TrainSpec(model, source, make_loss(model, source, cfg, runtime.dist),
                      lambda d: save_checkpoint(model, tokenizer, d), evaluate=evaluate, status=ppo_status,
-                     restore_model=lambda d: restore_checkpoint(model, d))
-    loop = Loop(spec, cfg.optim, cfg.run, runtime, run)
-    if resume:
-        loop.resume()
-        if ledger is not None:
-            ledger.keep_until(loop.step)
-    elif evaluate is not None and cfg.run.eval_every:
-        with loop.parallel.full_parameters():
-            run.log(0, {f"eval/{k}": v for k, v in evaluate().items()})
-    loop.train(resume=False)
+                     restore_model=lambda d: restore_checkpoint(model, d), step_metrics=rl_step_metrics,
+                     on_resume=ledger.keep_until if ledger is not None else None)
+    Loop(spec, cfg.optim, cfg.run, runtime, run).train(resume=resume)
     return run.root
 
 

@@ -5,9 +5,11 @@ the chat template (it renders a prompt and keeps its text), the rewards (they ho
 contract on a pilot batch sampled from the policy), and the learning signal on that batch: the
 fraction of completions cut by `max_new_tokens` (a truncated completion rarely earns a
 reward, and its EOS is never learned) and the fraction of groups whose rewards are all equal
-(zero advantage, zero gradient). It times a second pilot generation and a second forward/backward (the
-first pays one-off warm-up), and estimates the time per step. Nothing it does changes the
-policy, its optimizer or the run's random streams (the pilot has its own generator).
+(zero advantage, zero gradient). It probes the reward with the task's attacks on a few train prompts
+(`rewards/probe.py`, what `alignlab probe-reward` tabulates) and warns loudly when some attack scores as
+well as a good answer: a policy will find it. It times a second pilot generation and a second
+forward/backward (the first pays one-off warm-up), and estimates the time per step. Nothing it does
+changes the policy, its optimizer or the run's random streams (the pilot has its own generator).
 
 Left out: checks of a reward model's calibration (`alignlab audit-rm` does that), memory
 estimates.
@@ -15,10 +17,13 @@ estimates.
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass, field
 
 from alignlab.errors import UserError
+from alignlab.rewards.penalties import snippet
+from alignlab.rewards.probe import PREFLIGHT_PROMPTS, probe_reward
 
 TRUNCATION_WARN = 0.5  # most completions cut by the token limit
 ZERO_SPREAD_WARN = 0.5  # most groups carry no signal
@@ -71,11 +76,33 @@ def _no_spread_advice(m: dict, mode: str) -> str:
     return advice
 
 
+def _probe_check(report: PreflightReport, scorer, train: list[dict], seed: int) -> None:
+    """A small probe of the run's reward (PREFLIGHT_PROMPTS train prompts): a check row, and a loud
+    warning naming the exploitable families and the best-scoring attack."""
+    if scorer.task.attacks is None:
+        return
+    started = time.perf_counter()
+    examples = random.Random(seed).sample(train, min(PREFLIGHT_PROMPTS, len(train)))
+    result, scored = probe_reward(scorer.reward, scorer.task, examples, seed=seed)
+    report.checks.append(("reward probe", result.robust, f"{result.verdict} ({len(scored)} completions on "
+                          f"{len(examples)} prompts, {time.perf_counter() - started:.1f} s)"))
+    if result.robust:
+        return
+    worst = result.worst_examples(1)[0]
+    hint = ("; reward.judge_weight=1 adds a judge of sense against salad"
+            if "salad" in result.exploitable and "judge" not in scorer.reward.rewards else "")
+    report.warnings.append(f"THE REWARD IS EXPLOITABLE ({len(result.exploitable)} attack families score as well as "
+                           f"good answers): e.g. {worst.family} scores {worst.reward:+.3f} >= the good answers' median "
+                           f"{result.reference_median:+.3f} with {snippet(worst.completion, 60)}; a policy can learn "
+                           f"that instead of the task (the table: alignlab probe-reward){hint}")
+
+
 def preflight(source, compute_loss, model, examples: list[dict], seed: int) -> PreflightReport:
     """Run the checks with `source` (a RolloutSource) on a pilot batch of `examples`; see the module doc.
 
     `compute_loss(batch) -> (loss, metrics)` is the trainer's own, timed with one backward whose
-    gradients are dropped. Fails (UserError) on a broken tokenizer or reward; warns on weak signal.
+    gradients are dropped. Fails (UserError) on a broken tokenizer or reward; warns on weak signal and on
+    an exploitable reward.
     """
     report = PreflightReport(checks=_tokenizer_checks(source.tokenizer, examples[0]["prompt"]))
     failed = [f"{name}: {detail}" for name, ok, detail in report.checks if not ok]
@@ -85,6 +112,7 @@ def preflight(source, compute_loss, model, examples: list[dict], seed: int) -> P
     batch, _, _ = source.generate_batch(examples, -seed - 7919)  # raises RewardContractError on a broken reward
     report.checks.append(("rewards", True, f"{len(batch.advantages)} completions scored by "
                           f"{', '.join(source.scorer.reward.rewards)}"))
+    _probe_check(report, source.scorer, source.examples, seed)
     started = time.perf_counter()  # timed again: the first call pays one-off kernel and allocator warm-up
     source.generate_batch(examples, -seed - 7920)
     making = time.perf_counter() - started  # sampling, scoring, old and reference log-probs

@@ -145,7 +145,8 @@ def train_reward_model(cfg: RewardModelConfig, *, pairs=None, resume: bool = Fal
     spec = TrainSpec(model, source,
                      make_loss(model, cfg), lambda d: save_reward_model(model, tokenizer, d),
                      evaluate=evaluate if eval_items else None,
-                     restore_model=(lambda d: restore_lora_reward_model(model, d)) if cfg.lora.enabled else None)
+                     restore_model=(lambda d: restore_lora_reward_model(model, d)) if cfg.lora.enabled else None,
+                     baseline=False)  # its evaluation keeps the best checkpoint: the untrained model never is one
     loop = Loop(spec, cfg.optim, cfg.run, runtime, run)
     last = loop.train(resume=resume)
     if eval_items:

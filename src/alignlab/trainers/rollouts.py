@@ -60,8 +60,8 @@ from alignlab.trainers.ledger import Ledger, ledger_records
 
 
 class Scorer:
-    """The configured reward (the task's rules, a reward model, a user's function: their weighted sum)
-    plus the task's verdict."""
+    """The configured reward (the task's rules, a reward model, a user's function, the judge's penalty:
+    their weighted sum) plus the task's verdict."""
 
     def __init__(self, task: Task, cfg: RewardConfig, device):
         self.task = task
@@ -76,6 +76,12 @@ class Scorer:
         if cfg.function:
             fn = load_reward_function(cfg.function, cfg.timeout_s)  # contained: rewards/user_code.py
             parts[reward_name(fn)] = (fn, cfg.function_weight)
+        if cfg.judge_weight > 0:  # sense, which the rules cannot see: rewards/judge.py
+            from alignlab.rewards.judge import load_judge_reward
+
+            references = task.references("all") if task.references else None
+            parts["judge"] = (load_judge_reward(cfg.judge_model, references, device=device, margin=cfg.judge_margin),
+                              cfg.judge_weight)
         self.reward = combine(parts, name="reward")
 
     def __call__(self, examples: Sequence[dict], completions: Sequence[str]):
@@ -205,6 +211,11 @@ def generation_metrics(totals, parts, rows, verdicts, rollout: Rollout | Complet
     if abstained:
         metrics["abstained_fraction"] = abstained / len(totals)
     return metrics
+
+
+def rl_step_metrics(totals: dict) -> dict:
+    """A sampled step's own reading for the loop's log: the time left after generation (scoring and update)."""
+    return {"update_time": totals["step_time"] - totals["gen_time"]} if "gen_time" in totals else {}
 
 
 def take_examples(examples: Sequence[dict], n: int, seed: int, epoch: int, position: int) -> tuple[list, int, int]:
