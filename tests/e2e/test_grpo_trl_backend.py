@@ -38,6 +38,9 @@ def test_recipe_runs_through_trl_with_alignlab_metrics_ledger_and_report(tmp_pat
     with gzip.open(out / "rollouts.jsonl.gz", "rt", encoding="utf-8") as handle:
         ledger = [json.loads(line) for line in handle]
     assert len(ledger) == 2 * 8 and {r["step"] for r in ledger} == {1, 2}
+    native_keys = {"step", "group", "prompt", "completion", "reward", "parts", "passed", "failed", "reasons",
+                   "degenerate", "truncated", "tokens"}  # one record builder for every engine
+    assert all(set(r) == native_keys and 0 < r["tokens"] <= 12 for r in ledger), ledger[0]
     assert "backend: trl" in (out / "config.yaml").read_text()
     final = out / "checkpoints" / "final"
     assert (final / "model.safetensors").is_file() and json.loads((final / "state.json").read_text())["step"] == 2

@@ -118,3 +118,17 @@ def test_recipe_loads_and_uneven_mini_batches_are_refused(tmp_path):
         load_config(PPOConfig, recipe, ["run.batch_size=62"])
     assert main(["ppo", str(recipe), "adaptive_kl_target=1", "kl_coef=0", f"run.out_dir={tmp_path / 'x'}"]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_an_abstaining_reward_is_never_scored_zero(policy_dir, tmp_path):
+    """`None` means "no score": PPO trains nothing on such a completion (it used to count it as 0)."""
+    (tmp_path / "abstain.py").write_text("def abstain(prompts, completions, **kwargs):\n"
+                                         "    return [None] * len(completions)\n")
+    run = ppo(_cfg(policy_dir, tmp_path / "run", "steps=1", "run.eval_every=0", "run.save_every=0",
+                   f"reward.function={tmp_path / 'abstain.py'}:abstain", "reward.rules_weight=0",
+                   "optim.weight_decay=0", "optim.warmup_steps=0"), quiet=True)
+    step = _records(run)[-1]
+    assert step["abstained"] == 4 and step["score_mean"] is None  # NaN is logged as null
+    before = load_file(str(policy_dir / "model.safetensors"))
+    after = load_file(str(run / "checkpoints" / "final" / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no loss token: the policy did not move

@@ -35,9 +35,9 @@ from alignlab.errors import UserError
 from alignlab.model.checkpoint import atomic_dir, save_model
 from alignlab.rewards.base import completion_text, prompt_text
 from alignlab.runs import Run
-from alignlab.trainers.ledger import LEDGER, Ledger
+from alignlab.trainers.ledger import LEDGER, Ledger, ledger_records
 from alignlab.trainers.loop import build_optimizer, lr_at
-from alignlab.trainers.rollouts import Scorer
+from alignlab.trainers.rollouts import Completions, Scorer
 
 # TRL log key -> alignlab metric name (the rest are kept as trl/<key>).
 METRICS = {"loss": "loss", "grad_norm": "grad_norm", "learning_rate": "lr", "reward": "reward_mean",
@@ -108,8 +108,9 @@ def _schedule(optimizer: torch.optim.Optimizer, cfg: GRPOConfig):
 class LedgerReward:
     """The configured reward as TRL calls it, also writing the rollout ledger and the batch's pass rate."""
 
-    def __init__(self, scorer: Scorer, ledger: Ledger, group_size: int):
+    def __init__(self, scorer: Scorer, ledger: Ledger, group_size: int, stop_ids=()):
         self.scorer, self.ledger, self.group_size = scorer, ledger, group_size
+        self.stop_ids = set(stop_ids)  # a completion not ending in one of them was cut by the token limit
         self.__name__ = scorer.reward.__name__
         self.step, self.pending = 0, {}
 
@@ -118,16 +119,15 @@ class LedgerReward:
         texts_c = [completion_text(c) for c in completions]
         examples = [{"prompt": p, **{c: kwargs[c][i] for c in self.scorer.task.columns}}
                     for i, p in enumerate(texts_p)]
-        totals, parts, _, verdicts = self.scorer(examples, texts_c)
-        n = len(verdicts)
-        self.pending = {"pass_rate": sum(v.passed for v in verdicts) / n,
-                        "degenerate_rate": sum(v.degenerate for v in verdicts) / n}
-        self.ledger.append([{"step": self.step + 1, "group": i // self.group_size, **e, "completion": c,
-                             "reward": totals[i], "parts": {k: v[i] for k, v in parts.items()},
-                             "passed": v.passed, "failed": list(v.failed), "reasons": list(v.reasons),
-                             "degenerate": list(v.degenerate_reasons)}
-                            for i, (e, c, v) in enumerate(zip(examples, texts_c, verdicts, strict=True))])
-        return totals
+        scores = self.scorer(examples, texts_c)
+        n = len(scores.verdicts)
+        self.pending = {"pass_rate": sum(v.passed for v in scores.verdicts) / n,
+                        "degenerate_rate": sum(v.degenerate for v in scores.verdicts) / n}
+        ids = kwargs.get("completion_ids") or [[] for _ in texts_c]  # TRL passes each completion's token ids
+        done = Completions(texts_c, torch.tensor([len(row) for row in ids]),
+                           torch.tensor([bool(row) and row[-1] not in self.stop_ids for row in ids]))
+        self.ledger.append(ledger_records(self.step + 1, self.group_size, examples, done, scores))
+        return scores.totals
 
 
 def _callback(run: Run, reward: LedgerReward, evaluate, eval_every: int):
@@ -162,7 +162,7 @@ def grpo_trl(cfg: GRPOConfig, model, tokenizer, train: list[dict], scorer: Score
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOTrainer
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    reward = LedgerReward(scorer, Ledger(run.root / LEDGER), cfg.num_generations)
+    reward = LedgerReward(scorer, Ledger(run.root / LEDGER), cfg.num_generations, tokenizer.stop_ids)
     if evaluate is not None and not resume and cfg.run.eval_every:
         run.log(0, {f"eval/{k}": v for k, v in evaluate().items()})
     optimizer = build_optimizer(model, cfg.optim)

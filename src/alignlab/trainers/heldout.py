@@ -35,7 +35,8 @@ def make_evaluate(model, tokenizer, cfg: GRPOConfig | PPOConfig, examples: list[
                               row_seeds=seeds[start:start + cfg.run.batch_size]).texts
         model.train(was_training)
         texts = dist.gather_dealt(texts, len(rows))
-        totals, _, _, verdicts = scorer(rows, texts)
+        scores = scorer(rows, texts)
+        totals, verdicts = scores.totals, scores.verdicts
         passed = sum(v.passed for v in verdicts)
         low, high = wilson_interval(passed, len(rows))
         scored = [t for t in totals if t is not None]

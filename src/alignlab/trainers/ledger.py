@@ -50,12 +50,13 @@ class Ledger:
         tmp.replace(self.path)
 
 
-def ledger_records(step: int, group_size: int, examples, rollout, totals, parts, verdicts) -> list[dict]:
+def ledger_records(step: int, group_size: int, examples, rollout, scores) -> list[dict]:
     """One record per completion of a generation batch: the example, the completion, its reward and parts,
-    the task's verdict with reasons and degeneration flags, truncation and length (`rollout`: a
-    `Rollout` or gathered `Completions`: texts, truncated (B,), lengths (B,))."""
-    records = []
-    for i, (example, text, verdict) in enumerate(zip(examples, rollout.texts, verdicts, strict=True)):
+    the task's verdict with reasons and degeneration flags, truncation and length (`rollout`: anything
+    with texts, truncated (B,) and lengths (B,): a `Rollout`, gathered `Completions`; `scores`: the
+    Scorer's `Scores`). Native GRPO, PPO and the TRL backend all write these records."""
+    records, totals, parts = [], scores.totals, scores.parts
+    for i, (example, text, verdict) in enumerate(zip(examples, rollout.texts, scores.verdicts, strict=True)):
         records.append({"step": step, "group": i // group_size, **example, "completion": text,
                         "reward": totals[i], "parts": {k: v[i] for k, v in parts.items()},
                         "passed": verdict.passed, "failed": list(verdict.failed), "reasons": list(verdict.reasons),

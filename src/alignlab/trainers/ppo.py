@@ -2,7 +2,8 @@
 
 A rollout: run.batch_size train prompts -> one completion each from the current policy -> a score
 per completion (`reward`: a trained reward model, the task's rules, a user's function, weighted;
-minus `missing_eos_penalty` when cut off) -> in one no-grad pass the policy's log-probs, the frozen
+minus `missing_eos_penalty` when cut off; a completion every reward abstains on (`None`) gets no
+loss token, never a score of 0) -> in one no-grad pass the policy's log-probs, the frozen
 reference's and the critic's values -> per-token rewards (-kl_coef * k1 KL on every token, the score
 on the last real one) -> GAE advantages (whitened over the rollout) and returns -> `num_ppo_epochs`
 passes, each over the rollout shuffled into `num_mini_batches` mini-batches; each mini-batch is one
@@ -19,12 +20,14 @@ The critic (`model/heads.py` ValueModel) starts from the reward model (`value_in
 which must share the policy's tokenizer: values are read per token) or from the policy's body.
 A checkpoint is the policy's files (loadable by `alignlab eval` / `generate`) plus `value.safetensors`
 and the rollout source's state, so a resumed run continues the same stream. Every completion goes to
-the rollout ledger (`rollouts.jsonl.gz`) as in GRPO, and held-out evaluation is GRPO's.
+the rollout ledger (`rollouts.jsonl.gz`) as in GRPO, and held-out evaluation is GRPO's
+(`trainers/heldout.py`).
 
-Under torchrun, ranks split the updates; every rank makes the whole rollout (`ppo_rollouts.py`).
+Under torchrun, rank r samples rollout rows r, r + world, ... and every rank gets the whole rollout
+back (then scores it whole); ranks split the updates (`ppo_rollouts.py`).
 
 Left out: several completions per prompt (RLOO-style baselines), a separate reward-model tokenizer for
-the critic, splitting rollout generation across ranks.
+the critic.
 """
 
 from __future__ import annotations

@@ -132,7 +132,10 @@ class PPOSource:
         started = time.perf_counter()
         self.model.eval()
         rollout = self._sample(policy, examples)
-        totals, parts, breakdown, verdicts = self.scorer(examples, rollout.texts)
+        scored_batch = self.scorer(examples, rollout.texts)
+        totals = scored_batch.totals
+        # an abstaining reward (None) is never scored 0: its completion gets no loss tokens at all
+        scored = torch.tensor([t is not None for t in totals], device=self.device)  # (B,)
         scores = torch.tensor([0.0 if t is None else t for t in totals], device=self.device)  # (B,)
         scores = scores - cfg.missing_eos_penalty * rollout.truncated.float()
         ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], 1)  # (B, P + C)
@@ -151,13 +154,15 @@ class PPOSource:
         values = self._forward(lambda i, m: value.completion_values(i, m, n), ids, attention, n) * mask
         self.model.train()
         rewards, kl = kl_penalized_rewards(scores, logps, ref, mask, self.kl_coef)  # (B, C) each
+        mask = mask & scored[:, None]  # no advantage, return or loss token for an abstained completion
         if cfg.whiten_rewards:
             rewards = whiten(rewards, mask, shift_mean=False)
         advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
-        metrics = generation_metrics(totals, parts, breakdown, verdicts, rollout, 1)
+        metrics = generation_metrics(scored_batch, rollout, 1)
         metrics.pop("zero_spread_fraction")  # one completion per prompt: no groups
         seq_kl = kl.sum(-1).mean().item()
-        metrics.update(score_mean=scores.mean().item(), kl=seq_kl, kl_coef=self.kl_coef,
+        metrics.update(score_mean=scores[scored].mean().item() if scored.any() else float("nan"), kl=seq_kl,
+                       kl_coef=self.kl_coef, abstained=int((~scored).sum()),
                        non_score_reward=(-self.kl_coef * kl).sum(-1).mean().item(),
                        value_mean=masked_mean(values, mask).item(),
                        explained_variance=explained_variance(values, returns, mask),
@@ -165,7 +170,7 @@ class PPOSource:
                        early_stops=self.early_stops)
         if self.ledger is not None:
             step = self.served // cfg.optim.grad_accum + 1  # the optimizer step this rollout first feeds
-            self.ledger.append(ledger_records(step, 1, examples, rollout, totals, parts, verdicts))
+            self.ledger.append(ledger_records(step, 1, examples, rollout, scored_batch))
         if cfg.adaptive_kl_target > 0:
             self.kl_coef = adaptive_kl_coef(self.kl_coef, seq_kl, cfg.adaptive_kl_target, cfg.adaptive_kl_horizon,
                                             cfg.run.batch_size)

@@ -59,6 +59,18 @@ from alignlab.tasks.registry import Task
 from alignlab.trainers.ledger import Ledger, ledger_records
 
 
+@dataclass(frozen=True)
+class Scores:
+    """One batch's scores, one entry per completion: `totals` (None where every reward abstained), each
+    reward part's values by name, the built-in rules' breakdown rows (None for other rewards) and the
+    task's verdicts."""
+
+    totals: list[float | None]
+    parts: dict[str, list[float | None]]
+    breakdown: list[dict] | None
+    verdicts: list
+
+
 class Scorer:
     """The configured reward (the task's rules, a reward model, a user's function, the judge's penalty:
     their weighted sum) plus the task's verdict."""
@@ -84,16 +96,15 @@ class Scorer:
                               cfg.judge_weight)
         self.reward = combine(parts, name="reward")
 
-    def __call__(self, examples: Sequence[dict], completions: Sequence[str]):
-        """(totals with None for abstentions, {part: values}, rule breakdown rows or None, verdicts) of
-        one completion per example; the task's columns reach the rewards as keyword lists."""
+    def __call__(self, examples: Sequence[dict], completions: Sequence[str]) -> Scores:
+        """The scores of one completion per example; the task's columns reach the rewards as keyword lists."""
         prompts = [e["prompt"] for e in examples]
         columns = self.task.row_columns(list(examples))
         scores = self.reward.score(prompts, completions, **columns)
         rows = self.rules.breakdown(prompts, completions) if hasattr(self.rules, "breakdown") else None
         verdicts = [self.task.check(e["prompt"], c, **{k: e[k] for k in self.task.columns})
                     for e, c in zip(examples, completions, strict=True)]
-        return scores.total, scores.parts, rows, verdicts
+        return Scores(scores.total, scores.parts, rows, verdicts)
 
 
 def _shares_prompts(input_ids, attention_mask, n: int, group_size: int) -> bool:
@@ -186,9 +197,10 @@ class Completions:
     truncated: torch.Tensor
 
 
-def generation_metrics(totals, parts, rows, verdicts, rollout: Rollout | Completions, group_size: int) -> dict:
+def generation_metrics(scores: Scores, rollout: Rollout | Completions, group_size: int) -> dict:
     """Reward mean/std overall and per part and rule, pass and degeneration rates, zero-spread groups,
     completion length and truncation of one generation batch."""
+    totals, parts, rows, verdicts = scores.totals, scores.parts, scores.breakdown, scores.verdicts
     scored = [t for t in totals if t is not None]
     mean = sum(scored) / len(scored) if scored else math.nan
     rewards = torch.tensor([math.nan if t is None else t for t in totals])
@@ -256,12 +268,13 @@ class RolloutSource:
                                                           self.position)
         return chosen
 
-    def _gathered(self, rollout: Rollout, scored: tuple) -> tuple[Completions, list, dict, list | None, list]:
+    def _gathered(self, rollout: Rollout, scored: Scores) -> tuple[Completions | Rollout, Scores]:
         """This rank's completions and scores -> the whole generation batch's, in row order, on every rank."""
-        totals, parts, breakdown, verdicts = scored
         if not self.dist.enabled:
-            return rollout, totals, parts, breakdown, verdicts
-        mine = (rollout.texts, rollout.lengths.tolist(), rollout.truncated.tolist(), totals, parts, breakdown, verdicts)
+            return rollout, scored
+        parts, breakdown = scored.parts, scored.breakdown
+        mine = (rollout.texts, rollout.lengths.tolist(), rollout.truncated.tolist(), scored.totals, parts, breakdown,
+                scored.verdicts)
         every = self.dist.gather(mine)
         rows = self.cfg.run.batch_size
 
@@ -271,12 +284,12 @@ class RolloutSource:
         parts = {name: in_order([part[4][name] for part in every], self.owners, rows) for name in parts}
         breakdown = column(5) if breakdown is not None else None
         done = Completions(column(0), torch.tensor(column(1)), torch.tensor(column(2), dtype=torch.bool))
-        return done, column(3), parts, breakdown, column(6)
+        return done, Scores(column(3), parts, breakdown, column(6))
 
-    def generate_batch(self, examples: Sequence[dict], stream: int) -> tuple[GRPOBatch, Completions, list]:
+    def generate_batch(self, examples: Sequence[dict], stream: int) -> tuple[GRPOBatch, Completions | Rollout, Scores]:
         """Sample, score and assemble one generation batch for `examples` (each repeated G times); row i
         samples from the stream derive_seed(run.seed, stream, i). Returns this rank's rows as a batch and
-        the whole batch's completions and [totals, parts, verdicts]."""
+        the whole batch's completions and scores."""
         cfg, g = self.cfg, self.cfg.num_generations
         rows = [e for e in examples for _ in range(g)]
         mine = [rows[i] for i in self.mine]
@@ -286,12 +299,12 @@ class RolloutSource:
                            row_seeds=[derive_seed(cfg.run.seed, stream, i) for i in self.mine])
         self.model.train(was_training)
         gen_time = time.perf_counter() - started
-        done, totals, parts, breakdown, verdicts = self._gathered(rollout, self.scorer(mine, rollout.texts))
-        rewards = torch.tensor([math.nan if t is None else t for t in totals], device=self.device)  # (B,) all rows
+        done, scores = self._gathered(rollout, self.scorer(mine, rollout.texts))
+        rewards = torch.tensor([math.nan if t is None else t for t in scores.totals], device=self.device)  # (B,)
         mask = rollout.completion_mask
         if cfg.mask_truncated_completions:
             mask = mask & ~rollout.truncated[:, None]
-        metrics = generation_metrics(totals, parts, breakdown, verdicts, done, g)
+        metrics = generation_metrics(scores, done, g)
         metrics.update(gen_time=gen_time, gen_tokens_per_s=int(done.lengths.sum()) / max(gen_time, 1e-9))
         kept = self.dist.sum(int(mask.sum()))  # DAPO normalises by the whole generation batch's tokens
         batch = GRPOBatch(  # torch.cat / clone: generation made inference tensors, autograd needs plain ones
@@ -308,18 +321,17 @@ class RolloutSource:
             with adapters_off(self.reference):  # a LoRA policy is its own reference, adapters bypassed
                 ref = _batch_logps(self.reference, batch, temperature, self.micro, shared)
         batch = dataclasses.replace(batch, old_logps=old, ref_logps=ref)
-        return batch, done, [totals, parts, verdicts]
+        return batch, done, scores
 
     def next_batch(self) -> GRPOBatch:
         if self.batch is None or self.cursor >= self.uses:
             examples = self._next_examples(self.cfg.prompts_per_step)
-            self.batch, rollout, (totals, parts, verdicts) = self.generate_batch(examples, self.generations)
+            self.batch, rollout, scores = self.generate_batch(examples, self.generations)
             self.generations, self.cursor = self.generations + 1, 0
             step = (self.generations - 1) * self.cfg.num_iterations + 1  # first optimizer step using it
             if self.ledger is not None:
                 rows = [e for e in examples for _ in range(self.cfg.num_generations)]
-                self.ledger.append(ledger_records(step, self.cfg.num_generations, rows, rollout, totals, parts,
-                                                   verdicts))
+                self.ledger.append(ledger_records(step, self.cfg.num_generations, rows, rollout, scores))
         fresh = self.cursor < self.cfg.optim.grad_accum
         start = (self.cursor % self.cfg.optim.grad_accum) * self.micro
         self.cursor += 1
