@@ -35,12 +35,12 @@ from alignlab.trainers.sft import sft
 MODEL = "smollm2-135m-instruct"
 SAMPLES, SEED, LANG = 5, 0, "en"
 GEN = GenerationConfig(max_new_tokens=96, temperature=0.7)
-SFT = [f"model.path={MODEL}", f"lang={LANG}", "compliance_rate=1.0", "synthetic_per_prompt=2", "max_length=192",
-       "optim.lr=2e-5", "optim.warmup_steps=5", "optim.schedule=cosine", "run.steps=60", "run.batch_size=8",
-       "run.eval_every=30", "run.save_every=30", f"run.seed={SEED}"]
+SFT = [f"model.path={MODEL}", f"lang={LANG}", "compliance_rate=1.0", "synthetic_per_prompt=4", "max_length=192",
+       "optim.lr=3e-5", "optim.warmup_steps=5", "optim.schedule=cosine", "run.steps=120", "run.batch_size=8",
+       "run.eval_every=60", "run.save_every=60", f"run.seed={SEED}"]
 GRPO = [f"lang={LANG}", "reward.mode=sharp", "num_generations=4", "max_new_tokens=64", "temperature=0.7",
-        "optim.lr=2e-6", "optim.schedule=constant", "optim.warmup_steps=0", "eval_samples=1", "eval_prompts=16",
-        "run.steps=40", "run.batch_size=16", "run.eval_every=20", "run.save_every=20", "run.log_every=1",
+        "optim.lr=3e-6", "optim.schedule=constant", "optim.warmup_steps=0", "eval_samples=1", "eval_prompts=16",
+        "run.steps=80", "run.batch_size=16", "run.eval_every=40", "run.save_every=40", "run.log_every=1",
         f"run.seed={SEED}"]
 
 
