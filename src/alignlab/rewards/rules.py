@@ -46,7 +46,7 @@ from alignlab.rewards.penalties import (
 )
 
 __all__ = ["RuleResult", "StudyPlanVerdict", "check_activities", "check_content", "check_count", "check_durations",
-           "check_extra_text", "check_language", "check_structure", "check_study_plan", "find_durations",
+           "check_extra_text", "check_language", "check_structure", "is_chinese", "check_study_plan", "find_durations",
            "study_plan_verdict"]
 
 EXPECTED_BULLETS = 3
@@ -79,6 +79,12 @@ _NUMBERED = re.compile(r"(?:-\s*)?(?:\d+\s*(?:\.(?!\d)|[)、])|[(（]\d+[)）]|[
 _INLINE_NUMBER = re.compile(r"(?<=\s)\d+[.、](?!\d)(?=\s|\*)")  # "... 1. **第一步** ..."
 _INLINE_DASH = re.compile(r"(?<=\s)-(?=\s)")  # a spaced '-' inside a line: one more item
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")  # CJK ideographs (not full-width punctuation)
+
+
+def is_chinese(text: str) -> bool:
+    """True when the text holds any CJK ideograph: the one test of "Chinese" for the task and its rules."""
+    return _CJK.search(text) is not None
+
 _WORD = re.compile(r"[A-Za-z]{2,}")
 MIN_PROMPT_WORDS = 4  # a prompt without Chinese asks for another language only when it says something
 
@@ -298,11 +304,11 @@ def check_language(prompt: str, completion: str) -> RuleResult:
     >>> check_language("Give me a study plan", "- 复习（30 分钟）\\n- Read (1 hour)").reasons
     ("the prompt is not Chinese but the answer is: '- 复习（30 分钟）'",)
     """
-    if _CJK.search(prompt):
+    if is_chinese(prompt):
         reasons = tuple(f"the prompt is Chinese but bullet {i} is not: {snippet(bullet)}"
-                        for i, bullet in enumerate(_bullets(completion), 1) if not _CJK.search(_activity(bullet)))
+                        for i, bullet in enumerate(_bullets(completion), 1) if not is_chinese(_activity(bullet)))
     elif len(_WORD.findall(prompt)) >= MIN_PROMPT_WORDS:
-        line = next((line for line in _lines(completion) if _CJK.search(line)), None)
+        line = next((line for line in _lines(completion) if is_chinese(line)), None)
         reasons = () if line is None else (f"the prompt is not Chinese but the answer is: {snippet(line.strip())}",)
     else:  # "plan?": too short to say which language was asked
         reasons = ()

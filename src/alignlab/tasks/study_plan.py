@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from alignlab.errors import UserError
+from alignlab.rewards.rules import is_chinese
 
 CANONICAL_PROMPT = ("请给我一个三点式学习计划，用 '-' 做 bullet，每一条都必须包含一个时间（如 30 分钟），"
                     "不要有多余解释，只输出三条 bullet。")
@@ -187,12 +187,6 @@ PROMPTS: tuple[str, ...] = _build_prompts()  # the `all` selection: frozen, see 
 EXTRA_EN: tuple[str, ...] = _build_extra_english()
 LANGS = ("all", "en", "zh")
 
-_CJK = re.compile(r"[\u4e00-\u9fff]")
-
-
-def is_chinese(text: str) -> bool:
-    """True when the text holds any CJK ideograph (completions then answer in Chinese)."""
-    return _CJK.search(text) is not None
 
 
 def _of_lang(prompts: Sequence[str], lang: str) -> list[str]:
