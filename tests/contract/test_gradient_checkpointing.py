@@ -65,3 +65,73 @@ def test_the_config_key_reaches_a_trainer(tmp_path):
             "model.arch.num_attention_heads=2", "model.arch.num_key_value_heads=1", "run.progress=false",
             "model.gradient_checkpointing=true", f"run.out_dir={tmp_path / 'run'}"]
     assert main(args) == 0
+
+
+def test_grouped_completions_are_recomputed_with_the_plain_gradients(tiny_gpt):
+    """GRPO's path (each prompt computed once for its group, continuations reading its keys): the
+    continuation pass is checkpointed too (each layer runs again in the backward pass), same gradients."""
+    from alignlab.model.completion import grouped_completion_logits
+
+    torch.manual_seed(2)
+    ids = torch.randint(0, tiny_gpt.config.vocab_size, (4, 10))
+    ids[1] = ids[0]
+    ids[3] = ids[2]
+    ids[:, :6] = ids[[0, 0, 2, 2], :6]  # two groups of 2 sharing a 6-token prompt
+    mask = torch.ones(4, 10, dtype=torch.bool)
+    mask[1, -2:] = False  # a shorter continuation
+
+    def grads(model):
+        calls = []
+        hook = model.model.layers[0].register_forward_pre_hook(lambda *_: calls.append(1))
+        model.zero_grad(set_to_none=True)
+        model.train()
+        logits = grouped_completion_logits(model, ids, mask, 4, 2)  # (B, 4, V)
+        logits.float().logsumexp(-1).sum().backward()
+        hook.remove()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, len(calls)
+
+    plain, plain_calls = grads(tiny_gpt)
+    checkpointed = copy.deepcopy(tiny_gpt)
+    set_gradient_checkpointing(checkpointed, True)
+    recomputed, calls = grads(checkpointed)
+    _assert_same(plain, recomputed)
+    assert calls == plain_calls + 1  # the continuation pass's layer ran again; the prompt pass did not
+
+
+@pytest.mark.parametrize("group_size", [None, 2])
+def test_lean_logps_equal_the_logits_path_with_their_gradients(tiny_gpt, group_size):
+    """Under checkpointing the policy's log-probs come chunk by chunk from the hidden states (no (B, n, V)
+    logits kept): same log-probs, entropy and gradients at every real completion token."""
+    from alignlab.trainers.logps import lean_completion_logps, policy_logps
+
+    torch.manual_seed(3)
+    ids = torch.randint(0, tiny_gpt.config.vocab_size, (4, 11))
+    ids[:, :6] = ids[[0, 0, 2, 2], :6]  # two groups of 2 sharing a 6-token prompt
+    mask = torch.ones(4, 11, dtype=torch.bool)
+    mask[2, :1] = mask[3, :1] = False  # a left-padded prompt
+    mask[1, -2:] = False  # a shorter completion
+    completion = ids[:, -5:]
+    real = mask[:, -5:]
+
+    def run(model, lean):
+        model.zero_grad(set_to_none=True)
+        model.train()
+        if lean:
+            logps, entropy = lean_completion_logps(model, ids, mask, completion, 0.7, group_size=group_size,
+                                                   entropy=True, chunk=3)
+        else:
+            logps, entropy = policy_logps(model, ids, mask, completion, 0.7, entropy=True, group_size=group_size)
+        (logps * real * torch.arange(1.0, 6.0)).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return logps.detach(), entropy, grads
+
+    plain_logps, plain_entropy, plain_grads = run(tiny_gpt, lean=False)
+    checkpointed = copy.deepcopy(tiny_gpt)
+    set_gradient_checkpointing(checkpointed, True)
+    lean_logps, lean_entropy, lean_grads = run(checkpointed, lean=True)
+    assert torch.allclose(plain_logps[real], lean_logps[real], atol=1e-6)
+    assert torch.allclose(plain_entropy[real], lean_entropy[real], atol=1e-5)
+    assert (lean_logps[~real] == 0).all()
+    _assert_same(plain_grads, lean_grads)
+    via_policy, _ = policy_logps(checkpointed, ids, mask, completion, 0.7, group_size=group_size)  # takes the lean path
+    assert torch.allclose(via_policy[real], plain_logps[real], atol=1e-6) and (via_policy[~real] == 0).all()

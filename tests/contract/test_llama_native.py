@@ -18,15 +18,9 @@ from alignlab.data.batches import left_pad
 from alignlab.errors import UserError
 from alignlab.generation.engine import generate, generate_hf, generate_native
 from alignlab.model.checkpoint import load_model, to_hf
+from alignlab.model.completion import completion_logits, grouped_completion_logits
 from alignlab.model.gpt import GPT, Rotary
-from alignlab.model.hf import (
-    completion_logits,
-    from_hf,
-    gpt_config_from_hf,
-    grouped_completion_logits,
-    hf_config_dict,
-    native_unsupported,
-)
+from alignlab.model.hf import from_hf, gpt_config_from_hf, hf_config_dict, native_unsupported
 
 transformers = pytest.importorskip("transformers")
 

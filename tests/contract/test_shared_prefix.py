@@ -7,9 +7,9 @@ import torch
 
 from alignlab.config import GPTConfig
 from alignlab.model.cache import KVCache, Packing
+from alignlab.model.completion import completion_logits, grouped_completion_logits
 from alignlab.model.gpt import GPT
-from alignlab.model.hf import completion_logits, grouped_completion_logits
-from alignlab.trainers.rollouts import policy_logps
+from alignlab.trainers.logps import policy_logps
 
 G, P, C = 4, 7, 5
 

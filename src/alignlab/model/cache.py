@@ -33,6 +33,8 @@ class KVCache:
     `length` counts the prompt and the steps fed so far.
     """
 
+    replayable = False  # writes in place: a layer run twice would write twice (no activation checkpointing)
+
     def __init__(self, config: GPTConfig, batch: int, max_new: int, *, group: int, prompt_len: int,
                  prompt_mask: torch.Tensor | None, device, dtype):
         if batch % group:
@@ -132,6 +134,12 @@ class PrefixKV:
 
     def advance(self, steps: int) -> None:
         self.length += steps
+
+    @property
+    def replayable(self) -> bool:
+        """True once expanded: `update` only reads, so a layer may be run again (activation
+        checkpointing recomputes it in the backward pass) with the same result."""
+        return not self.recording
 
     def expand(self, group_size: int) -> None:
         """Repeat every recorded prompt for `group_size` consecutive continuation rows; stop recording."""

@@ -208,10 +208,13 @@ class Decoder(nn.Module):
         x = self.embed_tokens(packing.pack(input_ids) if packing is not None else input_ids)  # (B, T, C)
         cos, sin = self.rotary_emb(position_ids, x.dtype)
         last = len(self.layers) - 1
-        recompute = self.gradient_checkpointing and torch.is_grad_enabled() and cache is None and not keys_only
+        # A layer is recomputed only when running it again cannot change a cache: no cache, or a
+        # prompt cache that is only read (GRPO's continuations; the prompt pass itself is kept).
+        replayable = cache is None or cache.replayable
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled() and replayable and not keys_only
         for i, layer in enumerate(self.layers):
             if recompute:  # non-reentrant: works with packing and with parameters that do not need grads (LoRA)
-                x = checkpoint(layer, x, cos, sin, mask, None, i, packing, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, mask, cache, i, packing, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, mask, cache, i, packing, keys_only and i == last)
         if cache is not None:

@@ -45,16 +45,10 @@ from alignlab.runtime import resolve_runtime
 from alignlab.tasks.registry import get_task
 from alignlab.trainers.heldout import make_evaluate
 from alignlab.trainers.ledger import LEDGER, Ledger
+from alignlab.trainers.logps import policy_logps
 from alignlab.trainers.loop import Loop, TrainSpec
 from alignlab.trainers.preflight import preflight
-from alignlab.trainers.rollouts import (
-    GRPOBatch,
-    RolloutSource,
-    Scorer,
-    policy_logps,
-    rl_step_metrics,
-    shared_prompt_groups,
-)
+from alignlab.trainers.rollouts import GRPOBatch, RolloutSource, Scorer, rl_step_metrics, shared_prompt_groups
 
 
 def make_loss(model, cfg: GRPOConfig):

@@ -51,9 +51,10 @@ from alignlab.runtime import resolve_runtime
 from alignlab.tasks.registry import get_task
 from alignlab.trainers.heldout import make_evaluate
 from alignlab.trainers.ledger import LEDGER, Ledger
+from alignlab.trainers.logps import policy_logps
 from alignlab.trainers.loop import Loop, TrainSpec, restore_weights
 from alignlab.trainers.ppo_rollouts import PolicyAndValue, PPOBatch, PPOSource
-from alignlab.trainers.rollouts import Scorer, policy_logps, rl_step_metrics
+from alignlab.trainers.rollouts import Scorer, rl_step_metrics
 
 VALUE = "value.safetensors"
 

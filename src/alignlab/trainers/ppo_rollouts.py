@@ -36,7 +36,8 @@ from alignlab.model.heads import ValueModel
 from alignlab.model.lora import adapters_off
 from alignlab.runtime import make_generator
 from alignlab.trainers.ledger import Ledger, ledger_records
-from alignlab.trainers.rollouts import Scorer, generation_metrics, policy_logps, take_examples
+from alignlab.trainers.logps import policy_logps
+from alignlab.trainers.rollouts import Scorer, generation_metrics, take_examples
 
 
 class PolicyAndValue(nn.Module):

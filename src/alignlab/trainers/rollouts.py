@@ -43,20 +43,18 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from alignlab.algorithms.common import entropy_from_logits, token_logps
 from alignlab.algorithms.grpo import group_advantages, zero_spread_fraction
 from alignlab.config import GRPOConfig, RewardConfig
 from alignlab.data.tokenizer import Tokenizer
 from alignlab.distributed import Distributed, in_order, split_rows
 from alignlab.generation.engine import Rollout, generate
 from alignlab.generation.sampling import derive_seed
-from alignlab.model.gpt import GPT
-from alignlab.model.hf import completion_logits, grouped_completion_logits
 from alignlab.model.lora import adapters_off
 from alignlab.rewards.base import Reward, combine, reward_name
 from alignlab.rewards.user_code import load_reward_function
 from alignlab.tasks.registry import Task
 from alignlab.trainers.ledger import Ledger, ledger_records
+from alignlab.trainers.logps import policy_logps
 
 
 @dataclass(frozen=True)
@@ -105,37 +103,6 @@ class Scorer:
         verdicts = [self.task.check(e["prompt"], c, **{k: e[k] for k in self.task.columns})
                     for e, c in zip(examples, completions, strict=True)]
         return Scores(scores.total, scores.parts, rows, verdicts)
-
-
-def _shares_prompts(input_ids, attention_mask, n: int, group_size: int) -> bool:
-    """True when the rows come in groups of `group_size` with identical prompt tokens and masks."""
-    if input_ids.shape[0] % group_size:
-        return False
-    p = input_ids.shape[1] - n
-    ids = input_ids[:, :p].reshape(-1, group_size, p)  # (B / G, G, P)
-    mask = attention_mask[:, :p].reshape(-1, group_size, p)
-    return bool((ids == ids[:, :1]).all() and (mask == mask[:, :1]).all())
-
-
-def policy_logps(model, input_ids, attention_mask, completion_ids, temperature: float, *, entropy: bool = False,
-                 group_size: int | None = None):
-    """Log-probs (B, C) of the completion tokens under `model` at the sampling temperature, and
-    optionally the per-token entropy (B, C) (detached). TRL divides logits by the temperature too.
-
-    With `group_size`, when the rows do come in groups of G sharing a prompt (checked), the native
-    GPT computes each prompt once for its group (`grouped_completion_logits`, the same numbers)."""
-    n = completion_ids.shape[1]
-    if group_size and isinstance(model, GPT) and _shares_prompts(input_ids, attention_mask, n, group_size):
-        logits = grouped_completion_logits(model, input_ids, attention_mask, n, group_size)  # (B, C, V)
-    else:
-        logits = completion_logits(model, input_ids, attention_mask, n)  # (B, C, V)
-    if temperature > 0:
-        logits = logits / temperature
-    logps = token_logps(logits, completion_ids)  # (B, C)
-    if not entropy:
-        return logps, None
-    with torch.no_grad():
-        return logps, entropy_from_logits(logits)
 
 
 @dataclass(frozen=True)
