@@ -23,6 +23,7 @@ from alignlab.cli_eval import (
     cmd_score,
 )
 from alignlab.cli_model import cmd_export, cmd_generate, cmd_import
+from alignlab.config import EvalConfig
 from alignlab.errors import ForcedStop, TrainingStopped, UserError
 
 COMMANDS = {
@@ -136,21 +137,34 @@ def _add_audit_rm_parser(sub) -> None:
                     "shown) instead of stopping at the first")
 
 
+def _task_names() -> str:
+    from alignlab.tasks.registry import TASKS
+
+    return ", ".join(TASKS)
+
+
+def _add_eval_settings(parser) -> None:
+    """An `EvalConfig`'s sampling settings as options, its defaults the one set."""
+    parser.add_argument("--samples", type=positive_int, default=EvalConfig.samples, help="completions per prompt")
+    parser.add_argument("--temperature", type=temperature, default=EvalConfig.temperature, help="sampling "
+                        "temperature; 0 = greedy")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=EvalConfig.max_new_tokens)
+    parser.add_argument("--seed", type=seed, default=EvalConfig.seed)
+
+
 def _add_eval_parser(sub) -> None:
     ev = sub.add_parser("eval", help=COMMANDS["eval"])
     ev.add_argument("checkpoint", help="alignlab checkpoint, HF model directory or hub id")
-    ev.add_argument("--task", default="study-plan", help="built-in task whose check judges the samples: study-plan "
-                    "(rule by rule) or gsm8k (pass@k; needs --prompts)")
-    ev.add_argument("--samples", type=positive_int, default=5, help="completions per prompt")
-    ev.add_argument("--temperature", type=temperature, default=0.7, help="sampling temperature; 0 = greedy")
-    ev.add_argument("--max-new-tokens", type=positive_int, default=128)
+    ev.add_argument("--task", default="study-plan", help=f"registered task whose check judges the samples: "
+                    f"{_task_names()}")
+    _add_eval_settings(ev)
     ev.add_argument("--prompts", metavar="FILE.jsonl", help="records with a `prompt` field instead of the "
-                    "task's held-out prompts (gsm8k: question / answer records)")
-    ev.add_argument("--lang", choices=("all", "en", "zh"), default="all", help="study-plan held-out prompts of one "
-                    "language: all (the original set), en (English, more phrasings), zh; --prompts is not filtered")
-    ev.add_argument("--seed", type=seed, default=0)
+                    "task's held-out prompts (a task with columns reads its own records: gsm8k question / answer)")
+    ev.add_argument("--lang", default="all", help="held-out prompts of one language where the task has them "
+                    "(study-plan: all, the original set; en, English, more phrasings; zh); --prompts is not filtered")
     ev.add_argument("--device", default="auto")
-    ev.add_argument("--batch-size", type=positive_int, default=32, help="sequences generated at once")
+    ev.add_argument("--batch-size", type=positive_int, default=EvalConfig.batch_size, help="sequences generated "
+                    "at once")
     ev.add_argument("--skip-bad-rows", action="store_true", help="--prompts: leave malformed rows out (counted, "
                     "the first few shown) instead of stopping at the first")
     ev.add_argument("--out", metavar="DIR", help="also write DIR/samples.jsonl, summary.md and summary.json")
@@ -164,7 +178,8 @@ def _add_eval_parser(sub) -> None:
 def _add_check_parser(sub) -> None:
     ch = sub.add_parser("check", help=COMMANDS["check"])
     ch.add_argument("completions", metavar="FILE.jsonl", help="records with `prompt` and `completion` fields")
-    ch.add_argument("--task", default="study-plan", help="built-in task whose rules score the completions")
+    ch.add_argument("--task", default="study-plan", help=f"registered task whose rules score the completions: "
+                    f"{_task_names()}")
     ch.add_argument("--out", metavar="OUT.jsonl", help="one scored record per input: passed, score, degenerate, "
                     "reasons, ...")
 
@@ -174,10 +189,10 @@ def _add_compare_parser(sub) -> None:
     co.add_argument("runs", nargs="+", metavar="RUN_OR_CKPT", help="`alignlab eval --out` directories (or their "
                     "summary.json), checkpoints or run directories (evaluated on the held-out prompts); with "
                     "two, the second is judged against the first")
-    co.add_argument("--samples", type=positive_int, default=5, help="samples per prompt for checkpoints evaluated here")
-    co.add_argument("--temperature", type=temperature, default=0.7, help="sampling temperature for checkpoints")
-    co.add_argument("--max-new-tokens", type=positive_int, default=128, help="token limit for checkpoints")
-    co.add_argument("--seed", type=seed, default=0)
+    co.add_argument("--task", default="study-plan", help=f"registered task that judges checkpoints evaluated here: "
+                    f"{_task_names()}")
+    co.add_argument("--lang", default="all", help="held-out prompts of one language for checkpoints (study-plan)")
+    _add_eval_settings(co)
     co.add_argument("--device", default="auto")
     co.add_argument("--out", metavar="DIR", help="also write DIR/compare.html, compare.md (table, pass-rate plot, "
                     "verdict) and each checkpoint's evaluation under DIR/<n>/")
@@ -291,7 +306,7 @@ def cmd_train(args) -> int:
     import alignlab.config as config
 
     cls_name, module, function = TRAINERS[args.command]
-    cfg = config.load_config(getattr(config, cls_name), *_recipe_and_overrides(args))
+    cfg = config.load_config(getattr(config, cls_name), *_recipe_and_overrides(args), check=_registered_task)
     extra = {"preflight_only": True} if getattr(args, "preflight_only", False) else {}
     if args.allow_config_change:
         extra["allow_changes"] = True
@@ -302,6 +317,19 @@ def cmd_train(args) -> int:
     if Distributed.from_env().is_main:  # under torchrun every rank gets here; one line is enough
         print(f"done: {run_dir}/checkpoints/final" if run_dir else "preflight only: nothing trained")
     return 0
+
+
+def _registered_task(cfg) -> None:
+    """A config's task is a registered one and its lang one of that task's languages (GRPO, PPO)."""
+    if not hasattr(cfg, "task"):
+        return
+    from alignlab.config import ConfigError
+    from alignlab.tasks.registry import get_task
+
+    try:
+        get_task(cfg.task).check_lang(cfg.lang)
+    except UserError as err:
+        raise ConfigError(err.key or "task", err.message) from None
 
 
 def cmd_report(args) -> int:

@@ -61,50 +61,51 @@ def cmd_audit_rm(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from alignlab.config import GenerationConfig
+    from alignlab.config import EvalConfig
     from alignlab.data.sources import BadRows
     from alignlab.eval.metrics import format_table
-    from alignlab.eval.sampling_eval import evaluate_model, task_prompts, write_eval
+    from alignlab.eval.sampling_eval import eval_info, evaluate, held_out, write_eval
     from alignlab.eval.verdict import format_verdict, single_verdict
     from alignlab.model.checkpoint import load_model
     from alignlab.outputs import check_output
     from alignlab.runtime import resolve_device
+    from alignlab.tasks.registry import get_task
 
-    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature)  # argparse checked them
+    cfg = EvalConfig(samples=args.samples, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                     seed=args.seed, batch_size=args.batch_size)  # argparse checked them
     out = check_output(args.out, "eval", protect=[args.checkpoint, args.prompts]) if args.out is not None else None
-    if args.skip_bad_rows and args.task != "study-plan":
-        raise UserError(f"applies to the study-plan --prompts file; task {args.task} checks its own records",
-                        key="--skip-bad-rows")
-    if args.task != "study-plan" and args.lang != "all":
-        raise UserError(f"task {args.task} has no language selection; --lang picks study-plan phrasings", key="--lang")
-    if args.task != "study-plan":
-        return _eval_task(args, gen, out)
-    held_out = task_prompts(args.task, args.lang)  # --prompts FILE is the user's own set: never filtered
-    bad_rows = BadRows("skip" if args.skip_bad_rows else "error")
-    prompts = _read_prompts(args.prompts, bad_rows) if args.prompts else held_out
-    for line in bad_rows.report():  # nothing when no row was skipped
-        print(line)
+    task = get_task(args.task)
+    if args.skip_bad_rows and task.columns:
+        raise UserError(f"applies to a file of prompts; task {args.task} reads its records with their "
+                        f"{', '.join(task.columns)} and checks each", key="--skip-bad-rows")
+    if args.prompts and not task.columns:  # the user's own prompts: never filtered by language
+        bad_rows = BadRows("skip" if args.skip_bad_rows else "error")
+        examples = [{"prompt": p} for p in _read_prompts(args.prompts, bad_rows)]
+        for line in bad_rows.report():  # nothing when no row was skipped
+            print(line)
+    else:
+        examples = held_out(task, cfg, args.prompts or "", args.lang)
     device = resolve_device(args.device)
     model, tokenizer = load_model(args.checkpoint, device=device, allow_unverified_base=args.allow_unverified_base)
-    samples, summary = evaluate_model(model, tokenizer, prompts, args.samples, gen, args.seed, args.batch_size)
+    samples, summary = evaluate(model, tokenizer, task, examples, cfg)
     if args.judge_model:  # coherence: the judge's likelihood of the answers against fluent references
         from alignlab.eval.judge import judge_evaluation
-        from alignlab.tasks.registry import get_task
 
+        if task.references is None:
+            raise UserError(f"task {args.task} has no fluent reference answers to judge against", key="--judge-model")
         del model  # the judge may be larger: one model in memory at a time
-        summary = judge_evaluation(args.judge_model, summary, samples, get_task(args.task).references(args.lang),
+        summary = judge_evaluation(args.judge_model, summary, samples, task.references(args.lang),
                                    device=device, batch_size=args.judge_batch_size)
     verdict = single_verdict(summary, samples)
     name = args.checkpoint
-    print(f"eval: {args.checkpoint} on {len(prompts)} prompts x {args.samples} samples, "
-          f"temperature {args.temperature}, task {args.task}")
+    print(f"eval: {args.checkpoint} on {len(examples)} prompts x {args.samples} samples, "
+          f"temperature {args.temperature}, max {args.max_new_tokens} new tokens, task {args.task}")
     print(format_table({name: summary}))
     print(format_verdict(verdict))
     if out is not None:
-        info = {"checkpoint": args.checkpoint, "task": args.task, "prompts": args.prompts or "held-out",
-                "lang": None if args.prompts else args.lang,  # a --prompts file is not filtered by language
-                "samples_per_prompt": args.samples, "temperature": args.temperature,
-                "max_new_tokens": args.max_new_tokens, "seed": args.seed, "judge_model": args.judge_model}
+        info = eval_info(args.checkpoint, task, cfg, prompts=args.prompts or "held-out",
+                         lang=None if args.prompts else args.lang,  # a --prompts file is not filtered by language
+                         judge_model=args.judge_model)
         write_eval(out, name, samples, summary, verdict, info)
         print(f"wrote {out / 'samples.jsonl'}, {out / 'summary.md'} and {out / 'summary.json'}")
     return 0
@@ -127,38 +128,14 @@ def _read_prompts(path: str, bad_rows) -> list[str]:
     return parse_rows(rows, parse, bad_rows, path)
 
 
-def _eval_task(args, gen, out: Path | None) -> int:
-    """`alignlab eval` of a task other than the study plan: its own check, pass@k."""
-    from alignlab.eval.task_eval import evaluate_task, format_task_summary, write_task_eval
-    from alignlab.model.checkpoint import load_model
-    from alignlab.runtime import resolve_device
+def cmd_check(args) -> int:
+    from alignlab.eval.sampling_eval import evaluate_completions, read_completions, write_samples
     from alignlab.tasks.registry import get_task
 
     task = get_task(args.task)
-    examples = task.held_out_examples(args.prompts or "")
-    if not examples:
-        raise UserError(f"task {args.task} has no built-in held-out examples: pass --prompts FILE.jsonl",
-                        key="--prompts")
-    model, tokenizer = load_model(args.checkpoint, device=resolve_device(args.device),
-                                  allow_unverified_base=args.allow_unverified_base)
-    records, summary = evaluate_task(model, tokenizer, task, examples, args.samples, gen, args.seed, args.batch_size)
-    print(f"eval: {args.checkpoint}, temperature {args.temperature}, max {args.max_new_tokens} new tokens")
-    print(format_task_summary(summary))
-    if out is not None:
-        info = {"checkpoint": args.checkpoint, "task": args.task, "prompts": args.prompts,
-                "temperature": args.temperature, "max_new_tokens": args.max_new_tokens, "seed": args.seed}
-        write_task_eval(out, records, summary, info)
-        print(f"wrote {out / 'samples.jsonl'}, {out / 'summary.md'} and {out / 'summary.json'}")
-    return 0
-
-
-def cmd_check(args) -> int:
-    from alignlab.eval.sampling_eval import evaluate_completions, read_completions, task_prompts, write_samples
-
-    task_prompts(args.task)  # validates the task name
     out = None if args.out is None else check_output_file(args.out, protect=[args.completions], ours=_checked_file)
     records = read_completions(args.completions)
-    samples, summary = evaluate_completions(records)
+    samples, summary = evaluate_completions(records, task)
     passed = sum(s.passed for s in samples)
     low, high = summary.pass_rate_ci
     print(f"check: {args.completions}, {len(samples)} completions, task {args.task}")
@@ -196,9 +173,13 @@ def cmd_compare(args) -> int:
         raise UserError("the same path is given twice", key="runs")
     if args.out is not None:  # before any evaluation: a folder that may not be written fails fast
         check_output(args.out, "compare", protect=args.runs)
-    loaded = {arg: load_or_evaluate(arg, samples_per_prompt=args.samples, seed=args.seed, device=device,
-                                    temperature=args.temperature, max_new_tokens=args.max_new_tokens)
-              for arg in args.runs}
+    from alignlab.config import EvalConfig
+    from alignlab.tasks.registry import get_task
+
+    cfg = EvalConfig(samples=args.samples, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                     seed=args.seed)
+    task = get_task(args.task)
+    loaded = {arg: load_or_evaluate(arg, task, cfg, device=device, lang=args.lang) for arg in args.runs}
     print(format_table({arg: summary for arg, (summary, _) in loaded.items()}))
     training = training_rows({arg: training_info(arg) for arg in args.runs})
     if training:

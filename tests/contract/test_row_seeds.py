@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from alignlab.config import GenerationConfig
-from alignlab.eval.sampling_eval import evaluate_model
+from alignlab.config import EvalConfig, GenerationConfig
+from alignlab.eval.sampling_eval import evaluate
 from alignlab.generation.engine import generate
 from alignlab.generation.sampling import RowStreams, derive_seed, sample_next_token
+from alignlab.tasks.registry import get_task
 
 PROMPTS = ["plan a", "study plan for go", "three bullets", "x"]
 
@@ -44,7 +45,7 @@ def test_a_row_samples_the_same_completion_in_any_batch(tiny_gpt, byte_tok):
 
 
 def test_sampled_evaluation_does_not_depend_on_the_batch_size(tiny_gpt, byte_tok):
-    gen = GenerationConfig(max_new_tokens=12, temperature=1.0)
-    big, _ = evaluate_model(tiny_gpt, byte_tok, PROMPTS[:2], 3, gen, seed=5, batch_size=6)
-    small, _ = evaluate_model(tiny_gpt, byte_tok, PROMPTS[:2], 3, gen, seed=5, batch_size=2)
+    task, examples = get_task("study-plan"), [{"prompt": p} for p in PROMPTS[:2]]
+    big, _ = evaluate(tiny_gpt, byte_tok, task, examples, EvalConfig(3, 1.0, 12, seed=5, batch_size=6))
+    small, _ = evaluate(tiny_gpt, byte_tok, task, examples, EvalConfig(3, 1.0, 12, seed=5, batch_size=2))
     assert [s.completion for s in big] == [s.completion for s in small]

@@ -25,8 +25,7 @@ def test_demo_runs_end_to_end_and_caches_its_base(tmp_path, monkeypatch, capsys)
                                        "tokenizer.vocab_size=300", "run.progress=false"])
     monkeypatch.setattr(demo, "POLICY", [*demo.POLICY, "run.batch_size=16", "max_new_tokens=8", "eval_prompts=2",
                                          "run.save_every=0"])
-    monkeypatch.setattr(demo, "SAMPLES", 1)
-    monkeypatch.setattr(demo, "GEN", demo.GenerationConfig(max_new_tokens=8))
+    monkeypatch.setattr(demo, "EVAL", demo.EvalConfig(samples=1, max_new_tokens=8))
     run = demo.run_demo(str(tmp_path / "demo"), steps=2, progress=False)
     out = capsys.readouterr().out
     assert "before (base)" in out and "after (GRPO)" in out and "report:" in out

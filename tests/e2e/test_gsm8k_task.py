@@ -9,7 +9,7 @@ import pytest
 
 from alignlab.cli import main
 from alignlab.errors import UserError
-from alignlab.eval.task_eval import summarize_task
+from alignlab.eval.metrics import score_sample, summarize
 from alignlab.tasks.gsm8k import INSTRUCTION, gsm8k_reward, gsm8k_verdict, sharp_reward
 from alignlab.tasks.registry import get_task
 
@@ -59,10 +59,12 @@ def test_examples_carry_the_instruction_and_the_answer_column(gsm8k_file):
 def test_pass_at_k_by_hand():
     # Example 0: 1 of 4 right; example 1: 4 of 4. pass@1 = (1/4 + 1) / 2 = 0.625;
     # pass@2 for example 0 = 1 - C(3,2)/C(4,2) = 1 - 3/6 = 0.5, so (0.5 + 1) / 2 = 0.75; pass@4 = 1.
-    records = [{"example": e, "passed": p, "degenerate": [], "truncated": False, "completion": "x"}
-               for e, p in [(0, True), (0, False), (0, False), (0, False), (1, True), (1, True), (1, True), (1, True)]]
-    summary = summarize_task("gsm8k", records, 4)
-    assert summary.pass_rate == 0.625 and summary.pass_at_k == pytest.approx({1: 0.625, 2: 0.75, 4: 1.0})
+    task = get_task("gsm8k")
+    samples = [score_sample(f"question {e}", "#### 7" if right else "#### 8", task=task, answer="7")
+               for e, right in [(0, True), (0, False), (0, False), (0, False), (1, True), (1, True), (1, True),
+                                (1, True)]]
+    summary = summarize(samples)
+    assert summary.pass_rate == 0.625 and summary.pass_at_k == pytest.approx({"1": 0.625, "2": 0.75, "4": 1.0})
 
 
 def test_grpo_on_gsm8k_passes_the_answer_column_to_rewards_and_ledger(tmp_path, policy_dir, gsm8k_file):
@@ -84,7 +86,7 @@ def test_eval_reports_pass_at_k(tmp_path, policy_dir, gsm8k_file, capsys):
     assert main(["eval", str(policy_dir), "--task", "gsm8k", "--prompts", str(gsm8k_file), "--samples", "4",
                  "--max-new-tokens", "8", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n_examples"] == 4 and set(summary["pass_at_k"]) == {"1", "2", "4"}
+    assert summary["n_prompts"] == 4 and set(summary["pass_at_k"]) == {"1", "2", "4"}
     assert len((out / "samples.jsonl").read_text().splitlines()) == 16
     assert "pass@4" in capsys.readouterr().out
     assert main(["eval", str(policy_dir), "--task", "gsm8k"]) == 2  # no built-in questions

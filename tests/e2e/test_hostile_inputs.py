@@ -146,7 +146,7 @@ CASES = [
     ("skip-all-bad", ["train-rm", "data={c}/hostile_pairs_all_bad.jsonl", "on_bad_row=skip"], 2,
      "hostile_pairs_all_bad.jsonl: no usable records: every row was malformed and skipped", None),
     ("skip-not-for-gsm8k", ["eval", "{policy}", "--task", "gsm8k", "--skip-bad-rows"], 2,
-     "--skip-bad-rows: applies to the study-plan --prompts file", None),
+     "--skip-bad-rows: applies to a file of prompts; task gsm8k", None),
     # ...and are left out, counted and shown, when asked
     ("score-skip", ["score", "{rm}", "--pairs", "{c}/hostile_pairs_messy.jsonl", "--skip-bad-rows",
                     "--max-length", "64", "--show", "1"], 0,

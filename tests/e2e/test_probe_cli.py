@@ -44,7 +44,7 @@ def test_probe_cli_takes_a_grpo_recipe_and_a_users_function(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--task", "bogus"], "task: expected one of"),
+    (["--task", "bogus"], "task: unknown task 'bogus'; expected one of: study-plan"),
     (["reward.function=missing.py:fn"], "reward.function: no such file"),
     (["--task", "gsm8k"], "data: the gsm8k task reads its questions from a file"),
     (["--families", "nope"], "unknown attack family 'nope'"),

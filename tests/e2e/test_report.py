@@ -16,6 +16,7 @@ from alignlab.errors import UserError
 from alignlab.eval.report import write_report
 from alignlab.eval.sampling_eval import evaluate_completions, write_samples
 from alignlab.eval.verdict import single_verdict
+from alignlab.tasks.registry import get_task
 from alignlab.tasks.study_plan import held_out_prompts
 
 COMPLIANT = "- 复习（30 分钟）\n- 练习（1 小时）\n- 总结（半小时）"
@@ -45,7 +46,7 @@ def _write_eval(out, completions: dict[str, list[str]]) -> None:
     """An `alignlab eval --out` directory, in the format cmd_eval writes."""
     out.mkdir()
     samples, summary = evaluate_completions([{"prompt": p, "completion": c} for p, cs in completions.items()
-                                             for c in cs])
+                                             for c in cs], get_task("study-plan"))
     info = {"checkpoint": str(out), "task": "study-plan", "prompts": "held-out", "samples_per_prompt": 2}
     record = {**info, **summary.to_dict(), "verdict": single_verdict(summary, samples).to_dict()}
     (out / "summary.json").write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")

@@ -92,7 +92,7 @@ def test_grid_crosses_the_variants_and_dry_run_writes_nothing(tmp_path, policy_d
     ({"variants": [{"name": "x", "set": {"stepz": 3}}]}, "stepz: unknown key"),
     ({"variants": [{"name": "x"}, {"name": "X"}]}, "share the directory name 'x'"),
     ({"seeds": [0, 0]}, "seeds: expected a list of distinct integers"),
-    ({"eval": {"samples": 0}}, "eval.samples: expected a value >= 1"),
+    ({"eval": {"samples": 0}}, "eval.samples: must be >= 1, got 0"),
     ({"grid": {"temperature": 0.3}}, "grid.temperature: expected a non-empty list"),
     ({"budget": 3}, "budget: unknown key"),
     ({"base": "missing.yaml"}, "base: no such GRPO recipe"),

@@ -11,7 +11,7 @@ import pytest
 
 from alignlab.errors import UserError
 from alignlab.eval.metrics import EvalSummary, format_table, markdown_table, score_sample, summarize
-from alignlab.eval.sampling_eval import evaluate_completions, read_completions, task_prompts
+from alignlab.eval.sampling_eval import evaluate_completions, read_completions
 from alignlab.eval.verdict import (
     DEGENERATION_FLAG,
     FALL_FLAG,
@@ -21,6 +21,7 @@ from alignlab.eval.verdict import (
     log_verdict,
     single_verdict,
 )
+from alignlab.tasks.registry import get_task
 from alignlab.tasks.study_plan import CANONICAL_PROMPT, held_out_prompts, synthetic_completions
 
 P = CANONICAL_PROMPT
@@ -115,14 +116,14 @@ def test_single_verdict_degenerate_when_most_output_is_not_text():
 
 def test_single_verdict_ok_for_compliant_synthetic_samples():
     records = synthetic_completions(held_out_prompts()[:5], 2, 1.0, seed=0)
-    samples, summary = evaluate_completions(records)
+    samples, summary = evaluate_completions(records, get_task("study-plan"))
     v = single_verdict(summary, samples)
     assert v.label == "ok" and v.evidence == ()
 
 
 def test_evaluate_completions_on_synthetic_compliant_output_passes_all():
     records = synthetic_completions(held_out_prompts(), 2, 1.0, seed=0)
-    samples, summary = evaluate_completions(records)
+    samples, summary = evaluate_completions(records, get_task("study-plan"))
     assert summary.n_samples == len(records) == 2 * len(held_out_prompts())
     assert summary.pass_rate == 1.0 and summary.degenerate_rate == 0.0
     assert summary.reward_mean == 1.0 and summary.pass_rate_ci[1] == 1.0
@@ -187,5 +188,5 @@ def test_malformed_completion_record_names_file_line_and_field(tmp_path):
     with pytest.raises(UserError) as err:
         read_completions(path)
     assert str(err.value).startswith(f"{path}:2: completion:")
-    with pytest.raises(UserError, match="study-plan"):
-        task_prompts("gsm8k")
+    with pytest.raises(UserError, match="study-plan, gsm8k"):
+        get_task("gsm9k")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from alignlab.algorithms.common import pass_at_k
 from alignlab.errors import UserError
 from alignlab.rewards.base import call_reward
 from alignlab.tasks.gsm8k import (
@@ -15,7 +16,6 @@ from alignlab.tasks.gsm8k import (
     extract_answer,
     format_reward,
     normalise_number,
-    pass_at_k,
     read_gsm8k,
     reference_answer,
 )

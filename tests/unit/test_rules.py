@@ -16,7 +16,7 @@ import pytest
 from alignlab.rewards import penalties as pen
 from alignlab.rewards.rules import (
     RuleResult,
-    StudyPlanVerdict,
+    Verdict,
     check_activities,
     check_content,
     check_count,
@@ -215,7 +215,7 @@ def test_partial_credit_of_each_rule():
 
 def test_verdict_lists_every_rule_in_order():
     verdict = study_plan_verdict(P, "好的\n" + THREE)
-    assert isinstance(verdict, StudyPlanVerdict)
+    assert isinstance(verdict, Verdict)
     assert list(verdict.results) == ["structure", "count", "durations", "activities", "extra_text", "language", "echo",
                                     "repetition", "length", "garbled"]
     assert verdict.failed == ("extra_text",)
@@ -328,3 +328,14 @@ def test_activities_need_words_and_no_copies(completion, problem):
     result = check_activities(P, completion)
     assert not result.passed and result.reasons[0].startswith(problem)
     assert result.score == pytest.approx(2 / 3)
+
+
+def test_the_reward_runs_the_verdicts_own_checks():
+    """One list of checks (rules.study_plan_checks): what training pushes is what evaluation measures."""
+    from alignlab.rewards.base import DEFAULT_WEIGHTS, study_plan_reward
+    from alignlab.rewards.rules import study_plan_checks
+
+    names = list(study_plan_checks())
+    reward = study_plan_reward("shaped")
+    assert [c.name for c in (*reward.rules, *reward.penalties)] == names == list(DEFAULT_WEIGHTS)
+    assert list(study_plan_verdict("p", "- a").results) == names

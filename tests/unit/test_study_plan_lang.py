@@ -17,7 +17,7 @@ import yaml
 
 from alignlab import demo, sweep
 from alignlab.cli import build_parser, main
-from alignlab.config import DPOConfig, GRPOConfig, PPOConfig, RewardModelConfig, SFTConfig, load_config
+from alignlab.config import DPOConfig, EvalConfig, GRPOConfig, PPOConfig, RewardModelConfig, SFTConfig, load_config
 from alignlab.errors import UserError
 from alignlab.rewards.rules import study_plan_verdict
 from alignlab.sweep import read_sweep
@@ -151,14 +151,20 @@ def test_every_trainer_config_takes_lang_and_task_lang(cls):
     assert load_config(cls).lang == "all"
     assert load_config(cls, None, ["lang=en"]).lang == "en"
     assert load_config(cls, None, ["task.lang=zh"]).lang == "zh"
-    with pytest.raises(UserError, match="expected one of 'all', 'en', 'zh'"):
-        load_config(cls, None, ["lang=fr"])
+    if cls in (GRPOConfig, PPOConfig):  # any registered task's languages: the task checks them
+        with pytest.raises(UserError, match="has prompts in: all, en, zh; got 'fr'"):
+            get_task(load_config(cls, None, ["lang=fr"]).task).train_examples("", "fr")
+    else:
+        with pytest.raises(UserError, match="expected one of 'all', 'en', 'zh'"):
+            load_config(cls, None, ["lang=fr"])
 
 
-def test_gsm8k_refuses_a_language(tmp_path):
-    for cls in (GRPOConfig, PPOConfig):
-        with pytest.raises(UserError, match="must be all for task gsm8k"):
-            load_config(cls, None, ["task=gsm8k", "task.lang=en"])
+def test_gsm8k_refuses_a_language(tmp_path, policy_dir, capsys):
+    for command in ("grpo", "ppo"):  # before anything is loaded or written
+        assert main([command, "task=gsm8k", "task.lang=en", f"model.path={policy_dir}",
+                     f"run.out_dir={tmp_path / command}"]) == 2
+        assert "lang: task gsm8k has no language selection" in capsys.readouterr().err
+        assert not (tmp_path / command).exists()
     data = tmp_path / "g.jsonl"
     data.write_text(json.dumps({"question": "1 + 1?", "answer": "2\n#### 2"}) + "\n", encoding="utf-8")
     assert get_task("gsm8k").train_examples(str(data), "all")
@@ -200,17 +206,17 @@ def test_sweep_recipe_key_and_overrides_set_the_language(tmp_path, policy_dir):
     assert {r.config.lang for r in read_sweep(_sweep_recipe(tmp_path, policy_dir)).runs} == {"all"}
     assert {r.config.lang for r in read_sweep(_sweep_recipe(tmp_path, policy_dir, lang="en")).runs} == {"en"}
     assert {r.config.lang for r in read_sweep(_sweep_recipe(tmp_path, policy_dir), ["task.lang=zh"]).runs} == {"zh"}
-    with pytest.raises(UserError, match="expected one of all, en, zh"):
+    with pytest.raises(UserError, match="has prompts in: all, en, zh; got 'fr'"):
         read_sweep(_sweep_recipe(tmp_path, policy_dir, lang="fr"))
     mixed = [{"name": "en", "set": {"lang": "en"}}, {"name": "zh", "set": {"lang": "zh"}}]
-    with pytest.raises(UserError, match="different languages"):
+    with pytest.raises(UserError, match="variants differ in lang"):
         read_sweep(_sweep_recipe(tmp_path, policy_dir, variants=mixed))
 
 
 def test_sweep_evaluates_on_the_runs_language(tmp_path, policy_dir):
     run = read_sweep(_sweep_recipe(tmp_path, policy_dir, lang="en")).runs[0]
     out = tmp_path / "before"
-    _, samples = sweep._evaluate(str(policy_dir), sweep.EvalSpec(samples=1, max_new_tokens=4, prompts=3), run.config,
+    _, samples = sweep._evaluate(str(policy_dir), EvalConfig(samples=1, max_new_tokens=4, prompts=3), run.config,
                                  out, "before", "cpu")
     assert [s.prompt for s in samples] == sp.held_out_prompts("en")[:3]
     assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["lang"] == "en"
@@ -237,7 +243,7 @@ def test_eval_lang_en_evaluates_only_english_held_out_prompts(policy_dir, tmp_pa
     assert [s["prompt"] for s in samples] == sp.held_out_prompts("en")
     assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["lang"] == "en"
     assert main(["eval", str(policy_dir), "--lang", "en", "--task", "gsm8k"]) == 2
-    assert "--lang" in capsys.readouterr().err
+    assert "lang: task gsm8k has no language selection" in capsys.readouterr().err
 
 
 def test_grpo_lang_en_trains_on_english_prompts_only(policy_dir, tmp_path):

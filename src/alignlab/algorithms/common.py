@@ -43,6 +43,25 @@ def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[fl
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from `n` samples of which `c` are correct (Chen et al. 2021, eq. 1).
+
+    1 - C(n-c, k) / C(n, k), computed as 1 - prod_{i=n-c+1}^{n} (1 - k / i), which avoids the
+    huge binomials (the product form of the paper's numpy snippet).
+
+    >>> round(pass_at_k(5, 1, 1), 12)  # 1 - (1 - 1/5)
+    0.2
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"expected 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0  # every draw of k samples contains a correct one
+    product = 1.0
+    for i in range(n - c + 1, n + 1):
+        product *= 1.0 - k / i
+    return 1.0 - product
+
+
 def token_logps(logits: torch.Tensor, ids: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
     """Log-probability of each chosen token: logits[ids] - logsumexp(logits).
 

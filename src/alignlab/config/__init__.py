@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from alignlab.config.sections import (
     SEED_MAX,
+    EvalConfig,
     GenerationConfig,
     GPTConfig,
     LoRAConfig,
@@ -45,7 +46,7 @@ from alignlab.config_io import (
     load_config,
 )
 
-__all__ = ["LANG_WHY", "SEED_MAX", "ConfigError", "DPOConfig", "GPTConfig", "GRPOConfig", "GenerationConfig",
-           "LoRAConfig", "ModelConfig", "OptimConfig", "PPOConfig", "PretrainConfig", "RewardConfig",
-           "RewardModelConfig", "RunConfig", "SFTConfig", "TokenizerConfig", "config_from_dict", "config_hash",
-           "config_to_dict", "describe_config", "dump_yaml", "knob", "load_config"]
+__all__ = ["LANG_WHY", "SEED_MAX", "ConfigError", "DPOConfig", "EvalConfig", "GPTConfig", "GRPOConfig",
+           "GenerationConfig", "LoRAConfig", "ModelConfig", "OptimConfig", "PPOConfig", "PretrainConfig",
+           "RewardConfig", "RewardModelConfig", "RunConfig", "SFTConfig", "TokenizerConfig", "config_from_dict",
+           "config_hash", "config_to_dict", "describe_config", "dump_yaml", "knob", "load_config"]

@@ -212,6 +212,28 @@ class GenerationConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """One sampling evaluation of a policy on a task's held-out examples: `eval`, `compare`, `sweep`
+    and the demo judge with it (their defaults are these)."""
+
+    samples: int = knob(5, "completions sampled per prompt (pass@k is reported for k up to it)")
+    temperature: float = knob(0.7, "sampling temperature; 0 = greedy")
+    max_new_tokens: int = knob(128, "tokens generated per completion at most")
+    prompts: int = knob(0, "the first N held-out prompts; 0 = all")
+    seed: int = knob(0, "row i samples from the stream derive_seed(seed, i), at any batch size")
+    batch_size: int = knob(32, "sequences generated at once")
+
+    def __post_init__(self):
+        _check(self, ">= 1", lambda v: v >= 1, "samples", "max_new_tokens", "batch_size")
+        _check(self, ">= 0", lambda v: v >= 0, "temperature", "prompts")
+        _check(self, "in [0, 2**64 - 1] (torch.manual_seed's range)", lambda v: 0 <= v <= SEED_MAX, "seed")
+
+    def generation(self) -> GenerationConfig:
+        """How each completion is sampled."""
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature)
+
+
+@dataclass(frozen=True)
 class RewardConfig:
     """What a policy is rewarded by: the task's rules, a trained reward model, or a weighted sum of both."""
 

@@ -60,12 +60,6 @@ LANG_WHY = ("the built-in study-plan prompts' language: all (the original 147 ph
             "more phrasings), zh (Chinese only); prompts from files are not filtered; also task.lang")
 
 
-def _check_lang(cfg: Any) -> None:
-    """Only the study-plan task has phrasings by language; gsm8k reads its examples from files."""
-    if cfg.lang != "all" and cfg.task != "study-plan":
-        raise ConfigError("lang", f"must be all for task {cfg.task} (it has no language selection), got {cfg.lang}")
-
-
 @dataclass(frozen=True)
 class RewardModelConfig(_StepBatch):
     """`alignlab train-rm`: a Bradley-Terry reward model on (prompt, chosen, rejected) pairs."""
@@ -176,10 +170,12 @@ class GRPOConfig:
     prompts; names follow TRL's GRPOConfig where TRL has the knob.
     """
 
-    task: Literal["study-plan", "gsm8k"] = knob("study-plan", "built-in task: examples, pass check and reward")
+    task: str = knob("study-plan", "a registered task (tasks/registry.py: study-plan, gsm8k, or your own): "
+                                   "examples, pass check and reward")
     data: str = knob("", "the task's train examples (JSONL); empty = its built-in prompts (gsm8k needs a file)")
     eval_data: str = knob("", "held-out examples (JSONL); empty = the task's built-in held-out prompts, if any")
-    lang: Literal["all", "en", "zh"] = knob("all", "train and held-out prompts: " + LANG_WHY)
+    lang: str = knob("all", "the task's built-in prompts of one language (its own list; all = every prompt): "
+                            + LANG_WHY)
     backend: Literal["alignlab", "trl"] = knob("alignlab", "training engine: alignlab's, or TRL's GRPOTrainer "
                                                            "(pip install 'alignlab[trl]') with alignlab's rewards")
     prompts: int = knob(0, "train prompts used (the first N of the task's); 0 = all")
@@ -226,7 +222,6 @@ class GRPOConfig:
                "num_generations")
         _check(self, ">= 1", lambda v: v >= 1, "num_iterations", "eval_samples")
         _check(self, ">= 0", lambda v: v >= 0, "prompts", "eval_prompts", "epsilon", "epsilon_high", "beta")
-        _check_lang(self)
         self._check_loss_knobs()
         if self.run.batch_size % self.num_generations:
             raise ConfigError("run.batch_size", f"({self.run.batch_size}) must be a multiple of num_generations "
@@ -272,10 +267,12 @@ class PPOConfig:
     so run.steps counts optimizer steps. Names follow TRL's PPOConfig where TRL has the knob.
     """
 
-    task: Literal["study-plan", "gsm8k"] = knob("study-plan", "built-in task: examples, pass check and rule reward")
+    task: str = knob("study-plan", "a registered task (tasks/registry.py: study-plan, gsm8k, or your own): "
+                                   "examples, pass check and rule reward")
     data: str = knob("", "the task's train examples (JSONL); empty = its built-in prompts (gsm8k needs a file)")
     eval_data: str = knob("", "held-out examples (JSONL); empty = the task's built-in held-out prompts, if any")
-    lang: Literal["all", "en", "zh"] = knob("all", "train and held-out prompts: " + LANG_WHY)
+    lang: str = knob("all", "the task's built-in prompts of one language (its own list; all = every prompt): "
+                            + LANG_WHY)
     prompts: int = knob(0, "train prompts used (the first N of the task's); 0 = all")
     num_ppo_epochs: int = knob(4, "passes over each rollout")
     num_mini_batches: int = knob(2, "optimizer steps per pass (the rollout split into shuffled mini-batches)")
@@ -314,7 +311,6 @@ class PPOConfig:
         _check(self, ">= 0", lambda v: v >= 0, "prompts", "eval_prompts", "cliprange", "cliprange_value", "vf_coef",
                "kl_coef", "adaptive_kl_target", "early_stop_approx_kl", "missing_eos_penalty")
         _check(self, "in [0, 1]", lambda v: 0 <= v <= 1, "gamma", "lam")
-        _check_lang(self)
         if self.adaptive_kl_target > 0 and self.kl_coef == 0:
             raise ConfigError("kl_coef", "must be > 0 for the adaptive KL controller (it scales kl_coef), got 0")
         mini, rest = divmod(self.run.batch_size, self.num_mini_batches)

@@ -54,6 +54,9 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
 KINDS = ("bpe", "byte", "hf")
+# Plain text of several scripts, digits, punctuation and list marks: what checks that two tokenizers
+# agree, or that no special id appears in ordinary text, encode (task-neutral).
+PROBE_TEXT = "- Plain text, 123 (4.5%)\n* 中文：你好，世界。\n1. Ünïcödé — ok?"
 
 # ChatML as Qwen2.5 renders it, minus its default system prompt and tools:
 #   <|im_start|>{role}\n{content}<|im_end|>\n   per message, then

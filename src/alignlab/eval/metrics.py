@@ -1,19 +1,20 @@
-"""Evaluation metrics of the study-plan task: one scored sample, and a summary over many.
+"""Evaluation metrics of any task: one scored sample, and a summary over many.
 
-`score_sample` runs `rewards.rules.study_plan_verdict` (format rules and penalties) on one
-completion and records the sharp reward and the degeneration measures of `rewards.penalties`
-(`longest_repeat_run`, `repeated_ngram_fraction`, `echo_overlap`, `length_chars`): the same
-functions the rewards use, never a second definition (style rule 8). `summarize` turns samples
-into an `EvalSummary`: pass rate with a 95% Wilson interval, rule failure counts, reward mean and
-std, and the degeneration metrics; `format_table` and `markdown_table` show summaries side by side.
+`score_samples(task, examples, completions)` runs the task's check (`Task.check`, a `Verdict`: every
+rule with its reasons, and degeneration) on each completion and records the task's sharp reward and
+the degeneration measures of `rewards.penalties` (`longest_repeat_run`, `repeated_ngram_fraction`,
+`echo_overlap`, `length_chars`): the same functions the rewards use, never a second definition
+(style rule 8). `summarize` turns samples into an `EvalSummary`: pass rate with a 95% Wilson
+interval, pass@k when every prompt has the same number (n > 1) of samples, rule failure counts,
+reward mean and std, and the degeneration metrics; `format_table` and `markdown_table` show
+summaries side by side.
 
 A sample whose `invalid_char_fraction` (U+FFFD from bytes that did not decode, control characters)
 is over GARBLED_FRACTION is "garbled": what an untrained or broken model emits. The rules'
 degeneration (echo, repeat runs, length blow-up) does not see random bytes, which rarely repeat;
 the `garbled` penalty fails any sample with one such character.
 
-Left out: generating completions (`sampling_eval.py`), judging a run (`verdict.py`), other tasks
-(scoring is the study-plan verdict), and any file I/O.
+Left out: generating completions (`sampling_eval.py`), judging a run (`verdict.py`), and any file I/O.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from typing import Any
 
-from alignlab.algorithms.common import wilson_interval
+from alignlab.algorithms.common import pass_at_k, wilson_interval
 from alignlab.errors import UserError
-from alignlab.rewards.base import Reward, study_plan_reward
+from alignlab.rewards.base import call_reward
 from alignlab.rewards.penalties import (
     GARBLED_FRACTION,
     distinct_n,
@@ -36,17 +37,19 @@ from alignlab.rewards.penalties import (
     longest_repeat_run,
     repeated_ngram_fraction,
 )
-from alignlab.rewards.rules import study_plan_verdict
+from alignlab.tasks.registry import Task, get_task
 
 __all__ = ["EvalSummary", "ScoredSample", "format_table", "invalid_char_fraction", "markdown_table", "score_sample",
-           "summarize"]
+           "score_samples", "summarize"]
 
 @dataclass(frozen=True)
 class ScoredSample:
     """One completion with every verdict and measure the evaluation reports.
 
-    passed: every rule holds. degenerate: echo, repetition runs or a length blow-up.
-    score: the sharp reward (+1 pass, -1 penalty failed, [-1, -0.5] other violations).
+    passed: every rule of the task's check holds. degenerate: echo, repetition runs, a length blow-up
+    or garbled text, as the task's check says. score: the task's sharp reward (study plan: +1 pass,
+    -1 penalty failed, [-1, -0.5] other violations). columns: the example's task columns (gsm8k:
+    the reference answer), written with the sample so it can be judged again.
     reasons: every rule's explanations; degenerate_reasons: why it is degenerate (empty if not).
     failed_rules: names of the failed rules. rule_reasons: each rule's reasons, every rule listed
     in the verdict's order (failed or not). truncated: generation ran out of tokens before a stop
@@ -69,14 +72,16 @@ class ScoredSample:
     echo_overlap: float
     invalid_char_fraction: float = 0.0
     rule_reasons: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    columns: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def garbled(self) -> bool:
         return self.invalid_char_fraction > GARBLED_FRACTION
 
     def to_dict(self) -> dict:
-        """JSON-ready: tuples become lists."""
+        """JSON-ready: tuples become lists; the task's columns sit at the top level (as in the input)."""
         record = dataclasses.asdict(self)
+        record = {**record.pop("columns"), **record}
         for key in ("reasons", "degenerate_reasons", "failed_rules"):
             record[key] = list(record[key])
         record["rule_reasons"] = {name: list(reasons) for name, reasons in self.rule_reasons.items()}
@@ -84,35 +89,51 @@ class ScoredSample:
         return record
 
 
-@cache
-def _sharp_reward() -> Reward:
-    return study_plan_reward("sharp")
+def score_samples(task: Task, examples: Sequence[Mapping], completions: Sequence[str],
+                  truncated: Sequence[bool | None] | None = None) -> list[ScoredSample]:
+    """Score completion i of examples[i] ({"prompt", *task.columns}) with the task's check, its sharp
+    reward and the degeneration measures; `truncated[i]`: cut by the token limit (None: unknown)."""
+    prompts = [e["prompt"] for e in examples]
+    columns = task.row_columns(list(examples))
+    scores = call_reward(task.reward("sharp"), prompts, list(completions), **columns)
+    cut = truncated if truncated is not None else [None] * len(completions)
+    samples = []
+    for i, (example, completion) in enumerate(zip(examples, completions, strict=True)):
+        if scores[i] is None:
+            raise UserError(f"task {task.name}'s sharp reward abstained on completion {i}; an evaluation reports "
+                            f"a score for every completion")
+        own = {name: example[name] for name in task.columns}
+        verdict = task.check(example["prompt"], completion, **own)
+        samples.append(ScoredSample(
+            prompt=example["prompt"], completion=completion, passed=verdict.passed, degenerate=verdict.degenerate,
+            score=scores[i], reasons=verdict.reasons, degenerate_reasons=verdict.degenerate_reasons,
+            failed_rules=verdict.failed, truncated=cut[i], length_chars=length_chars(completion),
+            longest_run=longest_repeat_run(completion).repeats,
+            repeated_ngram_fraction=repeated_ngram_fraction(completion),
+            echo_overlap=echo_overlap(example["prompt"], completion),
+            invalid_char_fraction=invalid_char_fraction(completion),
+            rule_reasons={name: result.reasons for name, result in verdict.results.items()}, columns=own))
+    return samples
 
 
-def score_sample(prompt: str, completion: str, truncated: bool | None = None) -> ScoredSample:
-    """Score one completion with the study-plan rules, the sharp reward and the degeneration measures.
+def score_sample(prompt: str, completion: str, truncated: bool | None = None, *, task: Task | None = None,
+                 **columns) -> ScoredSample:
+    """`score_samples` for one completion; `task` defaults to the study plan.
 
     >>> s = score_sample("三条计划", "- 复习（30 分钟）\\n- 练习（1 小时）\\n- 总结（半小时）")
     >>> s.passed, s.degenerate, s.score, s.failed_rules
     (True, False, 1.0, ())
     """
-    verdict = study_plan_verdict(prompt, completion)
-    return ScoredSample(
-        prompt=prompt, completion=completion, passed=verdict.passed, degenerate=verdict.degenerate,
-        score=_sharp_reward().score(prompt, completion), reasons=verdict.reasons,
-        degenerate_reasons=verdict.degenerate_reasons, failed_rules=verdict.failed,
-        truncated=truncated, length_chars=length_chars(completion),
-        longest_run=longest_repeat_run(completion).repeats,
-        repeated_ngram_fraction=repeated_ngram_fraction(completion),
-        echo_overlap=echo_overlap(prompt, completion), invalid_char_fraction=invalid_char_fraction(completion),
-        rule_reasons={name: result.reasons for name, result in verdict.results.items()})
+    return score_samples(task or get_task("study-plan"), [{"prompt": prompt, **columns}], [completion], [truncated])[0]
 
 
 @dataclass(frozen=True)
 class EvalSummary:
     """Aggregate metrics over scored samples (rates are fractions in [0, 1]).
 
-    pass_rate_ci: 95% Wilson interval (low, high). reward_*: the sharp reward; std is the
+    pass_rate_ci: 95% Wilson interval (low, high). pass_at_k: {"k": unbiased pass@k (Chen et al. 2021)
+    averaged over prompts} for k = 1, 2, 4, ... up to n, when every prompt has n > 1 samples, else
+    None. reward_*: the task's sharp reward; std is the
     population std. rule_failures: {rule: samples failing it}, every rule seen, zeros included.
     distinct_1/2: distinct-n over all completions pooled (joined by newlines, so n-grams that
     straddle two completions count too: a small bias, the price of one distinct-n definition).
@@ -146,6 +167,7 @@ class EvalSummary:
     coherence_reference_nll: float | None = None
     coherence: str | None = None
     coherence_note: str | None = None
+    pass_at_k: Mapping[str, float] | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready: the interval as a [low, high] list."""
@@ -153,6 +175,7 @@ class EvalSummary:
         record["pass_rate_ci"] = list(self.pass_rate_ci)
         record["coherence_nll_ci"] = None if self.coherence_nll_ci is None else list(self.coherence_nll_ci)
         record["rule_failures"] = dict(self.rule_failures)
+        record["pass_at_k"] = None if self.pass_at_k is None else dict(self.pass_at_k)
         return record
 
     @classmethod
@@ -187,9 +210,11 @@ class EvalSummary:
                     raise UserError(f"expected [low, high], got {value!r:.60}", file=source, key=field.name)
                 value = tuple(number(v, f"{field.name}[{i}]") for i, v in enumerate(value))
             elif kind.startswith("Mapping"):
+                whole = kind.startswith("Mapping[str, int]")  # rule failure counts; pass@k are fractions
                 if not isinstance(value, Mapping):
-                    raise UserError(f"expected {{rule: count}}, got {value!r:.60}", file=source, key=field.name)
-                value = {str(k): number(v, f"{field.name}.{k}", whole=True) for k, v in value.items()}
+                    wanted = "{rule: count}" if whole else "{k: fraction}"
+                    raise UserError(f"expected {wanted}, got {value!r:.60}", file=source, key=field.name)
+                value = {str(k): number(v, f"{field.name}.{k}", whole=whole) for k, v in value.items()}
             elif value is not None or kind != "float | None":
                 value = number(value, field.name, whole=kind == "int")
             values[field.name] = value
@@ -213,6 +238,18 @@ def _rule_failures(samples: Sequence[ScoredSample]) -> dict[str, int]:
         for name in sample.failed_rules:
             counts[name] += 1
     return counts
+
+
+def _pass_at_k(samples: Sequence[ScoredSample]) -> dict[str, float] | None:
+    """Mean unbiased pass@k over prompts, k = 1, 2, 4, ... n, when each prompt has the same n > 1 samples."""
+    groups: dict[tuple, list[bool]] = {}
+    for s in samples:
+        groups.setdefault((s.prompt, *sorted(map(str, s.columns.items()))), []).append(s.passed)
+    sizes = {len(g) for g in groups.values()}
+    if len(sizes) != 1 or (n := sizes.pop()) < 2:
+        return None
+    ks = sorted({*(2 ** i for i in range(n.bit_length()) if 2 ** i < n), n})
+    return {str(k): sum(pass_at_k(n, sum(g), k) for g in groups.values()) / len(groups) for k in ks}
 
 
 def summarize(samples: Sequence[ScoredSample]) -> EvalSummary:
@@ -239,7 +276,7 @@ def summarize(samples: Sequence[ScoredSample]) -> EvalSummary:
         repeated_ngram_fraction_mean=_mean([s.repeated_ngram_fraction for s in samples]),
         echo_rate=sum("echo" in s.failed_rules for s in samples) / n, garbled_rate=sum(s.garbled for s in samples) / n,
         length_mean=_mean([s.length_chars for s in samples]), length_max=max(s.length_chars for s in samples),
-        truncation_rate=sum(known) / len(known) if known else None)
+        truncation_rate=sum(known) / len(known) if known else None, pass_at_k=_pass_at_k(samples))
 
 
 def _pct(value: float | None) -> str:
@@ -284,6 +321,8 @@ def table_rows(summaries: Mapping[str, EvalSummary]) -> list[list[str]]:
     rows = [["metric", *summaries]]
     shown = _ROWS + (_COHERENCE_ROWS if any(s.coherence_nll is not None for s in summaries.values()) else ())
     rows += [[label, *(show(s) for s in summaries.values())] for label, show in shown]
+    ks = dict.fromkeys(k for s in summaries.values() for k in (s.pass_at_k or {}) if k != "1")
+    rows += [[f"pass@{k}", *(_pct((s.pass_at_k or {}).get(k)) for s in summaries.values())] for k in ks]
     rules = dict.fromkeys(name for s in summaries.values() for name in s.rule_failures)
     for rule in rules:
         cells = []

@@ -33,10 +33,11 @@ import yaml
 from alignlab.data.sources import read_jsonl_records
 from alignlab.errors import UserError
 from alignlab.eval.metrics import EvalSummary, ScoredSample, markdown_table, table_rows
-from alignlab.eval.sampling_eval import load_or_evaluate
+from alignlab.eval.sampling_eval import read_evaluation
 from alignlab.eval.verdict import Verdict, compare_verdict, log_verdict
 from alignlab.outputs import swap_in, temp_beside
-from alignlab.rewards.base import MODES, study_plan_reward
+from alignlab.rewards.base import MODES, call_reward
+from alignlab.tasks.registry import TASKS
 
 __all__ = ["evaluation_verdict", "figures_section", "note", "plot_curves", "read_metrics", "table_section",
            "verdict_section", "write_pages", "write_report"]
@@ -106,7 +107,7 @@ def _evaluation(run: Path, given: str | Path | None, name: str) -> Evaluation | 
         return None
     if not (path / "summary.json").is_file():
         raise UserError("expected an `alignlab eval --out` directory holding summary.json", file=str(path))
-    summary, samples = load_or_evaluate(str(path))
+    summary, samples = read_evaluation(path)
     return summary, samples or []
 
 
@@ -309,13 +310,17 @@ def verdict_section(heading: str, verdict: Verdict) -> Section:
 
 
 def _trained_reward(config: Mapping, samples: Sequence[ScoredSample]) -> float | None:
-    """Mean of the rule reward the run trained on (config reward.mode) over evaluation samples; None
-    when a reward model took part (the evaluations cannot re-score that) or the mode is unknown."""
+    """Mean of the rule reward the run trained on (config task and reward.mode) over evaluation samples;
+    None when a reward model took part (the evaluations cannot re-score that) or the mode or task is unknown."""
     reward = config.get("reward") if isinstance(config, Mapping) else None
     if not isinstance(reward, Mapping) or reward.get("model") or reward.get("mode") not in MODES:
         return None
-    fn = study_plan_reward(reward["mode"])
-    return sum(fn.score(s.prompt, s.completion) for s in samples) / len(samples)
+    task = TASKS.get(config.get("task", "study-plan"))
+    if task is None or not samples:
+        return None
+    scores = call_reward(task.reward(reward["mode"]), [s.prompt for s in samples], [s.completion for s in samples],
+                         **task.row_columns([dict(s.columns) for s in samples]))
+    return None if None in scores else sum(scores) / len(scores)
 
 
 def evaluation_verdict(before: Evaluation, after: Evaluation, config: Mapping) -> Verdict:

@@ -1,14 +1,17 @@
-"""Sampling evaluation: N completions per prompt from a model, scored and summarised.
+"""Sampling evaluation, the one path for every task: N completions per example from a model,
+scored by the task and summarised.
 
-`evaluate_model` samples `samples_per_prompt` completions per prompt with
-`generation.engine.generate` (chat template; row i of the evaluation samples from its own stream
-`derive_seed(seed, i)`, so the same seed gives the same samples whatever the batch size), scores
-each with `metrics.score_sample` (keeping the Rollout's truncated flag) and summarises them.
-`evaluate_completions` does the same for completions produced anywhere. `read_prompts` /
+`evaluate(model, tokenizer, task, examples, EvalConfig)` samples `samples` completions per example
+with `generation.engine.generate` (chat template; row i of the evaluation samples from its own
+stream `derive_seed(seed, i)`, so the same seed gives the same samples whatever the batch size),
+scores them with `metrics.score_samples` (the task's check and sharp reward, the Rollout's
+truncated flag kept) and summarises them (pass rate, pass@k, rules, degeneration). `eval`,
+`compare`, `sweep` and the demo all evaluate through it; `evaluate_completions` scores
+completions produced anywhere. `held_out` picks a task's held-out examples. `read_prompts` /
 `read_completions` load JSONL records with errors naming file, line and field; `write_samples`
 writes scored samples as JSONL, every rule's reasons included.
 
-Left out: tasks other than the study plan (`TASKS`), distributed evaluation, and pass@k.
+Left out: distributed evaluation (the trainers' held-out check is `trainers/heldout.py`).
 """
 
 from __future__ import annotations
@@ -18,25 +21,24 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from alignlab.config import GenerationConfig
+from alignlab.config import EvalConfig
 from alignlab.data.sources import read_jsonl_records
 from alignlab.errors import UserError
-from alignlab.eval.metrics import EvalSummary, ScoredSample, score_sample, summarize
+from alignlab.eval.metrics import EvalSummary, ScoredSample, score_samples, summarize
 from alignlab.generation.engine import generate
 from alignlab.generation.sampling import derive_seed
 from alignlab.outputs import complete_eval, json_safe, new_output
 from alignlab.rewards.base import completion_text, prompt_text
-from alignlab.tasks.study_plan import held_out_prompts
-
-TASKS = {"study-plan": held_out_prompts}  # task name -> its held-out prompts
+from alignlab.tasks.registry import Task, get_task
 
 
-def task_prompts(task: str, lang: str = "all") -> list[str]:
-    """The held-out prompts of a built-in task in `lang` (all, en, zh); an unknown name is a UserError
-    listing the tasks."""
-    if task not in TASKS:
-        raise UserError(f"unknown task {task!r}; expected one of: {', '.join(TASKS)}", key="--task")
-    return TASKS[task](lang)
+def held_out(task: Task, cfg: EvalConfig, path: str = "", lang: str = "all") -> list[dict]:
+    """The task's held-out examples (from `path` when given, else its built-in ones in `lang`), the
+    first `cfg.prompts` of them (0: all); none is a UserError."""
+    examples = task.held_out_examples(path, lang)[: cfg.prompts or None]
+    if not examples:
+        raise UserError(f"task {task.name} has no built-in held-out examples: give a file of them", key="--prompts")
+    return examples
 
 
 def start_sampling(model, n_prompts: int, samples_per_prompt: int, batch_size: int, seed: int) -> list[int]:
@@ -52,33 +54,38 @@ def start_sampling(model, n_prompts: int, samples_per_prompt: int, batch_size: i
     return [derive_seed(seed, i) for i in range(n_prompts * samples_per_prompt)]
 
 
-def evaluate_model(model, tokenizer, prompts: Sequence[str], samples_per_prompt: int, gen: GenerationConfig,
-                   seed: int, batch_size: int = 32) -> tuple[list[ScoredSample], EvalSummary]:
-    """Sample `samples_per_prompt` chat completions per prompt, score and summarise them.
+def evaluate(model, tokenizer, task: Task, examples: Sequence[Mapping], cfg: EvalConfig
+             ) -> tuple[list[ScoredSample], EvalSummary]:
+    """Sample `cfg.samples` chat completions per example ({"prompt", *task.columns}), score and summarise them.
 
-    Rows are the prompts each repeated `samples_per_prompt` times, in prompt order, generated
-    `batch_size` rows at a time, row i from its own stream seeded by (`seed`, i): the same seed gives
-    the same samples at any batch size. The model is put in eval mode.
+    Rows are the examples each repeated `cfg.samples` times, in order, generated `cfg.batch_size`
+    rows at a time, row i from its own stream seeded by (`cfg.seed`, i): the same seed gives the same
+    samples at any batch size. The model is put in eval mode.
     """
-    seeds = start_sampling(model, len(prompts), samples_per_prompt, batch_size, seed)
-    rows = [p for p in prompts for _ in range(samples_per_prompt)]
-    samples = []
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start:start + batch_size]
-        rollout = generate(model, tokenizer, batch, gen, chat=True, row_seeds=seeds[start:start + batch_size])
-        truncated = rollout.truncated.tolist()  # (B,) bool
-        samples += [score_sample(p, text, truncated=bool(cut))
-                    for p, text, cut in zip(batch, rollout.texts, truncated, strict=True)]
+    seeds = start_sampling(model, len(examples), cfg.samples, cfg.batch_size, cfg.seed)
+    rows = [e for e in examples for _ in range(cfg.samples)]
+    gen, samples = cfg.generation(), []
+    for start in range(0, len(rows), cfg.batch_size):
+        batch = rows[start:start + cfg.batch_size]
+        rollout = generate(model, tokenizer, [e["prompt"] for e in batch], gen, chat=True,
+                           row_seeds=seeds[start:start + cfg.batch_size])
+        samples += score_samples(task, batch, rollout.texts, [bool(cut) for cut in rollout.truncated.tolist()])
     return samples, summarize(samples)
 
 
-def evaluate_completions(records: Sequence[Mapping]) -> tuple[list[ScoredSample], EvalSummary]:
-    """Score records {prompt, completion[, truncated]} made elsewhere; prompts and completions may be
-    strings or chat message lists (the last user / assistant message is scored)."""
-    samples = [score_sample(prompt_text(r["prompt"]), completion_text(r["completion"]), _truncated(r))
-               for r in records]
-    if not samples:
+def evaluate_completions(records: Sequence[Mapping], task: Task) -> tuple[list[ScoredSample], EvalSummary]:
+    """Score records {prompt, completion[, truncated], *task.columns} made elsewhere; prompts and completions
+    may be strings or chat message lists (the last user / assistant message is scored)."""
+    if not records:
         raise UserError("no completions to score")
+    for i, record in enumerate(records):
+        missing = [name for name in task.columns if name not in record]
+        if missing:
+            raise UserError(f"record {i + 1} has no {', '.join(missing)} (task {task.name} judges with it)",
+                            key=missing[0])
+    examples = [{"prompt": prompt_text(r["prompt"]), **{k: r[k] for k in task.columns}} for r in records]
+    samples = score_samples(task, examples, [completion_text(r["completion"]) for r in records],
+                            [_truncated(r) for r in records])
     return samples, summarize(samples)
 
 
@@ -142,40 +149,50 @@ def write_samples(path: str | Path, samples: Sequence[ScoredSample], extras: Seq
     return path
 
 
-def load_or_evaluate(arg: str, *, samples_per_prompt: int = 5, temperature: float = 0.7, seed: int = 0,
-                     device="cpu", max_new_tokens: int = 128,
+def load_or_evaluate(arg: str, task: Task, cfg: EvalConfig, *, device="cpu",
                      lang: str = "all") -> tuple[EvalSummary, list[ScoredSample] | None]:
     """(summary, scored samples) for `alignlab compare`: an `eval --out` directory (or its summary.json)
-    is read; a checkpoint or a run directory (its checkpoints/final) is evaluated on the task's
-    held-out prompts (of `lang`) with the eval defaults, so runs of different training compare on one eval set."""
+    is read (`read_evaluation`); a checkpoint or a run directory (its checkpoints/final) is evaluated on
+    the task's held-out examples (of `lang`) with `cfg`, so runs of different training compare on one eval set."""
     from alignlab.model.checkpoint import load_model
 
     path = Path(arg).expanduser()
-    summary_file = path / "summary.json" if path.is_dir() else path
-    if summary_file.is_file():
-        if not complete_eval(summary_file.parent):
-            raise UserError("an incomplete evaluation folder (no completion mark, or samples.jsonl missing): an "
-                            "evaluation was interrupted while writing it; run `alignlab eval --out` again", file=arg)
-        return _read_summary(summary_file)
+    if (path / "summary.json" if path.is_dir() else path).is_file():
+        return read_evaluation(path)
     model_dir = path / "checkpoints" / "final" if (path / "checkpoints" / "final").is_dir() else path
     if not ((model_dir / "config.json").is_file() or (model_dir / "adapter.json").is_file()):
         raise UserError("expected an `alignlab eval --out` directory, a checkpoint or a run directory", file=arg)
     model, tokenizer = load_model(str(model_dir), device=device)
-    gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature)
-    samples, summary = evaluate_model(model, tokenizer, held_out_prompts(lang), samples_per_prompt, gen, seed)
+    samples, summary = evaluate(model, tokenizer, task, held_out(task, cfg, lang=lang), cfg)
     return summary, samples
 
 
-def _read_summary(path: Path) -> tuple[EvalSummary, list[ScoredSample] | None]:
+def read_evaluation(path: str | Path) -> tuple[EvalSummary, list[ScoredSample] | None]:
+    """The summary of an `alignlab eval --out` directory (or its summary.json) and its samples,
+    judged again by the task the folder records (study-plan for folders written before tasks were recorded)."""
+    path = Path(path).expanduser()
+    summary_file = path / "summary.json" if path.is_dir() else path
+    if not complete_eval(summary_file.parent):
+        raise UserError("an incomplete evaluation folder (no completion mark, or samples.jsonl missing): an "
+                        "evaluation was interrupted while writing it; run `alignlab eval --out` again", file=str(path))
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(summary_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"cannot read the summary: {err}", file=str(path)) from err
+        raise UserError(f"cannot read the summary: {err}", file=str(summary_file)) from err
     if not isinstance(record, dict):
-        raise UserError("expected a JSON object", file=str(path))
-    samples_file = path.parent / "samples.jsonl"
-    samples = evaluate_completions(read_completions(samples_file))[0] if samples_file.is_file() else None
-    return EvalSummary.from_dict(record, str(path)), samples
+        raise UserError("expected a JSON object", file=str(summary_file))
+    task = get_task(record["task"] if isinstance(record.get("task"), str) else "study-plan")
+    samples_file = summary_file.parent / "samples.jsonl"
+    samples = evaluate_completions(read_completions(samples_file), task)[0] if samples_file.is_file() else None
+    return EvalSummary.from_dict(record, str(summary_file)), samples
+
+
+def eval_info(checkpoint: str, task: Task, cfg: EvalConfig, *, lang: str | None = "all", prompts: str = "held-out",
+              **extra) -> dict:
+    """What an evaluation folder's summary.json records about how it was made."""
+    return {"checkpoint": checkpoint, "task": task.name, "prompts": prompts, "lang": lang,
+            "samples_per_prompt": cfg.samples, "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens,
+            "seed": cfg.seed, **extra}
 
 
 def write_eval(out: str | Path, name: str, samples: Sequence[ScoredSample], summary: EvalSummary, verdict,

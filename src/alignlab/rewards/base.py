@@ -32,16 +32,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from alignlab.errors import UserError
-from alignlab.rewards.penalties import (
-    MAX_CHARS,
-    RuleResult,
-    check_echo,
-    check_garbled,
-    check_length,
-    check_repetition,
-    snippet,
-)
-from alignlab.rewards.rules import FORMAT_RULES, check_content
+from alignlab.rewards.penalties import MAX_CHARS, RuleResult, snippet
+from alignlab.rewards.rules import FORMAT_RULES, check_content, study_plan_checks
 
 RewardFn = Callable[..., list]  # (prompts=..., completions=..., **kwargs) -> list[float | None]
 Check = Callable[[str, str], RuleResult]  # (prompt, completion) -> RuleResult
@@ -197,17 +189,10 @@ def _validated_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
 
 
 def _study_plan_checks(w: Mapping[str, float], max_chars: int) -> tuple[list[WeightedCheck], list[WeightedCheck]]:
-    """The study-plan format rules and penalties with weights `w` (DEFAULT_WEIGHTS' keys)."""
-
-    def length(prompt: str, completion: str) -> RuleResult:
-        return check_length(prompt, completion, max_chars)
-
-    rules = [WeightedCheck(rule_name, check, w[rule_name]) for rule_name, check in FORMAT_RULES.items()]
-    penalties = [WeightedCheck("echo", check_echo, w["echo"]),
-                 WeightedCheck("repetition", check_repetition, w["repetition"]),
-                 WeightedCheck("length", length, w["length"]),
-                 WeightedCheck("garbled", check_garbled, w["garbled"])]
-    return rules, penalties
+    """The study plan's checks (`rules.study_plan_checks`, the verdict's own list) weighted by `w`:
+    (format rules, penalties)."""
+    checks = [WeightedCheck(name, check, w[name]) for name, check in study_plan_checks(max_chars).items()]
+    return [c for c in checks if c.name in FORMAT_RULES], [c for c in checks if c.name not in FORMAT_RULES]
 
 
 def study_plan_reward(mode: str = "sharp", weights: Mapping[str, float] | None = None,

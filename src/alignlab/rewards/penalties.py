@@ -18,8 +18,9 @@ failing penalty always costs a shaped reward at least half its weight. `is_degen
 verdict `alignlab check` and the evaluation report: echo, a repetition failure, or a length
 blow-up (past twice the bound; merely too long fails `check_length` without being degenerate).
 
-`RuleResult` is defined here, the lowest module of `rewards/`, and re-exported by `rules.py`,
-so that rules can use the penalties without an import cycle.
+`RuleResult` and `Verdict` (every check's result on one completion, the type every task's check
+returns) are defined here, the lowest module of `rewards/`, and re-exported by `rules.py`, so
+that rules and tasks can use the penalties without an import cycle.
 
 Left out: model-based measures (perplexity, embedding similarity to the prompt), and any
 language-specific tokenizer: tokens are a fixed regex so the metric is the same for every run.
@@ -58,6 +59,40 @@ class RuleResult:
     passed: bool
     score: float
     reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Every check's result on one completion, by check name in the task's order: what evaluation
+    reports for any task (passed, partial score, reasons, failed checks, degeneration).
+
+    passed: all hold (the pass criterion). degenerate_reasons: why the completion is degenerate
+    (echo, token runs, length blow-up, garbled text), empty when it is not.
+    """
+
+    results: dict[str, RuleResult]
+    degenerate_reasons: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results.values())
+
+    @property
+    def degenerate(self) -> bool:
+        return bool(self.degenerate_reasons)
+
+    @property
+    def failed(self) -> tuple[str, ...]:
+        return tuple(name for name, r in self.results.items() if not r.passed)
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return tuple(reason for r in self.results.values() for reason in r.reasons)
+
+    @property
+    def score(self) -> float:
+        """Mean partial credit over all checks, in [0, 1]."""
+        return sum(r.score for r in self.results.values()) / len(self.results)
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,12 @@ judging whether the plan is any good (a learned reward's job).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from alignlab.rewards.penalties import (
     MAX_CHARS,
     RuleResult,
+    Verdict,
     check_echo,
     check_garbled,
     check_length,
@@ -45,9 +46,9 @@ from alignlab.rewards.penalties import (
     snippet,
 )
 
-__all__ = ["RuleResult", "StudyPlanVerdict", "check_activities", "check_content", "check_count", "check_durations",
+__all__ = ["RuleResult", "Verdict", "check_activities", "check_content", "check_count", "check_durations",
            "check_extra_text", "check_language", "check_structure", "is_chinese", "check_study_plan", "find_durations",
-           "study_plan_verdict"]
+           "study_plan_checks", "study_plan_verdict"]
 
 EXPECTED_BULLETS = 3
 MAX_DURATIONS = 2  # per bullet; more is a list of times, not a plan ("- 0 mins: 0 minutes: 0 mins")
@@ -335,55 +336,31 @@ FORMAT_RULES = {"structure": check_structure, "count": check_count, "durations":
                 "activities": check_activities, "extra_text": check_extra_text, "language": check_language}
 
 
-@dataclass(frozen=True)
-class StudyPlanVerdict:
-    """Every rule's result on one completion, in a fixed order: the format rules
-    (structure, count, durations, activities, extra_text, language), then the penalties
-    (echo, repetition, length, garbled).
+def study_plan_checks(max_chars: int = MAX_CHARS) -> dict[str, Callable[[str, str], RuleResult]]:
+    """The study plan's checks by name, in order: the format rules, then the penalties (echo,
+    repetition, length bounded by `max_chars`, garbled). The one list both the verdict
+    (`study_plan_verdict`, what evaluation measures) and the reward (`rewards/base.py`, what training
+    pushes) run, so the two cannot drift apart."""
 
-    passed: all hold (the design's pass criterion). degenerate_reasons: why the completion is
-    degenerate (`penalties.degeneration_reasons`), empty when it is not.
-    """
+    def length(prompt: str, completion: str) -> RuleResult:
+        return check_length(prompt, completion, max_chars)
 
-    results: dict[str, RuleResult]
-    degenerate_reasons: tuple[str, ...] = ()
-
-    @property
-    def passed(self) -> bool:
-        return all(r.passed for r in self.results.values())
-
-    @property
-    def degenerate(self) -> bool:
-        return bool(self.degenerate_reasons)
-
-    @property
-    def failed(self) -> tuple[str, ...]:
-        return tuple(name for name, r in self.results.items() if not r.passed)
-
-    @property
-    def reasons(self) -> tuple[str, ...]:
-        return tuple(reason for r in self.results.values() for reason in r.reasons)
-
-    @property
-    def score(self) -> float:
-        """Mean partial credit over all rules, in [0, 1]."""
-        return sum(r.score for r in self.results.values()) / len(self.results)
+    return {**FORMAT_RULES, "echo": check_echo, "repetition": check_repetition, "length": length,
+            "garbled": check_garbled}
 
 
-def study_plan_verdict(prompt: str, completion: str, max_chars: int = MAX_CHARS) -> StudyPlanVerdict:
-    """Run every format rule and penalty on one completion.
+def study_plan_verdict(prompt: str, completion: str, max_chars: int = MAX_CHARS) -> Verdict:
+    """Run every format rule and penalty on one completion: the format rules in FORMAT_RULES's order
+    (structure, count, durations, activities, extra_text, language), then the penalties (echo,
+    repetition, length, garbled).
 
     >>> v = study_plan_verdict("三条计划", "- 复习（30 分钟）\\n- 练习（1 小时）\\n- 总结（半小时）")
     >>> v.passed, v.degenerate, v.failed
     (True, False, ())
     """
-    results = {name: check(prompt, completion) for name, check in FORMAT_RULES.items()}
-    results["echo"] = check_echo(prompt, completion)
-    results["repetition"] = check_repetition(prompt, completion)
-    results["length"] = check_length(prompt, completion, max_chars)
-    results["garbled"] = check_garbled(prompt, completion)
+    results = {name: check(prompt, completion) for name, check in study_plan_checks(max_chars).items()}
     degenerate = degeneration_reasons(results["echo"], results["repetition"], length_chars(completion), max_chars)
-    return StudyPlanVerdict(results, degenerate)
+    return Verdict(results, degenerate)
 
 
 def check_study_plan(prompt: str, completion: str, max_chars: int = MAX_CHARS) -> RuleResult:

@@ -28,8 +28,7 @@ from pathlib import Path
 from alignlab.data.sources import read_jsonl_records
 from alignlab.errors import UserError
 from alignlab.rewards.base import completion_text
-from alignlab.rewards.penalties import RuleResult, check_garbled, check_repetition
-from alignlab.rewards.rules import StudyPlanVerdict
+from alignlab.rewards.penalties import RuleResult, Verdict, check_garbled, check_repetition
 
 # A number as written in text: optional sign (not after a word character, so "3-4" is 3 and 4),
 # optional `$`, thousands groups "1,234" or plain digits, optional decimals. "42." stops at 42.
@@ -168,25 +167,6 @@ def format_reward(prompts: Sequence, completions: Sequence, **kwargs) -> list[fl
     return scores
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from `n` samples of which `c` are correct (Chen et al. 2021, eq. 1).
-
-    1 - C(n-c, k) / C(n, k), computed as 1 - prod_{i=n-c+1}^{n} (1 - k / i), which avoids the
-    huge binomials (the product form of the paper's numpy snippet).
-
-    >>> round(pass_at_k(5, 1, 1), 12)  # 1 - (1 - 1/5)
-    0.2
-    """
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"expected 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0  # every draw of k samples contains a correct one
-    product = 1.0
-    for i in range(n - c + 1, n + 1):
-        product *= 1.0 - k / i
-    return 1.0 - product
-
-
 INSTRUCTION = "Solve the problem step by step, then give the final answer on the last line as '#### <number>'."
 DEGENERATE_CHECKS = (check_repetition, check_garbled)  # a worked solution may restate the question: no echo check
 
@@ -204,14 +184,14 @@ def gsm8k_examples(path: str) -> list[dict[str, str]]:
     return [{"prompt": gsm8k_prompt(r["prompt"]), "answer": r["answer"]} for r in read_gsm8k(path)]
 
 
-def gsm8k_verdict(prompt: str, completion: str, answer: str = "") -> StudyPlanVerdict:
+def gsm8k_verdict(prompt: str, completion: str, answer: str = "") -> Verdict:
     """Passed: the extracted answer (lenient) equals `answer`; degenerate: token runs or garbled text."""
     found = extract_answer(completion)
     reference = _reference(answer, 0)
     correct = RuleResult(found == reference, float(found == reference),
                          () if found == reference else (f"answer {found!r}, expected {reference!r}",))
     reasons = tuple(r for check in DEGENERATE_CHECKS for r in check(prompt, completion).reasons)
-    return StudyPlanVerdict({"correct": correct}, reasons)
+    return Verdict({"correct": correct}, reasons)
 
 
 def sharp_reward(prompts: Sequence, completions: Sequence, answer: Sequence, **kwargs) -> list[float]:

@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from alignlab.algorithms.common import masked_mean
 from alignlab.algorithms.ppo import policy_loss, value_loss
 from alignlab.config import PPOConfig
+from alignlab.data.tokenizer import PROBE_TEXT
 from alignlab.distributed import Distributed
 from alignlab.errors import UserError
 from alignlab.model.checkpoint import load_trainable, save_model
@@ -91,8 +92,8 @@ def make_value(cfg: PPOConfig, policy, tokenizer, device) -> ValueModel:
     if not cfg.reward.model:
         raise UserError("value_init=reward_model needs reward.model (a train-rm checkpoint)", key="value_init")
     rm, rm_tokenizer = load_reward_model(cfg.reward.model, device=device)
-    probe = "- 30 分钟 review notes\n- 1 hour practice"
-    if rm_tokenizer.vocab_size != tokenizer.vocab_size or rm_tokenizer.encode(probe) != tokenizer.encode(probe):
+    if (rm_tokenizer.vocab_size != tokenizer.vocab_size
+            or rm_tokenizer.encode(PROBE_TEXT) != tokenizer.encode(PROBE_TEXT)):
         raise UserError(f"the reward model {cfg.reward.model} does not share the policy's tokenizer, so its values "
                         f"cannot be read per policy token: train it from the policy (train-rm model.path=<policy>) "
                         f"or set value_init=policy", key="value_init")

@@ -21,6 +21,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from alignlab.data.tokenizer import PROBE_TEXT
 from alignlab.errors import UserError
 from alignlab.rewards.penalties import snippet
 from alignlab.rewards.probe import PREFLIGHT_PROMPTS, probe_reward
@@ -51,7 +52,7 @@ class PreflightReport:
 
 def _tokenizer_checks(tokenizer, prompt: str) -> list[tuple[str, bool, str]]:
     pad, stops = tokenizer.pad_id, list(tokenizer.stop_ids)
-    sample = tokenizer.encode(prompt + "\n- 复习（30 分钟）")
+    sample = tokenizer.encode(f"{prompt}\n{PROBE_TEXT}")
     leaks = [i for i in [pad, *stops] if i is not None and i in sample]
     checks = [("pad token", pad is not None, f"id {pad}" if pad is not None else "missing: set pad_token"),
               ("stop tokens", bool(stops), f"ids {stops}" if stops else "no EOS: completions never end"),
