@@ -30,7 +30,7 @@ from pathlib import Path
 CHILD = r"""
 import json, resource, sys, torch
 from alignlab.config import GRPOConfig, load_config
-from alignlab.trainers.grpo import grpo
+from alignlab.backends.grpo import grpo
 overrides, device = json.loads(sys.argv[1]), sys.argv[2]
 run = grpo(load_config(GRPOConfig, None, overrides), quiet=True)
 records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

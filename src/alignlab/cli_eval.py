@@ -249,7 +249,7 @@ def cmd_probe_reward(args) -> int:
     from alignlab.rewards.probe import probe_examples, probe_reward
     from alignlab.runtime import resolve_device
     from alignlab.tasks.registry import get_task
-    from alignlab.trainers.rollouts import Scorer
+    from alignlab.trainers.rl_data import Scorer
 
     cfg = _probe_config(args)
     modes, families = _listed(args.modes, "--modes", MODES), _listed(args.families, "--families")

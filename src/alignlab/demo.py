@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alignlab.backends.grpo import grpo
 from alignlab.config import EvalConfig, GRPOConfig, SFTConfig, config_hash, load_config
 from alignlab.eval.metrics import format_table
 from alignlab.eval.report import write_report
@@ -29,7 +30,6 @@ from alignlab.model.checkpoint import load_model
 from alignlab.outputs import check_replaceable, swap_in
 from alignlab.runtime import cache_dir, resolve_device
 from alignlab.tasks.registry import get_task
-from alignlab.trainers.grpo import grpo
 from alignlab.trainers.sft import sft
 
 COMPLIANCE = 0.3  # share of instruction-following answers in the base policy's SFT data

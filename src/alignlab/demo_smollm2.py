@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alignlab.backends.grpo import grpo
 from alignlab.config import EvalConfig, GRPOConfig, SFTConfig, load_config
 from alignlab.eval.judge import judge_evaluation
 from alignlab.eval.metrics import format_table
@@ -28,7 +29,6 @@ from alignlab.eval.verdict import compare_verdict, format_verdict, single_verdic
 from alignlab.model.checkpoint import load_model
 from alignlab.runtime import resolve_device
 from alignlab.tasks.registry import get_task
-from alignlab.trainers.grpo import grpo
 from alignlab.trainers.sft import sft
 
 MODEL = "smollm2-135m-instruct"

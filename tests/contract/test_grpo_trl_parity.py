@@ -23,8 +23,8 @@ from alignlab.data.tokenizer import byte_tokenizer
 from alignlab.model.checkpoint import to_hf
 from alignlab.model.gpt import GPT
 from alignlab.trainers.grpo import make_loss
+from alignlab.trainers.grpo_rollouts import GRPOBatch
 from alignlab.trainers.logps import policy_logps
-from alignlab.trainers.rollouts import GRPOBatch
 
 trl_grpo = pytest.importorskip("trl.trainer.grpo_trainer")
 transformers = pytest.importorskip("transformers")

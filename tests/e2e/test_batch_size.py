@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from alignlab.backends.grpo import grpo
 from alignlab.config import (
     DPOConfig,
     GRPOConfig,
@@ -17,7 +18,6 @@ from alignlab.config import (
 )
 from alignlab.errors import UserError
 from alignlab.trainers.dpo import dpo
-from alignlab.trainers.grpo import grpo
 from alignlab.trainers.loop import Loop
 from alignlab.trainers.ppo import ppo
 from alignlab.trainers.pretrain import pretrain

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from alignlab.backends.grpo import grpo
 from alignlab.cli import main
 from alignlab.config import GRPOConfig, load_config
 from alignlab.errors import UserError
-from alignlab.trainers.grpo import grpo
 
 
 def _cfg(policy_dir, out, *extra):

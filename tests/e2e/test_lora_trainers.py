@@ -13,13 +13,13 @@ from safetensors.torch import load_file
 
 pytest.importorskip("peft")
 
+from alignlab.backends.grpo import grpo  # noqa: E402
 from alignlab.cli import main  # noqa: E402
 from alignlab.config import DPOConfig, GRPOConfig, PPOConfig, SFTConfig, load_config  # noqa: E402
 from alignlab.errors import UserError  # noqa: E402
 from alignlab.model.checkpoint import load_model  # noqa: E402
 from alignlab.model.lora import META, WEIGHTS, adapters_off  # noqa: E402
 from alignlab.trainers.dpo import dpo  # noqa: E402
-from alignlab.trainers.grpo import grpo  # noqa: E402
 from alignlab.trainers.ppo import VALUE, ppo  # noqa: E402
 from alignlab.trainers.sft import sft  # noqa: E402
 

@@ -22,7 +22,7 @@ from alignlab.algorithms.grpo import BATCH_TOKEN_TYPES, LOSS_TYPES, grpo_loss
 from alignlab.config import GRPOConfig, load_config
 from alignlab.errors import UserError
 from alignlab.trainers import grpo as grpo_trainer
-from alignlab.trainers.rollouts import GRPOBatch
+from alignlab.trainers.grpo_rollouts import GRPOBatch
 
 E_HALF, E_MINUS_HALF = math.exp(0.5), math.exp(-0.5)  # 1.64872, 0.60653
 KNOBS = {  # per type, the non-default parameters the parity tests use (cispo's cap must clip some tokens)
@@ -213,7 +213,7 @@ def test_loss_family_micro_batches_match_trl(monkeypatch, loss_type):
 
     monkeypatch.setattr(grpo_trainer, "policy_logps", policy)
     compute_loss, halves = grpo_trainer.make_loss(None, cfg), (slice(0, 4), slice(4, 8))
-    normaliser = float(mask.sum()) / accumulation  # what rollouts.py hands each micro-batch
+    normaliser = float(mask.sum()) / accumulation  # what grpo_rollouts.py hands each micro-batch
     ours = sum(compute_loss(GRPOBatch(rows[s], torch.ones(4, 1, dtype=torch.bool), torch.zeros(4, tokens), mask[s],
                                       advantages[s], old_logps[s], ref_logps[s], normaliser, metrics={}))[0]
                for s in halves) / accumulation  # the loop divides each micro-batch's loss by grad_accum

@@ -21,7 +21,7 @@ from alignlab.tasks.gsm8k import extract_answer, gsm8k_prompt
 from alignlab.tasks.registry import get_task
 from alignlab.tasks.study_plan import is_chinese
 from alignlab.tasks.study_plan_attacks import vocabulary
-from alignlab.trainers.rollouts import Scorer
+from alignlab.trainers.rl_data import Scorer
 
 STUDY = get_task("study-plan")
 GSM8K = get_task("gsm8k")

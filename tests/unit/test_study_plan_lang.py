@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from alignlab import demo, sweep
+from alignlab.backends.grpo import grpo
 from alignlab.cli import build_parser, main
 from alignlab.config import DPOConfig, EvalConfig, GRPOConfig, PPOConfig, RewardModelConfig, SFTConfig, load_config
 from alignlab.errors import UserError
@@ -23,7 +24,6 @@ from alignlab.rewards.rules import study_plan_verdict
 from alignlab.sweep import read_sweep
 from alignlab.tasks import study_plan as sp
 from alignlab.tasks.registry import get_task
-from alignlab.trainers.grpo import grpo
 from alignlab.trainers.reward_model import load_pairs
 from alignlab.trainers.sft import load_conversations
 

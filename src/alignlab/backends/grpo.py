@@ -18,7 +18,7 @@ def grpo(cfg: GRPOConfig, *, resume: bool = False, overwrite: bool = False, quie
          preflight_only: bool = False, allow_changes: bool = False) -> Path | None:
     """Train with GRPO on cfg.backend and return the run directory (None after `preflight_only`)."""
     if cfg.backend == "alignlab":
-        return engine.grpo(cfg, resume=resume, overwrite=overwrite, quiet=quiet, preflight_only=preflight_only,
+        return engine.train_native(cfg, resume=resume, overwrite=overwrite, quiet=quiet, preflight_only=preflight_only,
                            allow_changes=allow_changes)
     check_supported(cfg)
     setup = engine.prepare(cfg, resume=resume, overwrite=overwrite, quiet=quiet, preflight_only=preflight_only,

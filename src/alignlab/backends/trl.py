@@ -37,7 +37,7 @@ from alignlab.rewards.base import completion_text, prompt_text
 from alignlab.runs import Run
 from alignlab.trainers.ledger import LEDGER, Ledger, ledger_records
 from alignlab.trainers.loop import build_optimizer, lr_at
-from alignlab.trainers.rollouts import Completions, Scorer
+from alignlab.trainers.rl_data import Completions, Scorer
 
 # TRL log key -> alignlab metric name (the rest are kept as trl/<key>).
 METRICS = {"loss": "loss", "grad_norm": "grad_norm", "learning_rate": "lr", "reward": "reward_mean",

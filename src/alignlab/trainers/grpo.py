@@ -6,7 +6,7 @@ advantages -> the clipped objective of `algorithms/grpo.py`, aggregated by `loss
 k3 KL to the frozen initial policy when `beta` > 0 (no reference model exists otherwise). Each
 generation batch serves `num_iterations` optimizer steps; after the first, the ratio is taken
 against the log-probs saved at generation time. The data side (sampling, scoring, the rollout
-ledger) is `rollouts.py`; the checks before step 1 are `preflight.py`; the optimizer step,
+ledger) is `grpo_rollouts.py`; the checks before step 1 are `preflight.py`; the optimizer step,
 checkpoints and resume are the shared `loop.py`.
 
 Every `run.eval_every` steps the policy samples `eval_samples` completions for each held-out
@@ -18,7 +18,7 @@ whether the policy learned the task or the reward's loopholes.
 held-out evaluation); `grpo` then trains with alignlab's engine. `backends/grpo.py` is the entry
 point that picks the engine (`backend=trl`: TRL's GRPOTrainer on the same setup).
 
-Under torchrun each rank samples, scores and trains on whole groups of its own (rollouts.py says
+Under torchrun each rank samples, scores and trains on whole groups of its own (grpo_rollouts.py says
 which rows); held-out evaluation splits its rows over the ranks, each row sampled from its own
 seeded stream, so its numbers depend neither on the batch size nor on the number of processes.
 
@@ -43,12 +43,13 @@ from alignlab.model.lora import has_lora
 from alignlab.runs import Run
 from alignlab.runtime import resolve_runtime
 from alignlab.tasks.registry import get_task
+from alignlab.trainers.grpo_rollouts import GRPOBatch, RolloutSource, shared_prompt_groups
 from alignlab.trainers.heldout import make_evaluate
 from alignlab.trainers.ledger import LEDGER, Ledger
 from alignlab.trainers.logps import policy_logps
 from alignlab.trainers.loop import Loop, TrainSpec
 from alignlab.trainers.preflight import preflight
-from alignlab.trainers.rollouts import GRPOBatch, RolloutSource, Scorer, rl_step_metrics, shared_prompt_groups
+from alignlab.trainers.rl_data import Scorer, rl_step_metrics
 
 
 def make_loss(model, cfg: GRPOConfig):
@@ -90,7 +91,7 @@ def load_policy(cfg: GRPOConfig, device):
     model, tokenizer = load_trainable(cfg.model, cfg.lora, device, engine=engine, seed=cfg.run.seed)
     reference = None
     # The initial policy, frozen; with beta = 0 no second copy exists, and TRL keeps its own. With LoRA
-    # the policy is its own reference with the adapters off (`rollouts.py`): no second copy either.
+    # the policy is its own reference with the adapters off (`grpo_rollouts.py`): no second copy either.
     if cfg.beta > 0 and cfg.backend == "alignlab":
         reference = model if has_lora(model) else copy.deepcopy(model).eval().requires_grad_(False)
     return model, tokenizer, reference
@@ -147,14 +148,14 @@ def prepare(cfg: GRPOConfig, *, resume: bool, overwrite: bool, quiet: bool,
     return GRPOSetup(model, tokenizer, reference, scorer, train, evaluate, run, runtime)
 
 
-def grpo(cfg: GRPOConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
-         preflight_only: bool = False, allow_changes: bool = False) -> Path | None:
+def train_native(cfg: GRPOConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+                 preflight_only: bool = False, allow_changes: bool = False) -> Path | None:
     """Train with alignlab's GRPO engine and return the run directory (the policy ends in
     <run>/checkpoints/final). With `preflight_only`, print the preflight checks and return None.
     `alignlab.grpo` (backends/grpo.py) is the entry point that also honours backend=trl."""
     if cfg.backend != "alignlab":
-        raise UserError(f"trainers.grpo.grpo is alignlab's engine; run backend={cfg.backend} through alignlab.grpo "
-                        f"or `alignlab grpo`", key="backend")
+        raise UserError(f"trainers.grpo.train_native is alignlab's engine; run backend={cfg.backend} through "
+                        f"alignlab.grpo or `alignlab grpo`", key="backend")
     setup = prepare(cfg, resume=resume, overwrite=overwrite, quiet=quiet, preflight_only=preflight_only,
                     allow_changes=allow_changes)
     if setup is None:

@@ -12,7 +12,7 @@ from alignlab.algorithms.common import wilson_interval
 from alignlab.config import GRPOConfig, PPOConfig
 from alignlab.generation.engine import generate
 from alignlab.generation.sampling import derive_seed
-from alignlab.trainers.rollouts import Scorer
+from alignlab.trainers.rl_data import Scorer
 
 EVAL_SEED_OFFSET = 104729  # held-out sampling has its own stream: every evaluation sees the same draws
 

@@ -55,7 +55,7 @@ from alignlab.trainers.ledger import LEDGER, Ledger
 from alignlab.trainers.logps import policy_logps
 from alignlab.trainers.loop import Loop, TrainSpec, restore_weights
 from alignlab.trainers.ppo_rollouts import PolicyAndValue, PPOBatch, PPOSource
-from alignlab.trainers.rollouts import Scorer, rl_step_metrics
+from alignlab.trainers.rl_data import Scorer, rl_step_metrics
 
 VALUE = "value.safetensors"
 

@@ -37,7 +37,7 @@ from alignlab.model.lora import adapters_off
 from alignlab.runtime import make_generator
 from alignlab.trainers.ledger import Ledger, ledger_records
 from alignlab.trainers.logps import policy_logps
-from alignlab.trainers.rollouts import Scorer, generation_metrics, take_examples
+from alignlab.trainers.rl_data import Scorer, generation_metrics, take_examples
 
 
 class PolicyAndValue(nn.Module):

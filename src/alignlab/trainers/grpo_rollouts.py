@@ -36,73 +36,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
 
-from alignlab.algorithms.grpo import group_advantages, zero_spread_fraction
-from alignlab.config import GRPOConfig, RewardConfig
+from alignlab.algorithms.grpo import group_advantages
+from alignlab.config import GRPOConfig
 from alignlab.data.tokenizer import Tokenizer
 from alignlab.distributed import Distributed, in_order, split_rows
 from alignlab.generation.engine import Rollout, generate
 from alignlab.generation.sampling import derive_seed
 from alignlab.model.lora import adapters_off
-from alignlab.rewards.base import Reward, combine, reward_name
-from alignlab.rewards.user_code import load_reward_function
-from alignlab.tasks.registry import Task
 from alignlab.trainers.ledger import Ledger, ledger_records
 from alignlab.trainers.logps import policy_logps
-
-
-@dataclass(frozen=True)
-class Scores:
-    """One batch's scores, one entry per completion: `totals` (None where every reward abstained), each
-    reward part's values by name, the built-in rules' breakdown rows (None for other rewards) and the
-    task's verdicts."""
-
-    totals: list[float | None]
-    parts: dict[str, list[float | None]]
-    breakdown: list[dict] | None
-    verdicts: list
-
-
-class Scorer:
-    """The configured reward (the task's rules, a reward model, a user's function, the judge's penalty:
-    their weighted sum) plus the task's verdict."""
-
-    def __init__(self, task: Task, cfg: RewardConfig, device):
-        self.task = task
-        self.rules: Reward | None = task.reward(cfg.mode) if cfg.rules_weight > 0 else None  # or any RewardFn
-        parts = {"rules": (self.rules, cfg.rules_weight)} if self.rules else {}
-        if cfg.model:
-            from alignlab.model.heads import load_reward_model
-            from alignlab.rewards.learned import RewardModelReward
-
-            rm, rm_tokenizer = load_reward_model(cfg.model, device=device)
-            parts["reward_model"] = (RewardModelReward(rm.eval(), rm_tokenizer), cfg.model_weight)
-        if cfg.function:
-            fn = load_reward_function(cfg.function, cfg.timeout_s)  # contained: rewards/user_code.py
-            parts[reward_name(fn)] = (fn, cfg.function_weight)
-        if cfg.judge_weight > 0:  # sense, which the rules cannot see: rewards/judge.py
-            from alignlab.rewards.judge import load_judge_reward
-
-            references = task.references("all") if task.references else None
-            parts["judge"] = (load_judge_reward(cfg.judge_model, references, device=device, margin=cfg.judge_margin),
-                              cfg.judge_weight)
-        self.reward = combine(parts, name="reward")
-
-    def __call__(self, examples: Sequence[dict], completions: Sequence[str]) -> Scores:
-        """The scores of one completion per example; the task's columns reach the rewards as keyword lists."""
-        prompts = [e["prompt"] for e in examples]
-        columns = self.task.row_columns(list(examples))
-        scores = self.reward.score(prompts, completions, **columns)
-        rows = self.rules.breakdown(prompts, completions) if hasattr(self.rules, "breakdown") else None
-        verdicts = [self.task.check(e["prompt"], c, **{k: e[k] for k in self.task.columns})
-                    for e, c in zip(examples, completions, strict=True)]
-        return Scores(scores.total, scores.parts, rows, verdicts)
+from alignlab.trainers.rl_data import Completions, Scorer, Scores, generation_metrics, take_examples
 
 
 @dataclass(frozen=True)
@@ -152,64 +101,6 @@ def shared_prompt_groups(cfg: GRPOConfig) -> int | None:
     """G when every micro-batch holds whole groups (their prompt can be computed once), else None."""
     micro = cfg.run.batch_size // cfg.optim.grad_accum
     return cfg.num_generations if micro % cfg.num_generations == 0 else None
-
-
-@dataclass(frozen=True)
-class Completions:
-    """What the metrics and the ledger read of a `Rollout` (texts: B strings, lengths (B,) long,
-    truncated (B,) bool), for a generation batch gathered from every rank."""
-
-    texts: list[str]
-    lengths: torch.Tensor
-    truncated: torch.Tensor
-
-
-def generation_metrics(scores: Scores, rollout: Rollout | Completions, group_size: int) -> dict:
-    """Reward mean/std overall and per part and rule, pass and degeneration rates, zero-spread groups,
-    completion length and truncation of one generation batch."""
-    totals, parts, rows, verdicts = scores.totals, scores.parts, scores.breakdown, scores.verdicts
-    scored = [t for t in totals if t is not None]
-    mean = sum(scored) / len(scored) if scored else math.nan
-    rewards = torch.tensor([math.nan if t is None else t for t in totals])
-    metrics = {"reward_mean": mean,
-               "reward_std": math.sqrt(sum((t - mean) ** 2 for t in scored) / len(scored)) if scored else math.nan,
-               "pass_rate": sum(v.passed for v in verdicts) / len(verdicts),
-               "degenerate_rate": sum(v.degenerate for v in verdicts) / len(verdicts),
-               "zero_spread_fraction": zero_spread_fraction(rewards, group_size),
-               "completion_length_mean": rollout.lengths.float().mean().item(),
-               "completion_length_max": int(rollout.lengths.max()),
-               "truncation_rate": rollout.truncated.float().mean().item()}
-    if len(parts) > 1:
-        for name, values in parts.items():
-            present = [v for v in values if v is not None]
-            metrics[f"reward/{name}"] = sum(present) / len(present) if present else math.nan
-    for key in (rows[0] if rows else {}):
-        if key not in ("total", "passed"):
-            metrics[f"reward/{key}"] = sum(row[key] for row in rows) / len(rows)
-    abstained = len(totals) - len(scored)
-    if abstained:
-        metrics["abstained_fraction"] = abstained / len(totals)
-    return metrics
-
-
-def rl_step_metrics(totals: dict) -> dict:
-    """A sampled step's own reading for the loop's log: the time left after generation (scoring and update)."""
-    return {"update_time": totals["step_time"] - totals["gen_time"]} if "gen_time" in totals else {}
-
-
-def take_examples(examples: Sequence[dict], n: int, seed: int, epoch: int, position: int) -> tuple[list, int, int]:
-    """The next `n` examples of a seeded shuffle, epoch after epoch, from (epoch, position) ->
-    (examples, epoch, position after them): the prompt stream of GRPO and PPO, resumable by two ints."""
-    chosen = []
-    while len(chosen) < n:
-        order = list(range(len(examples)))
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
-        take = order[position:position + n - len(chosen)]
-        chosen += [examples[i] for i in take]
-        position += len(take)
-        if position >= len(examples):
-            epoch, position = epoch + 1, 0
-    return chosen, epoch, position
 
 
 class RolloutSource:
