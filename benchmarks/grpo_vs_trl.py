@@ -49,7 +49,7 @@ from alignlab.data.tokenizer import byte_tokenizer
 from alignlab.model.checkpoint import load_model, to_hf
 from alignlab.model.gpt import GPT
 from alignlab.rewards.base import study_plan_reward
-from alignlab.tasks.study_plan import train_prompts
+from alignlab.tasks.study_plan.prompts import train_prompts
 
 PROMPTS, GENERATIONS, PROMPTS_PER_STEP, MAX_NEW, TEMPERATURE, LR = 64, 4, 8, 64, 0.7, 1e-5
 BATCH = PROMPTS_PER_STEP * GENERATIONS  # completions per optimizer step

@@ -16,7 +16,7 @@ _API = {
     "to_hf": "alignlab.model.checkpoint",
     "generate": "alignlab.generation.engine",
     "Rollout": "alignlab.generation.engine",
-    "load_tokenizer": "alignlab.data.tokenizer",
+    "load_tokenizer": "alignlab.data.tokenizer_load",
     "train_bpe": "alignlab.data.tokenizer",
     "byte_tokenizer": "alignlab.data.tokenizer",
     "pretrain": "alignlab.trainers.pretrain",
@@ -38,7 +38,7 @@ _API = {
     "compute_reward": "alignlab.rewards.learned",
     "score": "alignlab.rewards.learned",
     "RewardModelReward": "alignlab.rewards.learned",
-    "read_preferences": "alignlab.data.sources",
+    "read_preferences": "alignlab.data.preferences",
     "load_config": "alignlab.config",
     "UserError": "alignlab.errors",
 }

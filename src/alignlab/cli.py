@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import errno
-import math
 import os
 import sys
 
+from alignlab.cli_args import count, positive_int, seed
 from alignlab.cli_eval import (
-    add_probe_parser,
+    add_judge_parsers,
     cmd_audit_rm,
     cmd_check,
     cmd_compare,
@@ -23,7 +23,6 @@ from alignlab.cli_eval import (
     cmd_score,
 )
 from alignlab.cli_model import cmd_export, cmd_generate, cmd_import
-from alignlab.config import EvalConfig
 from alignlab.errors import ForcedStop, TrainingStopped, UserError
 
 COMMANDS = {
@@ -55,33 +54,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _number(text: str, kind: type, lowest, highest=None, what: str = ""):
-    """`text` as a finite `kind` in [lowest, highest], or argparse's error naming the valid range."""
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if not math.isfinite(value) or value < lowest or (highest is not None and value > highest):
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    return _number(text, int, 1, what="a positive integer")
-
-
-def count(text: str) -> int:
-    return _number(text, int, 0, what="an integer >= 0")
-
-
-def seed(text: str) -> int:
-    return _number(text, int, 0, 2**64 - 1, what="a seed in [0, 2^64 - 1]")
-
-
-def temperature(text: str) -> float:
-    return _number(text, float, 0.0, what="a finite temperature >= 0 (0 = greedy)")
 
 
 def _config_help(cls) -> str:
@@ -123,81 +95,6 @@ def _add_trainer_parsers(sub) -> None:
                            "and learning signal on a pilot batch, estimate the time per step, and stop")
 
 
-def _add_audit_rm_parser(sub) -> None:
-    au = sub.add_parser("audit-rm", help=COMMANDS["audit-rm"])
-    au.add_argument("checkpoint", help="reward model checkpoint or train-rm run directory")
-    au.add_argument("--pairs", required=True, help="held-out preference JSONL(.gz), optionally sliced f.jsonl[:100]")
-    au.add_argument("--max-pairs", type=positive_int, default=1000,
-                    help="audit the first N pairs (7 scored sequences each)")
-    au.add_argument("--out", metavar="DIR", help="also write DIR/audit.json and DIR/audit.md")
-    au.add_argument("--max-length", type=positive_int, default=512, help="tokens per sequence, as in training")
-    au.add_argument("--batch-size", type=positive_int, default=64)
-    au.add_argument("--device", default="auto")
-    au.add_argument("--skip-bad-rows", action="store_true", help="leave malformed rows out (counted, the first few "
-                    "shown) instead of stopping at the first")
-
-
-def _task_names() -> str:
-    from alignlab.tasks.registry import TASKS
-
-    return ", ".join(TASKS)
-
-
-def _add_eval_settings(parser) -> None:
-    """An `EvalConfig`'s sampling settings as options, its defaults the one set."""
-    parser.add_argument("--samples", type=positive_int, default=EvalConfig.samples, help="completions per prompt")
-    parser.add_argument("--temperature", type=temperature, default=EvalConfig.temperature, help="sampling "
-                        "temperature; 0 = greedy")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=EvalConfig.max_new_tokens)
-    parser.add_argument("--seed", type=seed, default=EvalConfig.seed)
-
-
-def _add_eval_parser(sub) -> None:
-    ev = sub.add_parser("eval", help=COMMANDS["eval"])
-    ev.add_argument("checkpoint", help="alignlab checkpoint, HF model directory or hub id")
-    ev.add_argument("--task", default="study-plan", help=f"registered task whose check judges the samples: "
-                    f"{_task_names()}")
-    _add_eval_settings(ev)
-    ev.add_argument("--prompts", metavar="FILE.jsonl", help="records with a `prompt` field instead of the "
-                    "task's held-out prompts (a task with columns reads its own records: gsm8k question / answer)")
-    ev.add_argument("--lang", default="all", help="held-out prompts of one language where the task has them "
-                    "(study-plan: all, the original set; en, English, more phrasings; zh); --prompts is not filtered")
-    ev.add_argument("--device", default="auto")
-    ev.add_argument("--batch-size", type=positive_int, default=EvalConfig.batch_size, help="sequences generated "
-                    "at once")
-    ev.add_argument("--skip-bad-rows", action="store_true", help="--prompts: leave malformed rows out (counted, "
-                    "the first few shown) instead of stopping at the first")
-    ev.add_argument("--out", metavar="DIR", help="also write DIR/samples.jsonl, summary.md and summary.json")
-    ev.add_argument("--judge-model", metavar="PATH", help="coherence: each completion's mean token NLL under this "
-                    "causal LM (any checkpoint, .gguf or smollm2-135m-instruct), compared with fluent references")
-    ev.add_argument("--judge-batch-size", type=positive_int, default=16, help="sequences the judge scores at once")
-    ev.add_argument("--allow-unverified-base", action="store_true", help="load a LoRA adapter whose "
-                    "adapter.json records no SHA-256 of its base model (the base cannot be checked)")
-
-
-def _add_check_parser(sub) -> None:
-    ch = sub.add_parser("check", help=COMMANDS["check"])
-    ch.add_argument("completions", metavar="FILE.jsonl", help="records with `prompt` and `completion` fields")
-    ch.add_argument("--task", default="study-plan", help=f"registered task whose rules score the completions: "
-                    f"{_task_names()}")
-    ch.add_argument("--out", metavar="OUT.jsonl", help="one scored record per input: passed, score, degenerate, "
-                    "reasons, ...")
-
-
-def _add_compare_parser(sub) -> None:
-    co = sub.add_parser("compare", help=COMMANDS["compare"])
-    co.add_argument("runs", nargs="+", metavar="RUN_OR_CKPT", help="`alignlab eval --out` directories (or their "
-                    "summary.json), checkpoints or run directories (evaluated on the held-out prompts); with "
-                    "two, the second is judged against the first")
-    co.add_argument("--task", default="study-plan", help=f"registered task that judges checkpoints evaluated here: "
-                    f"{_task_names()}")
-    co.add_argument("--lang", default="all", help="held-out prompts of one language for checkpoints (study-plan)")
-    _add_eval_settings(co)
-    co.add_argument("--device", default="auto")
-    co.add_argument("--out", metavar="DIR", help="also write DIR/compare.html, compare.md (table, pass-rate plot, "
-                    "verdict) and each checkpoint's evaluation under DIR/<n>/")
-
-
 def _add_sweep_parser(sub) -> None:
     sw = sub.add_parser("sweep", help=COMMANDS["sweep"])
     sw.add_argument("recipe", help="sweep recipe YAML: base GRPO recipe, policy, set, variants and/or grid, seeds, "
@@ -212,10 +109,8 @@ def _add_sweep_parser(sub) -> None:
 
 def _add_command_parsers(sub) -> None:
     """Commands whose parser is built by its own helper (keeps build_parser short)."""
-    for add_parser in (_add_audit_rm_parser, _add_eval_parser, _add_check_parser, _add_compare_parser,
-                       _add_sweep_parser):
-        add_parser(sub)
-    add_probe_parser(sub, COMMANDS["probe-reward"])
+    add_judge_parsers(sub, COMMANDS)
+    _add_sweep_parser(sub)
 
 
 def _add_model_parsers(sub) -> None:

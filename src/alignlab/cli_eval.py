@@ -1,7 +1,7 @@
 """The `alignlab` commands that judge rather than train: eval, check, compare, score, audit-rm, probe-reward.
 
-Split from `cli.py` (which parses the arguments and dispatches here); the same rules hold: each
-handler builds what the library needs from its arguments, prints, and returns the exit code; a
+Split from `cli.py` (which dispatches here; `add_judge_parsers` builds these commands' parsers); the
+same rules hold: each handler builds what the library needs from its arguments, prints, and returns the exit code; a
 `UserError` reaches `cli.main`, which prints it as one line and exits 2.
 """
 
@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from alignlab.cli_args import positive_int, seed, temperature
+from alignlab.config import EvalConfig
 from alignlab.errors import UserError
 from alignlab.outputs import check_output_file
 
 
 def cmd_score(args) -> int:
     from alignlab.data.batches import PreferenceCollator
-    from alignlab.data.sources import BadRows, read_preferences
+    from alignlab.data.preferences import read_preferences
+    from alignlab.data.sources import BadRows
     from alignlab.model.heads import load_reward_model
     from alignlab.runtime import resolve_device
     from alignlab.trainers.reward_model import evaluate_pairs, seed_style_report
@@ -35,7 +38,8 @@ def cmd_score(args) -> int:
 
 def cmd_audit_rm(args) -> int:
 
-    from alignlab.data.sources import BadRows, read_preferences
+    from alignlab.data.preferences import read_preferences
+    from alignlab.data.sources import BadRows
     from alignlab.eval.reward_audit import audit_reward_model, format_markdown, format_report
     from alignlab.eval.sampling_eval import json_text, write_output
     from alignlab.model.heads import load_reward_model
@@ -61,7 +65,6 @@ def cmd_audit_rm(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from alignlab.config import EvalConfig
     from alignlab.data.sources import BadRows
     from alignlab.eval.metrics import format_table
     from alignlab.eval.sampling_eval import eval_info, evaluate, held_out, write_eval
@@ -173,7 +176,6 @@ def cmd_compare(args) -> int:
         raise UserError("the same path is given twice", key="runs")
     if args.out is not None:  # before any evaluation: a folder that may not be written fails fast
         check_output(args.out, "compare", protect=args.runs)
-    from alignlab.config import EvalConfig
     from alignlab.tasks.registry import get_task
 
     cfg = EvalConfig(samples=args.samples, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
@@ -196,6 +198,88 @@ def cmd_compare(args) -> int:
         html, _ = write_compare_report(Path(args.out), loaded, verdict, training)
         print(f"report: {html}")
     return 0
+
+
+def add_judge_parsers(sub, commands: dict[str, str]) -> None:
+    """The parsers of this module's commands (`commands`: command -> its one-line help)."""
+    for add_parser in (_add_audit_rm_parser, _add_eval_parser, _add_check_parser, _add_compare_parser):
+        add_parser(sub, commands)
+    add_probe_parser(sub, commands["probe-reward"])
+
+
+def _add_audit_rm_parser(sub, commands) -> None:
+    au = sub.add_parser("audit-rm", help=commands["audit-rm"])
+    au.add_argument("checkpoint", help="reward model checkpoint or train-rm run directory")
+    au.add_argument("--pairs", required=True, help="held-out preference JSONL(.gz), optionally sliced f.jsonl[:100]")
+    au.add_argument("--max-pairs", type=positive_int, default=1000,
+                    help="audit the first N pairs (7 scored sequences each)")
+    au.add_argument("--out", metavar="DIR", help="also write DIR/audit.json and DIR/audit.md")
+    au.add_argument("--max-length", type=positive_int, default=512, help="tokens per sequence, as in training")
+    au.add_argument("--batch-size", type=positive_int, default=64)
+    au.add_argument("--device", default="auto")
+    au.add_argument("--skip-bad-rows", action="store_true", help="leave malformed rows out (counted, the first few "
+                    "shown) instead of stopping at the first")
+
+
+def _task_names() -> str:
+    from alignlab.tasks.registry import TASKS
+
+    return ", ".join(TASKS)
+
+
+def _add_eval_settings(parser) -> None:
+    """An `EvalConfig`'s sampling settings as options, its defaults the one set."""
+    parser.add_argument("--samples", type=positive_int, default=EvalConfig.samples, help="completions per prompt")
+    parser.add_argument("--temperature", type=temperature, default=EvalConfig.temperature, help="sampling "
+                        "temperature; 0 = greedy")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=EvalConfig.max_new_tokens)
+    parser.add_argument("--seed", type=seed, default=EvalConfig.seed)
+
+
+def _add_eval_parser(sub, commands) -> None:
+    ev = sub.add_parser("eval", help=commands["eval"])
+    ev.add_argument("checkpoint", help="alignlab checkpoint, HF model directory or hub id")
+    ev.add_argument("--task", default="study-plan", help=f"registered task whose check judges the samples: "
+                    f"{_task_names()}")
+    _add_eval_settings(ev)
+    ev.add_argument("--prompts", metavar="FILE.jsonl", help="records with a `prompt` field instead of the "
+                    "task's held-out prompts (a task with columns reads its own records: gsm8k question / answer)")
+    ev.add_argument("--lang", default="all", help="held-out prompts of one language where the task has them "
+                    "(study-plan: all, the original set; en, English, more phrasings; zh); --prompts is not filtered")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--batch-size", type=positive_int, default=EvalConfig.batch_size, help="sequences generated "
+                    "at once")
+    ev.add_argument("--skip-bad-rows", action="store_true", help="--prompts: leave malformed rows out (counted, "
+                    "the first few shown) instead of stopping at the first")
+    ev.add_argument("--out", metavar="DIR", help="also write DIR/samples.jsonl, summary.md and summary.json")
+    ev.add_argument("--judge-model", metavar="PATH", help="coherence: each completion's mean token NLL under this "
+                    "causal LM (any checkpoint, .gguf or smollm2-135m-instruct), compared with fluent references")
+    ev.add_argument("--judge-batch-size", type=positive_int, default=16, help="sequences the judge scores at once")
+    ev.add_argument("--allow-unverified-base", action="store_true", help="load a LoRA adapter whose "
+                    "adapter.json records no SHA-256 of its base model (the base cannot be checked)")
+
+
+def _add_check_parser(sub, commands) -> None:
+    ch = sub.add_parser("check", help=commands["check"])
+    ch.add_argument("completions", metavar="FILE.jsonl", help="records with `prompt` and `completion` fields")
+    ch.add_argument("--task", default="study-plan", help=f"registered task whose rules score the completions: "
+                    f"{_task_names()}")
+    ch.add_argument("--out", metavar="OUT.jsonl", help="one scored record per input: passed, score, degenerate, "
+                    "reasons, ...")
+
+
+def _add_compare_parser(sub, commands) -> None:
+    co = sub.add_parser("compare", help=commands["compare"])
+    co.add_argument("runs", nargs="+", metavar="RUN_OR_CKPT", help="`alignlab eval --out` directories (or their "
+                    "summary.json), checkpoints or run directories (evaluated on the held-out prompts); with "
+                    "two, the second is judged against the first")
+    co.add_argument("--task", default="study-plan", help=f"registered task that judges checkpoints evaluated here: "
+                    f"{_task_names()}")
+    co.add_argument("--lang", default="all", help="held-out prompts of one language for checkpoints (study-plan)")
+    _add_eval_settings(co)
+    co.add_argument("--device", default="auto")
+    co.add_argument("--out", metavar="DIR", help="also write DIR/compare.html, compare.md (table, pass-rate plot, "
+                    "verdict) and each checkpoint's evaluation under DIR/<n>/")
 
 
 def add_probe_parser(sub, help_text: str) -> None:

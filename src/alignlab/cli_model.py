@@ -38,7 +38,7 @@ def cmd_export(args) -> int:
     source = Path(args.checkpoint).expanduser()
     protect = [source, source.parent.parent] if source.parent.name == "checkpoints" else [source]
     if args.fmt == "gguf":  # checked before loading, as below
-        from alignlab.model.gguf import check_gguf_output, check_gguf_source, export_gguf
+        from alignlab.model.gguf_export import check_gguf_output, check_gguf_source, export_gguf
 
         check_gguf_output(args.out, overwrite=args.overwrite, protect=protect)
         check_gguf_source(args.checkpoint)

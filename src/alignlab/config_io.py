@@ -1,4 +1,4 @@
-"""Building config dataclasses from YAML recipes and `key=value` overrides, and back.
+"""Building config dataclasses from YAML recipes and `key=value` overrides.
 
 Generic over any tree of frozen dataclasses (the concrete ones live in `config.py`):
 `load_config(cls, "recipe.yaml", ["optim.lr=3e-4", "steps=150"])` reads the recipe, applies
@@ -6,10 +6,8 @@ overrides (a dotted path, or a unique trailing part such as `steps`), coerces ev
 its annotation and builds the frozen tree. Mistakes become a one-line `UserError` naming the
 file, line and key, with the closest valid key for typos.
 
-Reading is bounded whatever the file holds: a recipe over MAX_YAML_BYTES, nested deeper than
-the parser's recursion allows, with a recursive alias, or holding more than MAX_YAML_VALUES values
-once its aliases are expanded (a "billion laughs" of nested anchors) is refused before PyYAML
-builds a single Python object. Anchors and merge keys (`<<: *base`) used normally keep working.
+Recipes are read through `config_yaml.py`, bounded whatever the file holds; turning a config
+back into a dict, YAML, a hash or a `--help` table is `config_dump.py`.
 
 Left out on purpose: environment-variable overrides and recipe includes / inheritance.
 """
@@ -18,8 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 import math
 import types
 from collections.abc import Callable, Mapping, Sequence
@@ -29,11 +25,8 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from alignlab.config_yaml import _compose_bounded, _construct, _key_lines
 from alignlab.errors import UserError
-
-MAX_YAML_BYTES = 1 << 20  # recipes are a few KB; a larger file is not a recipe, and PyYAML reads ~1 MB/s
-MAX_YAML_VALUES = 100_000  # scalars + collections after expanding aliases; a big sweep has a few thousand
-MERGE_TAG = "tag:yaml.org,2002:merge"
 
 # Keys spelled as if a leaf were a section: `data` is a list of files in the data-reading configs,
 # so `data.on_bad_row` cannot be nested under it; it is read as the top-level key. Likewise `task`
@@ -216,98 +209,6 @@ def _flatten(schema: _Schema, mapping: Any, prefix: str, out: dict, *, bare: boo
     return out
 
 
-def _key_lines(node: yaml.MappingNode, prefix: str, lines: dict[str, int], file: str) -> None:
-    """The 1-based line of every key of a composed (not yet constructed) YAML mapping, under its
-    dotted path. Keys a merge key (`<<: *base`) brings in get the line where they were written,
-    unless the mapping sets them itself: overriding a merged key is what merge keys are for."""
-    merged: list[yaml.Node] = []
-    for key_node, value_node in node.value:
-        if key_node.tag == MERGE_TAG:
-            merged += value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
-            continue
-        key, line = prefix + str(key_node.value), key_node.start_mark.line + 1
-        if key in lines:  # PyYAML keeps the last of two equal keys silently
-            raise UserError(f"set twice (first on line {lines[key]})", file=file, line=line, key=key)
-        lines[key] = line
-        if isinstance(value_node, yaml.MappingNode):
-            _key_lines(value_node, key + ".", lines, file)
-    for source in merged:
-        if isinstance(source, yaml.MappingNode):  # anything else, PyYAML's constructor refuses
-            inherited: dict[str, int] = {}
-            _key_lines(source, prefix, inherited, file)
-            for key, line in inherited.items():
-                lines.setdefault(key, line)
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.SequenceNode):
-        return node.value
-    if isinstance(node, yaml.MappingNode):
-        return [part for pair in node.value for part in pair]
-    return []
-
-
-def _check_expanded_size(root: yaml.Node, file: str) -> None:
-    """Refuse a node graph that holds more than MAX_YAML_VALUES values once aliases are expanded,
-    or an alias inside the collection it names (an endless structure).
-
-    Aliases make the composed graph a DAG whose expansion can be exponential (9 anchors, each a
-    list of 9 aliases to the previous one, expand to 9**9 values); each node's expanded size is
-    computed once (memoised by id), so the count is linear in the nodes actually written. An
-    explicit stack, not recursion, so that depth costs no Python frames.
-    """
-    sizes: dict[int, int] = {}
-    open_nodes: set[int] = set()  # nodes whose subtree is being counted: the path from the root
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, children_done = stack.pop()
-        if children_done:
-            open_nodes.discard(id(node))
-            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in _children(node))
-            if sizes[id(node)] > MAX_YAML_VALUES:
-                raise UserError(f"too many values after expanding aliases (limit {MAX_YAML_VALUES})",
-                                file=file, line=node.start_mark.line + 1)
-        elif id(node) in open_nodes:
-            raise UserError("an alias refers to a collection it is inside (an endless structure)",
-                            file=file, line=node.start_mark.line + 1)
-        elif id(node) not in sizes:
-            open_nodes.add(id(node))
-            stack.append((node, True))
-            stack.extend((child, False) for child in _children(node))
-
-
-def _compose_bounded(path: Path) -> yaml.Node | None:
-    """The composed YAML node graph of `path` (None when empty), its size checked; see the module
-    docstring. yaml.YAMLError and UnicodeDecodeError are left to the caller to word."""
-    file = str(path)
-    size = path.stat().st_size
-    if size > MAX_YAML_BYTES:
-        raise UserError(f"a file of {size / 2**20:.1f} MiB; a YAML recipe over {MAX_YAML_BYTES // 2**20} MiB "
-                        "is refused", file=file)
-    try:
-        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    except RecursionError:  # PyYAML composes nested collections recursively
-        raise UserError("nested too deeply to read (hundreds of levels)", file=file) from None
-    if root is not None:
-        _check_expanded_size(root, file)
-    return root
-
-
-def _construct(root: yaml.Node | None) -> Any:
-    return yaml.constructor.SafeConstructor().construct_document(root) if root is not None else None
-
-
-def read_yaml_bounded(path: str | Path) -> tuple[Any, yaml.Node | None]:
-    """(data, root node) of a YAML file, with the work bounded (see the module docstring).
-
-    Raises UserError naming the file for a file too big, too deep, recursive or too large once
-    aliases are expanded; yaml.YAMLError and UnicodeDecodeError are left to the caller, which words
-    them for its kind of file. The root node is the one construction used (merge keys flattened).
-    """
-    root = _compose_bounded(Path(path))
-    return _construct(root), root
-
-
 def _read_recipe(schema: _Schema, recipe: str | Path) -> dict[str, _Entry]:
     path, file = Path(recipe), str(recipe)
     if not path.is_file():
@@ -406,52 +307,3 @@ def config_from_dict(cls: type, data: Mapping) -> Any:
     if not isinstance(data, Mapping):
         raise UserError(f"expected a mapping of config keys, got {type(data).__name__}")
     return _build(cls, "", _flatten(_Schema(cls), data, "", {}, bare=False), None)
-
-
-def config_to_dict(cfg: Any) -> dict:
-    """A nested dict of plain values (tuples become lists), ready for YAML or JSON."""
-    out = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            value = config_to_dict(value)
-        out[f.name] = list(value) if isinstance(value, tuple) else value
-    return out
-
-
-def dump_yaml(cfg: Any) -> str:
-    """The fully resolved config as YAML, loadable again with `load_config`."""
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
-
-
-def config_hash(cfg: Any) -> str:
-    """First 16 hex characters of the sha256 of the config's canonical JSON."""
-    canonical = json.dumps(config_to_dict(cfg), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, tuple) or (isinstance(value, str) and (not value or value != value.strip())):
-        return json.dumps(list(value) if isinstance(value, tuple) else value, ensure_ascii=False)
-    return str(value)
-
-
-def describe_config(cls: type) -> list[tuple[str, str, str]]:
-    """(dotted key, default, why) for every leaf, in declaration order, for `--help`."""
-    schema, rows = _Schema(cls), []
-
-    def walk(obj: Any, prefix: str) -> None:
-        for f in dataclasses.fields(obj):
-            path, value = prefix + f.name, getattr(obj, f.name)
-            if path in schema.sections:
-                walk(value, path + ".")
-                continue
-            why, tp = f.metadata.get("why", ""), schema.leaves[path]
-            if get_origin(tp) is Literal:
-                why += f" (one of: {', '.join(map(str, get_args(tp)))})"
-            rows.append((path, _short(value), why))
-
-    walk(cls(), "")
-    return rows

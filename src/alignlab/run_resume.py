@@ -25,7 +25,8 @@ from pathlib import Path
 
 import yaml
 
-from alignlab.config_io import config_from_dict, config_to_dict
+from alignlab.config_dump import config_to_dict
+from alignlab.config_io import config_from_dict
 from alignlab.errors import UserError
 
 # Keys (dotted, or a trailing part) whose change does not change what the run computes.

@@ -16,10 +16,12 @@ import torch
 gguf = pytest.importorskip("gguf")
 
 from alignlab.config import GPTConfig  # noqa: E402
-from alignlab.data.tokenizer import byte_tokenizer, load_tokenizer, train_bpe  # noqa: E402
+from alignlab.data.tokenizer import byte_tokenizer, train_bpe  # noqa: E402
+from alignlab.data.tokenizer_load import load_tokenizer  # noqa: E402
 from alignlab.errors import UserError  # noqa: E402
 from alignlab.model import gguf as gguf_io  # noqa: E402
 from alignlab.model.checkpoint import load_model, resolve_source  # noqa: E402
+from alignlab.model.gguf_export import check_gguf_source, export_gguf  # noqa: E402
 from alignlab.model.gpt import GPT  # noqa: E402
 from alignlab.model.hf import causal_lm_logits  # noqa: E402
 
@@ -89,7 +91,7 @@ def _greedy(model, ids: torch.Tensor, n: int = 32) -> list[int]:
 def _exported(arch: str, dtype: str, folder):
     bpe = train_bpe(CORPUS, 320)
     model = MODELS[arch](bpe)
-    path = gguf_io.export_gguf(model, bpe, folder / f"{arch}-{dtype}.gguf", dtype=dtype)
+    path = export_gguf(model, bpe, folder / f"{arch}-{dtype}.gguf", dtype=dtype)
     return model, bpe, path
 
 
@@ -247,17 +249,17 @@ def test_models_and_tokenizers_gguf_cannot_hold(bpe, tmp_path):
 
     qwen2 = _qwen2(bpe)
     with pytest.raises(UserError, match="no merges"):
-        gguf_io.export_gguf(qwen2, byte_tokenizer(), tmp_path / "b.gguf", source="ckpt")
+        export_gguf(qwen2, byte_tokenizer(), tmp_path / "b.gguf", source="ckpt")
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=320))
     with pytest.raises(UserError, match="model_type 'gpt2'.*Llama and Qwen2"):
-        gguf_io.export_gguf(gpt2, bpe, tmp_path / "g.gguf", source="ckpt")
+        export_gguf(gpt2, bpe, tmp_path / "g.gguf", source="ckpt")
     reward = RewardModel(qwen2.model, 64, arch=qwen2.config)
     with pytest.raises(UserError, match="RewardModel"):
-        gguf_io.export_gguf(reward, bpe, tmp_path / "r.gguf", source="ckpt")
+        export_gguf(reward, bpe, tmp_path / "r.gguf", source="ckpt")
     (tmp_path / "rm").mkdir()
     (tmp_path / "rm" / "reward_model.json").write_text("{}")
     with pytest.raises(UserError, match="a reward model"):
-        gguf_io.check_gguf_source(str(tmp_path / "rm"))
+        check_gguf_source(str(tmp_path / "rm"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rm"]  # nothing written, no temporary left
 
 
@@ -266,14 +268,14 @@ def test_output_file_rules(exports, bpe, tmp_path):
     mine = tmp_path / "notes.gguf"
     mine.write_text("my notes")
     with pytest.raises(UserError, match="not written by alignlab"):
-        gguf_io.export_gguf(model, bpe, mine, overwrite=True)
+        export_gguf(model, bpe, mine, overwrite=True)
     assert mine.read_text() == "my notes"
     with pytest.raises(UserError, match="ending in .gguf"):
-        gguf_io.export_gguf(model, bpe, tmp_path / "model.bin")
-    out = gguf_io.export_gguf(model, bpe, tmp_path / "m.gguf", dtype="q8_0")
+        export_gguf(model, bpe, tmp_path / "model.bin")
+    out = export_gguf(model, bpe, tmp_path / "m.gguf", dtype="q8_0")
     with pytest.raises(UserError, match="pass --overwrite"):
-        gguf_io.export_gguf(model, bpe, out, dtype="f32")
-    gguf_io.export_gguf(model, bpe, out, dtype="f32", overwrite=True)  # a GGUF file may be replaced
+        export_gguf(model, bpe, out, dtype="f32")
+    export_gguf(model, bpe, out, dtype="f32", overwrite=True)  # a GGUF file may be replaced
     assert gguf.GGUFReader(out).fields["general.file_type"].contents() == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "notes.gguf"]
 
@@ -316,7 +318,7 @@ def test_smollm2_round_trip(smollm, tmp_path):
     folder, _ = smollm
     model, tokenizer = load_model(str(folder))
     assert "You are a helpful AI assistant named SmolLM" in tokenizer.hf.decode(tokenizer.chat_prompt_ids("hi"))
-    path = gguf_io.export_gguf(model, tokenizer, tmp_path / "smol.gguf", dtype="f32", source=str(folder))
+    path = export_gguf(model, tokenizer, tmp_path / "smol.gguf", dtype="f32", source=str(folder))
     reader = gguf.GGUFReader(path)
     assert reader.fields["tokenizer.ggml.pre"].contents() == "smollm"  # digits split alone, as llama.cpp does
     back = _read_back(path)

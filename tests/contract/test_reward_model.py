@@ -10,11 +10,11 @@ import torch
 from alignlab.algorithms.bradley_terry import bradley_terry_loss
 from alignlab.config import GPTConfig
 from alignlab.data.batches import PreferenceCollator
-from alignlab.data.sources import read_preferences
+from alignlab.data.preferences import read_preferences
 from alignlab.model.checkpoint import atomic_dir
 from alignlab.model.heads import RewardModel, load_reward_model, reward_model_from, save_reward_model
 from alignlab.rewards.learned import RewardModelReward, compute_reward, score
-from alignlab.tasks.study_plan import preference_pairs
+from alignlab.tasks.study_plan.synthetic import preference_pairs
 
 ARCH = GPTConfig(vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256)
@@ -72,7 +72,7 @@ def test_collator_truncates_the_prompt_from_the_left(byte_tok):
 
 
 def test_preference_dataset(tmp_path, pairs):
-    from alignlab.data.sources import write_preferences
+    from alignlab.data.preferences import write_preferences
 
     path = write_preferences(tmp_path / "pairs.jsonl.gz", pairs)
     again = read_preferences(f"{path}[2:5]")

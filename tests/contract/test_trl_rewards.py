@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alignlab.tasks.study_plan import train_prompts
+from alignlab.tasks.study_plan.prompts import train_prompts
 
 trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")

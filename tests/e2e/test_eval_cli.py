@@ -12,7 +12,8 @@ import torch
 from alignlab.cli import main
 from alignlab.model.checkpoint import to_hf
 from alignlab.model.gpt import GPT
-from alignlab.tasks.study_plan import CANONICAL_PROMPT, held_out_prompts, synthetic_completions
+from alignlab.tasks.study_plan.prompts import CANONICAL_PROMPT, held_out_prompts
+from alignlab.tasks.study_plan.synthetic import synthetic_completions
 
 SUMMARY_KEYS = {"n_samples", "pass_rate", "pass_rate_ci", "degenerate_rate", "reward_mean", "verdict"}
 

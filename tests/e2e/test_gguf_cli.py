@@ -16,6 +16,7 @@ from alignlab.config import GPTConfig  # noqa: E402
 from alignlab.data.tokenizer import train_bpe  # noqa: E402
 from alignlab.model import gguf as gguf_io  # noqa: E402
 from alignlab.model.checkpoint import load_model, save_model  # noqa: E402
+from alignlab.model.gguf_export import export_gguf  # noqa: E402
 from alignlab.model.gpt import GPT  # noqa: E402
 from alignlab.model.hf import causal_lm_logits  # noqa: E402
 
@@ -77,7 +78,7 @@ def test_export_import_and_use_a_gguf(checkpoint, tmp_path, capsys, monkeypatch)
 
 
 def test_bad_files_are_one_line_and_write_nothing(checkpoint, tmp_path, capsys):
-    good = gguf_io.export_gguf(load_model(str(checkpoint))[0], load_model(str(checkpoint))[1],
+    good = export_gguf(load_model(str(checkpoint))[0], load_model(str(checkpoint))[1],
                                tmp_path / "good.gguf", dtype="f16")
     (tmp_path / "cut.gguf").write_bytes(good.read_bytes()[:-64])
     writer = gguf.GGUFWriter(tmp_path / "odd.gguf", "mystery-net")

@@ -231,9 +231,9 @@ def _snapshot(root: Path, allowed: Path | None) -> dict[str, tuple]:
 
 @pytest.mark.parametrize(("argv", "code", "expected", "out"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_hostile_inputs(argv, code, expected, out, request, tmp_path, policy_dir, monkeypatch, capsys):
-    import alignlab.data.tokenizer as tokenizer_module
+    import alignlab.data.template_limits as template_limits
 
-    monkeypatch.setattr(tokenizer_module, "MAX_TEMPLATE_SECONDS", 1.0)  # the silent loop stops in 1 s, not 10
+    monkeypatch.setattr(template_limits, "MAX_TEMPLATE_SECONDS", 1.0)  # the silent loop stops in 1 s, not 10
     corpus = _corpus(tmp_path, policy_dir)
     work = tmp_path / "work"
     work.mkdir()

@@ -17,7 +17,7 @@ from alignlab.eval.report import write_report
 from alignlab.eval.sampling_eval import evaluate_completions, write_samples
 from alignlab.eval.verdict import single_verdict
 from alignlab.tasks.registry import get_task
-from alignlab.tasks.study_plan import held_out_prompts
+from alignlab.tasks.study_plan.prompts import held_out_prompts
 
 COMPLIANT = "- 复习（30 分钟）\n- 练习（1 小时）\n- 总结（半小时）"
 SCRIPT = "- 看 <script>alert(1)</script> 笔记（30 分钟）\n- 练习（1 小时）\n- 总结（半小时）"

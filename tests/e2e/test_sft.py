@@ -9,7 +9,7 @@ import torch
 
 from alignlab.cli import main
 from alignlab.config import SFTConfig, load_config
-from alignlab.data.sources import read_conversations
+from alignlab.data.conversations import read_conversations
 from alignlab.errors import UserError
 from alignlab.trainers.sft import collate, sft, tokenize_example
 

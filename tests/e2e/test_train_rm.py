@@ -9,10 +9,10 @@ import pytest
 
 from alignlab.cli import main
 from alignlab.config import RewardModelConfig, load_config
-from alignlab.data.sources import read_preferences, write_preferences
+from alignlab.data.preferences import read_preferences, write_preferences
 from alignlab.model.heads import load_reward_model
 from alignlab.rewards.learned import score
-from alignlab.tasks.study_plan import preference_pairs
+from alignlab.tasks.study_plan.synthetic import preference_pairs
 from alignlab.trainers.reward_model import train_reward_model, train_rm
 
 TINY = ["tokenizer.kind=byte", "model.arch.hidden_size=32", "model.arch.intermediate_size=64",

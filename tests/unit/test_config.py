@@ -338,7 +338,7 @@ def _laughs(depth: int = 9, width: int = 9) -> str:
 def test_billion_laughs_is_refused_before_expansion(tmp_path):
     import time
 
-    from alignlab.config_io import MAX_YAML_VALUES, read_yaml_bounded
+    from alignlab.config_yaml import MAX_YAML_VALUES, read_yaml_bounded
 
     path = _recipe(tmp_path, _laughs())  # 9**9 = 387 million strings once expanded
     start = time.monotonic()

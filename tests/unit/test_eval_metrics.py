@@ -22,7 +22,8 @@ from alignlab.eval.verdict import (
     single_verdict,
 )
 from alignlab.tasks.registry import get_task
-from alignlab.tasks.study_plan import CANONICAL_PROMPT, held_out_prompts, synthetic_completions
+from alignlab.tasks.study_plan.prompts import CANONICAL_PROMPT, held_out_prompts
+from alignlab.tasks.study_plan.synthetic import synthetic_completions
 
 P = CANONICAL_PROMPT
 THREE = "- 复习（30 分钟）\n- 练习（1 小时）\n- 总结（半小时）"

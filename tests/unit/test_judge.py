@@ -105,8 +105,8 @@ def test_smollm2_judges_salad_incoherent_and_fluent_text_coherent():
     from alignlab.generation.engine import generate
     from alignlab.model.checkpoint import load_model
     from alignlab.runtime import make_generator
-    from alignlab.tasks.study_plan import held_out_prompts
-    from alignlab.tasks.study_plan_references import reference_answers
+    from alignlab.tasks.study_plan.prompts import held_out_prompts
+    from alignlab.tasks.study_plan.references import reference_answers
 
     model, tokenizer = load_model("smollm2-135m-instruct")
     refs = reference_answers("en")

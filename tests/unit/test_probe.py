@@ -15,12 +15,11 @@ from alignlab.rewards.base import MODES
 from alignlab.rewards.judge import JudgeReward, judge_penalty
 from alignlab.rewards.penalties import GARBLED_FRACTION, MAX_REPEATS, invalid_char_fraction, longest_repeat_run
 from alignlab.rewards.probe import attack_rows, chosen_families, probe_examples, probe_reward
-from alignlab.rewards.rules import find_durations
 from alignlab.tasks.attacks import LONG_CHARS, families_of
 from alignlab.tasks.gsm8k import extract_answer, gsm8k_prompt
 from alignlab.tasks.registry import get_task
-from alignlab.tasks.study_plan import is_chinese
-from alignlab.tasks.study_plan_attacks import vocabulary
+from alignlab.tasks.study_plan.attacks import vocabulary
+from alignlab.tasks.study_plan.rules import find_durations, is_chinese
 from alignlab.trainers.rl_data import Scorer
 
 STUDY = get_task("study-plan")

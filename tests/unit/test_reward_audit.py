@@ -10,7 +10,7 @@ import torch
 
 from alignlab.cli import main
 from alignlab.config import GPTConfig
-from alignlab.data.sources import read_preferences
+from alignlab.data.preferences import read_preferences
 from alignlab.errors import UserError
 from alignlab.eval.reward_audit import (
     PROBES,
@@ -30,7 +30,7 @@ from alignlab.eval.reward_audit import (
 from alignlab.model.checkpoint import atomic_dir
 from alignlab.model.heads import RewardModel, save_reward_model
 from alignlab.rewards.learned import score
-from alignlab.tasks.study_plan import preference_pairs
+from alignlab.tasks.study_plan.synthetic import preference_pairs
 
 ARCH = GPTConfig(vocab_size=259, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256)

@@ -14,7 +14,8 @@ import random
 import pytest
 
 from alignlab.rewards import penalties as pen
-from alignlab.rewards.rules import (
+from alignlab.tasks import study_plan as sp
+from alignlab.tasks.study_plan.rules import (
     RuleResult,
     Verdict,
     check_activities,
@@ -27,7 +28,6 @@ from alignlab.rewards.rules import (
     find_durations,
     study_plan_verdict,
 )
-from alignlab.tasks import study_plan as sp
 
 P = sp.CANONICAL_PROMPT
 EN = ("Give me a three-point study plan for Python. Use '-' for bullets, every bullet must include a time "
@@ -333,7 +333,7 @@ def test_activities_need_words_and_no_copies(completion, problem):
 def test_the_reward_runs_the_verdicts_own_checks():
     """One list of checks (rules.study_plan_checks): what training pushes is what evaluation measures."""
     from alignlab.rewards.base import DEFAULT_WEIGHTS, study_plan_reward
-    from alignlab.rewards.rules import study_plan_checks
+    from alignlab.tasks.study_plan.rules import study_plan_checks
 
     names = list(study_plan_checks())
     reward = study_plan_reward("shaped")

@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from alignlab.data.sources import (
+from alignlab.data.preferences import (
     LoadReport,
     PreferencePair,
-    parse_source,
-    read_jsonl_records,
     read_preferences,
     read_preferences_with_report,
     write_preferences,
 )
+from alignlab.data.sources import parse_source, read_jsonl_records
 from alignlab.errors import UserError
 
 HH_TEST = Path(__file__).parents[2] / ".." / "shared" / "data" / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"

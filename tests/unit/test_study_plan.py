@@ -1,6 +1,6 @@
 """Study-plan task: prompt set, split, and synthetic completions checked with the tests' own regexes.
 
-The regexes here are deliberately minimal and independent of `rewards/rules.py`, so the generator
+The regexes here are deliberately minimal and independent of `tasks/study_plan/rules.py`, so the generator
 and the checker are not validated against each other.
 """
 

@@ -15,15 +15,16 @@ import json
 import pytest
 import yaml
 
-from alignlab import demo, sweep
+from alignlab import demo
 from alignlab.backends.grpo import grpo
 from alignlab.cli import build_parser, main
 from alignlab.config import DPOConfig, EvalConfig, GRPOConfig, PPOConfig, RewardModelConfig, SFTConfig, load_config
 from alignlab.errors import UserError
-from alignlab.rewards.rules import study_plan_verdict
 from alignlab.sweep import read_sweep
+from alignlab.sweep import run as sweep_run
 from alignlab.tasks import study_plan as sp
 from alignlab.tasks.registry import get_task
+from alignlab.tasks.study_plan.rules import study_plan_verdict
 from alignlab.trainers.reward_model import load_pairs
 from alignlab.trainers.sft import load_conversations
 
@@ -116,7 +117,7 @@ def test_language_splits_agree_with_the_all_split():
 
 def test_new_english_split_is_stable_when_phrasings_are_added_or_removed(monkeypatch):
     held, removed = set(sp.held_out_prompts("en")), set(sp.EXTRA_EN[1::2])
-    monkeypatch.setattr(sp, "EXTRA_EN", sp.EXTRA_EN[::2])  # half the phrasings gone: the rest keep their side
+    monkeypatch.setattr(sp.prompts, "EXTRA_EN", sp.EXTRA_EN[::2])  # half the phrasings gone: the rest keep their side
     assert set(sp.held_out_prompts("en")) == held - removed
 
 
@@ -216,7 +217,7 @@ def test_sweep_recipe_key_and_overrides_set_the_language(tmp_path, policy_dir):
 def test_sweep_evaluates_on_the_runs_language(tmp_path, policy_dir):
     run = read_sweep(_sweep_recipe(tmp_path, policy_dir, lang="en")).runs[0]
     out = tmp_path / "before"
-    _, samples = sweep._evaluate(str(policy_dir), EvalConfig(samples=1, max_new_tokens=4, prompts=3), run.config,
+    _, samples = sweep_run._evaluate(str(policy_dir), EvalConfig(samples=1, max_new_tokens=4, prompts=3), run.config,
                                  out, "before", "cpu")
     assert [s.prompt for s in samples] == sp.held_out_prompts("en")[:3]
     assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["lang"] == "en"

@@ -15,9 +15,9 @@ from alignlab.data.tokenizer import (
     IM_START,
     Tokenizer,
     byte_tokenizer,
-    load_tokenizer,
     train_bpe,
 )
+from alignlab.data.tokenizer_load import load_tokenizer
 from alignlab.errors import UserError
 
 transformers = pytest.importorskip("transformers")

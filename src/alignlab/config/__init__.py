@@ -4,8 +4,9 @@
 (nested mappings mirror nested dataclasses), applies `key=value` overrides (a dotted path, or a
 bare leaf name when only one field has it), coerces every value by its annotation, and builds the
 frozen tree. Mistakes become a one-line `UserError` naming the file, line and key. The loading
-machinery lives in `config_io.py`; `config/sections.py` holds the shared sections, `config/trainers.py`
-the commands' configs, and this package re-exports them all.
+machinery lives in `config_io.py` (building), `config_yaml.py` (reading YAML) and `config_dump.py`
+(writing); `config/sections.py` holds the shared sections, `config/trainers.py` the commands'
+configs, and this package re-exports them all.
 
 Left out on purpose: environment-variable overrides, recipe includes/inheritance, and any
 derived value stored as a field (derived values are properties). Each class's `__post_init__`
@@ -36,15 +37,8 @@ from alignlab.config.trainers import (
     RewardModelConfig,
     SFTConfig,
 )
-from alignlab.config_io import (
-    ConfigError,
-    config_from_dict,
-    config_hash,
-    config_to_dict,
-    describe_config,
-    dump_yaml,
-    load_config,
-)
+from alignlab.config_dump import config_hash, config_to_dict, describe_config, dump_yaml
+from alignlab.config_io import ConfigError, config_from_dict, load_config
 
 __all__ = ["LANG_WHY", "SEED_MAX", "ConfigError", "DPOConfig", "EvalConfig", "GPTConfig", "GRPOConfig",
            "GenerationConfig", "LoRAConfig", "ModelConfig", "OptimConfig", "PPOConfig", "PretrainConfig",

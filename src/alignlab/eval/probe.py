@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from alignlab.eval.report import note, table_section, write_pages
+from alignlab.eval.pages import note, table_section, write_pages
 from alignlab.eval.sampling_eval import json_text, write_texts
 from alignlab.eval.sweep_report import format_table
 from alignlab.outputs import new_output

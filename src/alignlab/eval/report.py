@@ -18,13 +18,9 @@ and more than two evaluations (`alignlab compare` takes any number).
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import json
 import math
-import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -33,38 +29,33 @@ import yaml
 from alignlab.data.sources import read_jsonl_records
 from alignlab.errors import UserError
 from alignlab.eval.metrics import EvalSummary, ScoredSample, markdown_table, table_rows
+from alignlab.eval.pages import (
+    DPI,
+    Figure,
+    Section,
+    esc,
+    figures_section,
+    html_table,
+    md_table,
+    md_text,
+    note,
+    sample_html,
+    sample_md,
+    verdict_section,
+    write_pages,
+)
 from alignlab.eval.sampling_eval import read_evaluation
 from alignlab.eval.verdict import Verdict, compare_verdict, log_verdict
-from alignlab.outputs import swap_in, temp_beside
 from alignlab.rewards.base import MODES, call_reward
 from alignlab.tasks.registry import TASKS
 
-__all__ = ["evaluation_verdict", "figures_section", "note", "plot_curves", "read_metrics", "table_section",
-           "verdict_section", "write_pages", "write_report"]
+__all__ = ["evaluation_verdict", "plot_curves", "read_metrics", "write_report"]
 
 SIDE_BY_SIDE = 6  # held-out prompts shown before | after
-DPI = 100
 MIN_POINTS = 2  # a curve needs two logged values; one point is a number, shown in the tables
 CONFIG_KEYS = ("model.path", "steps", "batch_size", "num_generations", "loss_type", "reward", "reward.mode",
                "reward.model", "temperature", "max_new_tokens", "lr", "beta", "seed")  # summary rows (dotted suffixes)
-LABEL_CLASS = {"ok": "good", "reward_hacking": "bad", "degenerate": "bad", "regressed": "bad", "failing": "warn",
-               "no_progress": "warn"}  # other labels ("unknown") are neutral
-CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:3px 8px;vertical-align:top}
-.num td+td{text-align:right}.pair td{width:50%}img{max-width:100%;display:block;margin:.5em 0}
-pre{white-space:pre-wrap;word-break:break-word;background:#f4f4f4;padding:6px;margin:4px 0}
-.bad{background:#fde4e4}.bad pre{background:#f9d0d0}.note{color:#666;font-style:italic}
-.badge{display:inline-block;padding:1px 7px;border-radius:3px;color:#fff;font-weight:600}
-.pass,.label-good{background:#2e7d32}.fail,.label-bad{background:#c62828}.label-warn{background:#e65100}
-.label-neutral{background:#757575}.prompt{color:#555}"""
-# Sets <body data-images="loaded/total"> on load: lets a headless browser check every plot rendered.
-IMAGE_CHECK = ("<script>addEventListener('load',function(){var m=document.images,n=0;for(var i=0;i<m.length;i++)"
-               "if(m[i].complete&&m[i].naturalWidth>0)n++;document.body.dataset.images=n+'/'+m.length})</script>")
-
-Section = tuple[str, str]  # (markdown, html)
-Figure = tuple[str, str, bytes]  # (file name, caption, PNG)
 Evaluation = tuple[EvalSummary, list[ScoredSample]]
-esc = html.escape
 
 
 def _number(value) -> bool:
@@ -199,62 +190,12 @@ def _config_rows(config: Mapping) -> list[list[str]]:
     return [["key", "value"], *([k, v] for k, v in zip(keys, show, strict=True))]
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<|])")
-
-
-def _md(text: str) -> str:
-    """Inline markdown text: one line, markdown and HTML characters backslash-escaped."""
-    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
-
-
-def _fenced(text: str) -> str:
-    """A fenced block longer than any backtick run inside, so model output cannot close it.
-
-    >>> print(_fenced("a ``` b"))
-    ````text
-    a ``` b
-    ````
-    """
-    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
-    return f"{fence}text\n{text}\n{fence}"
-
-
-def table_section(rows: Sequence[Sequence[str]], cls: str = "") -> Section:
-    """A table (header row first) as markdown and HTML; `cls` "num" right-aligns all but the first column."""
-    return _md_table(rows), _html_table(rows, cls)
-
-
-def _md_table(rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(_md(cell) for cell in row) + " |" for row in rows]
-    lines.insert(1, "|" + "|".join(":---" for _ in rows[0]) + "|")
-    return "\n".join(lines)
-
-
-def _html_table(rows: Sequence[Sequence[str]], cls: str = "") -> str:
-    head = "".join(f"<th>{esc(cell)}</th>" for cell in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>" for row in rows[1:])
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def note(text: str) -> Section:
-    """A one-line italic note (a section whose input is missing)."""
-    return f"_{_md(text)}_", f'<p class="note">{esc(text)}</p>'
-
-
 def _config_section(config_text: str, config: Mapping) -> Section:
     if not config:
         return note("config.yaml: missing or empty")
     rows = _config_rows(config)
-    return (_md_table(rows),
-            _html_table(rows) + f"<details><summary>full config.yaml</summary><pre>{esc(config_text)}</pre></details>")
-
-
-def figures_section(figures: Sequence[Figure], folder: str = "report_files") -> Section:
-    """The figures as markdown images under `folder`/<name>.png and as inline HTML images."""
-    md = [f"![{_md(caption)}]({folder}/{name}.png)" for name, caption, _ in figures]
-    page = [f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-            f"<figcaption>{esc(caption)}</figcaption></figure>" for name, caption, png in figures]
-    return "\n\n".join(md), "".join(page)
+    return (md_table(rows),
+            html_table(rows) + f"<details><summary>full config.yaml</summary><pre>{esc(config_text)}</pre></details>")
 
 
 def _curves_section(figures: Sequence[Figure]) -> Section:
@@ -267,46 +208,7 @@ def _table_section(before: Evaluation | None, after: Evaluation | None) -> Secti
     summaries = {name: e[0] for name, e in (("before", before), ("after", after)) if e is not None}
     if not summaries:
         return note("no evaluations: run `alignlab eval --out` into eval_before/ and eval_after/")
-    return markdown_table(summaries), _html_table(table_rows(summaries), "num")
-
-
-def _tags(sample: ScoredSample) -> list[str]:
-    return [t for t, on in (("degenerate", sample.degenerate), ("garbled", sample.garbled),
-                            ("truncated", sample.truncated)) if on]
-
-
-def _sample_md(sample: ScoredSample, heading: str) -> str:
-    tags = _tags(sample)
-    head = f"{heading}: **{'PASS' if sample.passed else 'FAIL'}**" + (f" ({', '.join(tags)})" if tags else "")
-    lines = [head, "", _fenced(sample.completion)]
-    if not sample.passed:
-        lines += ["", f"failed rules: {_md(', '.join(sample.failed_rules))}", ""]
-        lines += [f"- {_md(reason)}" for reason in sample.reasons]
-    return "\n".join(lines)
-
-
-def _sample_html(sample: ScoredSample, heading: str = "") -> str:
-    badge = '<span class="badge pass">pass</span>' if sample.passed else '<span class="badge fail">fail</span>'
-    tags = "".join(f" <em>{t}</em>" for t in _tags(sample))
-    text = f"<div>{esc(heading)} {badge}{tags}</div><pre>{esc(sample.completion)}</pre>"
-    if sample.passed:
-        return f'<div class="sample">{text}</div>'
-    reasons = "".join(f"<li>{esc(reason)}</li>" for reason in sample.reasons)
-    return (f'<div class="sample bad">{text}<div>failed rules: {esc(", ".join(sample.failed_rules))}</div>'
-            f"<ul>{reasons}</ul></div>")
-
-
-def verdict_section(heading: str, verdict: Verdict) -> Section:
-    md = [f"### {heading}", "", f"**verdict: {verdict.label}**", ""]
-    md += [f"- flag: {_md(flag)}" for flag in verdict.flags] + [f"- {_md(note)}" for note in verdict.notes]
-    page = [f'<h3>{esc(heading)}</h3><p><span class="badge label-{LABEL_CLASS.get(verdict.label, "neutral")}">'
-            f"verdict: {esc(verdict.label)}</span></p><ul>"]
-    page += [f"<li><strong>flag:</strong> {esc(flag)}</li>" for flag in verdict.flags]
-    page += [f"<li>{esc(note)}</li>" for note in verdict.notes] + ["</ul>"]
-    for i, sample in enumerate(verdict.evidence, 1):
-        md += ["", f"Evidence {i}, prompt: {_md(sample.prompt)}", "", _sample_md(sample, f"evidence {i}")]
-        page.append(f'<p class="prompt">Evidence {i}, prompt: {esc(sample.prompt)}</p>{_sample_html(sample)}')
-    return "\n".join(md), "".join(page)
+    return markdown_table(summaries), html_table(table_rows(summaries), "num")
 
 
 def _trained_reward(config: Mapping, samples: Sequence[ScoredSample]) -> float | None:
@@ -353,21 +255,11 @@ def _samples_section(before: Evaluation | None, after: Evaluation | None) -> Sec
     md, rows = [], []
     for i, prompt in enumerate(prompts, 1):
         b, a = first_before[prompt], first_after[prompt]
-        md += [f"### Prompt {i}", "", f"> {_md(prompt)}", "", _sample_md(b, "before"), "", _sample_md(a, "after"), ""]
+        md += [f"### Prompt {i}", "", f"> {md_text(prompt)}", "", sample_md(b, "before"), "", sample_md(a, "after"), ""]
         rows.append(f'<tr><td colspan="2" class="prompt">Prompt {i}: {esc(prompt)}</td></tr>'
-                    f"<tr><td>{_sample_html(b, 'before')}</td><td>{_sample_html(a, 'after')}</td></tr>")
+                    f"<tr><td>{sample_html(b, 'before')}</td><td>{sample_html(a, 'after')}</td></tr>")
     head = "<tr><th>before</th><th>after</th></tr>"
     return "\n".join(md), f'<table class="pair"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write the report: {err.strerror or err}", file=str(path)) from err
 
 
 def write_report(run_dir: str | Path, *, before: str | Path | None = None, after: str | Path | None = None,
@@ -390,27 +282,3 @@ def write_report(run_dir: str | Path, *, before: str | Path | None = None, after
                 ("Reward-hacking verdict", *_verdicts(*evals, records, config or {})),
                 ("Held-out samples, before | after", _samples_section(*evals))]
     return write_pages(run, "report", title, _run_line(run, records, manifest), sections, figures)
-
-
-def write_pages(out: Path, stem: str, title: str, line: str, sections: Sequence[tuple[str, Section]],
-                figures: Sequence[Figure]) -> tuple[Path, Path]:
-    """Write out/<stem>.html (self-contained) and out/<stem>.md with its figures under
-    out/<stem>_files/, each file atomically; `sections` are (heading, section, ...) tuples."""
-    md = [f"# {_md(title)}", "", _md(line)]
-    page = [f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-            f"<style>{CSS}</style>{IMAGE_CHECK}</head><body><h1>{esc(title)}</h1><p>{esc(line)}</p>"]
-    for heading, *parts in sections:
-        md += ["", f"## {heading}", *("\n" + part[0] for part in parts)]
-        page += [f"<h2>{esc(heading)}</h2>", *(part[1] for part in parts)]
-    if figures:  # the figures folder is replaced whole: no mix of an old and a new report's plots
-        try:
-            tmp = temp_beside(out / f"{stem}_files")
-            for name, _, png in figures:
-                (tmp / f"{name}.png").write_bytes(png)
-            swap_in(tmp, out / f"{stem}_files")
-        except OSError as err:
-            raise UserError(f"cannot write the report's figures: {err.strerror or err}", file=str(out)) from err
-    paths = out / f"{stem}.html", out / f"{stem}.md"
-    _write_atomic(paths[0], ("".join(page) + "</body></html>\n").encode("utf-8"))
-    _write_atomic(paths[1], ("\n".join(md) + "\n").encode("utf-8"))
-    return paths

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from alignlab.algorithms.common import wilson_interval
-from alignlab.data.sources import PreferencePair
+from alignlab.data.preferences import PreferencePair
 from alignlab.data.tokenizer import Tokenizer
 from alignlab.errors import UserError
 from alignlab.model.heads import RewardModel

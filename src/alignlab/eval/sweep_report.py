@@ -24,7 +24,7 @@ from pathlib import Path
 
 from alignlab.algorithms.common import wilson_interval
 from alignlab.eval.metrics import EvalSummary
-from alignlab.eval.report import DPI, Figure, figures_section, note, table_section, write_pages
+from alignlab.eval.pages import DPI, Figure, figures_section, note, table_section, write_pages
 from alignlab.eval.sampling_eval import write_texts
 from alignlab.outputs import new_output
 
@@ -207,7 +207,7 @@ def _pass_rate_figure(loaded: Mapping[str, tuple[EvalSummary, list | None]]) -> 
 def _compare_sections(loaded: Mapping[str, tuple[EvalSummary, list | None]], verdict, training,
                       figure: Figure) -> list:
     from alignlab.eval.metrics import table_rows
-    from alignlab.eval.report import verdict_section
+    from alignlab.eval.pages import verdict_section
 
     names = list(loaded)
     summaries = {name: summary for name, (summary, _) in loaded.items()}

@@ -18,6 +18,8 @@ alignlab discourages repetition).
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 _MASK64 = (1 << 64) - 1
@@ -25,15 +27,20 @@ _GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's increment (2^64 / golden ratio)
 _MIX1, _MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 
 
-def derive_seed(*keys: int) -> int:
-    """A 63-bit seed from integer keys (run seed, stream, row index, ...), by chained splitmix64
-    (Steele et al. 2014), so that neighbouring keys give unrelated seeds.
+def derive_seed(*keys: int | str) -> int:
+    """A 63-bit seed from keys (run seed, a purpose such as "held-out", row index, ...), by chained
+    splitmix64 (Steele et al. 2014), so that neighbouring keys give unrelated seeds. A text key is
+    its UTF-8 bytes' BLAKE2b digest (8 bytes): the same on every machine and Python run.
 
     >>> derive_seed(0, 1, 2) == derive_seed(0, 1, 2) != derive_seed(0, 2, 1)
+    True
+    >>> derive_seed(7, "held-out", 0) != derive_seed(7, "preflight", 0)
     True
     """
     state = 0
     for key in keys:
+        if isinstance(key, str):
+            key = int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little")
         state = (state + _GOLDEN + (key & _MASK64)) & _MASK64
         z = state
         z = ((z ^ (z >> 30)) * _MIX1) & _MASK64

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from alignlab.data.tokenizer import HUB_ID, Tokenizer, load_tokenizer
+from alignlab.data.tokenizer import Tokenizer
+from alignlab.data.tokenizer_load import HUB_ID, load_tokenizer
 from alignlab.errors import UserError
 from alignlab.model.gpt import GPT
 from alignlab.model.hf import (

@@ -29,7 +29,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alignlab.config import GPTConfig, LoRAConfig
-from alignlab.data.tokenizer import Tokenizer, load_tokenizer
+from alignlab.data.tokenizer import Tokenizer
+from alignlab.data.tokenizer_load import load_tokenizer
 from alignlab.errors import UserError
 from alignlab.model.checkpoint import checked_base, resolve_source
 from alignlab.model.gpt import GPT, Decoder, Rotary

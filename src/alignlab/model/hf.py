@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from alignlab.config import GPTConfig
-from alignlab.data.tokenizer import inside_folder
+from alignlab.data.tokenizer_load import inside_folder
 from alignlab.errors import UserError
 from alignlab.model.gpt import GPT, ROPE_SCALING, Decoder, Rotary
 

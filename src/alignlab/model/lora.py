@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alignlab.config import LoRAConfig
-from alignlab.data.tokenizer import HUB_ID
+from alignlab.data.tokenizer_load import HUB_ID
 from alignlab.errors import UserError
 
 META = "adapter.json"

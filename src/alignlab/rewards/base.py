@@ -10,7 +10,7 @@ into a `RewardContractError` naming the function, the sample and its completion.
 
 A user's function (`reward.function`) is loaded and called contained: `rewards/user_code.py`.
 
-`Reward` modes (`study_plan_reward(mode)`), over the rules of `rules.py` and `penalties.py`:
+`Reward` modes (`study_plan_reward(mode)`), over the rules of `tasks/study_plan/rules.py` and `penalties.py`:
 - naive: content only, the fraction of lines naming a duration, no structure, no penalties.
   Hackable on purpose: it is the seed's reward and reproduces its hacking (an echoed prompt
   already holds "30 分钟").
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from alignlab.errors import UserError
 from alignlab.rewards.penalties import MAX_CHARS, RuleResult, snippet
-from alignlab.rewards.rules import FORMAT_RULES, check_content, study_plan_checks
+from alignlab.tasks.study_plan.rules import FORMAT_RULES, check_content, study_plan_checks
 
 RewardFn = Callable[..., list]  # (prompts=..., completions=..., **kwargs) -> list[float | None]
 Check = Callable[[str, str], RuleResult]  # (prompt, completion) -> RuleResult

@@ -39,7 +39,7 @@ from alignlab.data.batches import right_pad
 from alignlab.errors import UserError
 from alignlab.model.hf import causal_lm_logits
 from alignlab.rewards.base import completion_text, prompt_text
-from alignlab.tasks.study_plan import is_chinese
+from alignlab.tasks.study_plan.rules import is_chinese
 
 PENALTY_MARGIN = 1.5  # nats per token past the fluent references' mean where the penalty is full (see above)
 MAX_ANSWER_TOKENS = 256  # the judge term reads a completion's first 256 tokens: enough to tell sense

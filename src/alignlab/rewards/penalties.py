@@ -19,7 +19,7 @@ verdict `alignlab check` and the evaluation report: echo, a repetition failure, 
 blow-up (past twice the bound; merely too long fails `check_length` without being degenerate).
 
 `RuleResult` and `Verdict` (every check's result on one completion, the type every task's check
-returns) are defined here, the lowest module of `rewards/`, and re-exported by `rules.py`, so
+returns) are defined here, the lowest module of `rewards/`, and re-exported by `tasks/study_plan/rules.py`, so
 that rules and tasks can use the penalties without an import cycle.
 
 Left out: model-based measures (perplexity, embedding similarity to the prompt), and any

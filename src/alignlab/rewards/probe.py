@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from alignlab.errors import UserError
+from alignlab.generation.sampling import derive_seed
 from alignlab.rewards.base import CombinedReward, call_reward, reward_name
 from alignlab.tasks.attacks import Family, families_of
 from alignlab.tasks.registry import Task
@@ -126,7 +127,7 @@ def attack_rows(task: Task, examples: Sequence[dict], seed: int, families: Seque
     every family from its own, so leaving a family out changes no other family's completions."""
     rows = []
     for i, example in enumerate(examples):
-        references = task.attacks.references(example, random.Random(seed * 1_000_003 + i))
+        references = task.attacks.references(example, random.Random(derive_seed(seed, "probe references", i)))
         rows += [("reference", example, text) for text in references]
         for family in families or chosen_families(task):
             rng = random.Random(f"{seed}/{i}/{family.name}")

@@ -1,6 +1,6 @@
 """Adversarial completions for probing a reward before RL: what a task declares, and the generic families.
 
-A task declares its attacks next to its checks (`tasks/study_plan_attacks.py`, `tasks/gsm8k_attacks.py`)
+A task declares its attacks next to its checks (`tasks/study_plan/attacks.py`, `tasks/gsm8k_attacks.py`)
 as a `TaskAttacks`: its own families, and how to write known-good answers (`references`) the attacks
 are scored against. The families here apply to any task: the prompt echoed, repeated-token runs, a
 very long answer, empty and blank answers, and bytes that are not text. `rewards/probe.py` scores them.

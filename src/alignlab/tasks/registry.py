@@ -26,12 +26,13 @@ from dataclasses import dataclass
 from alignlab.errors import UserError
 from alignlab.rewards.base import study_plan_reward
 from alignlab.rewards.penalties import Verdict
-from alignlab.rewards.rules import study_plan_verdict
-from alignlab.tasks import gsm8k_attacks, study_plan_attacks
+from alignlab.tasks import gsm8k_attacks
 from alignlab.tasks.attacks import TaskAttacks
 from alignlab.tasks.gsm8k import gsm8k_examples, gsm8k_reward, gsm8k_verdict
-from alignlab.tasks.study_plan import held_out_prompts, train_prompts
-from alignlab.tasks.study_plan_references import reference_answers
+from alignlab.tasks.study_plan import attacks as study_plan_attacks
+from alignlab.tasks.study_plan.prompts import held_out_prompts, train_prompts
+from alignlab.tasks.study_plan.references import reference_answers
+from alignlab.tasks.study_plan.rules import study_plan_verdict
 
 
 @dataclass(frozen=True)

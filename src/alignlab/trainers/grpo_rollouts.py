@@ -144,7 +144,8 @@ class RolloutSource:
         done = Completions(column(0), torch.tensor(column(1)), torch.tensor(column(2), dtype=torch.bool))
         return done, Scores(column(3), parts, breakdown, column(6))
 
-    def generate_batch(self, examples: Sequence[dict], stream: int) -> tuple[GRPOBatch, Completions | Rollout, Scores]:
+    def generate_batch(self, examples: Sequence[dict], stream: int | str
+                       ) -> tuple[GRPOBatch, Completions | Rollout, Scores]:
         """Sample, score and assemble one generation batch for `examples` (each repeated G times); row i
         samples from the stream derive_seed(run.seed, stream, i). Returns this rank's rows as a batch and
         the whole batch's completions and scores."""

@@ -14,8 +14,6 @@ from alignlab.generation.engine import generate
 from alignlab.generation.sampling import derive_seed
 from alignlab.trainers.rl_data import Scorer
 
-EVAL_SEED_OFFSET = 104729  # held-out sampling has its own stream: every evaluation sees the same draws
-
 
 def make_evaluate(model, tokenizer, cfg: GRPOConfig | PPOConfig, examples: list[dict], scorer: Scorer, device, dist):
     """Held-out evaluation: pass rate (+ Wilson bounds), degeneration and reward of fresh samples.
@@ -25,7 +23,7 @@ def make_evaluate(model, tokenizer, cfg: GRPOConfig | PPOConfig, examples: list[
     def evaluate() -> dict:
         rows = [e for e in examples for _ in range(cfg.eval_samples)]
         mine = dist.dealt(len(rows))
-        seeds = [derive_seed(cfg.run.seed + EVAL_SEED_OFFSET, i) for i in mine]  # row i's own stream
+        seeds = [derive_seed(cfg.run.seed, "held-out", i) for i in mine]  # row i's own stream, the same each time
         was_training = model.training
         model.eval()
         texts = []

@@ -109,13 +109,13 @@ def preflight(source, compute_loss, model, examples: list[dict], seed: int) -> P
     failed = [f"{name}: {detail}" for name, ok, detail in report.checks if not ok]
     if failed:
         raise UserError("preflight failed: " + "; ".join(failed), key="model.path")
-    # pilot streams of their own (negative: training's generation batches count up from 0)
-    batch, _, _ = source.generate_batch(examples, -seed - 7919)  # raises RewardContractError on a broken reward
+    # pilot streams of their own (training's generation batches are numbered 0, 1, ...)
+    batch, _, _ = source.generate_batch(examples, "preflight")  # raises RewardContractError on a broken reward
     report.checks.append(("rewards", True, f"{len(batch.advantages)} completions scored by "
                           f"{', '.join(source.scorer.reward.rewards)}"))
     _probe_check(report, source.scorer, source.examples, seed)
     started = time.perf_counter()  # timed again: the first call pays one-off kernel and allocator warm-up
-    source.generate_batch(examples, -seed - 7920)
+    source.generate_batch(examples, "preflight timing")
     making = time.perf_counter() - started  # sampling, scoring, old and reference log-probs
     m = batch.metrics
     report.metrics = m

@@ -18,9 +18,10 @@ import torch
 from alignlab.algorithms.sft import next_token_loss
 from alignlab.config import GenerationConfig, PretrainConfig
 from alignlab.data.batches import LMBatch
-from alignlab.data.tokenizer import tokenizer_for_new_model
+from alignlab.data.tokenizer_load import tokenizer_for_new_model
 from alignlab.errors import UserError
 from alignlab.generation.engine import generate
+from alignlab.generation.sampling import derive_seed
 from alignlab.model.checkpoint import load_model, save_model
 from alignlab.model.gpt import GPT
 from alignlab.model.hf import set_gradient_checkpointing
@@ -119,10 +120,12 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = Fal
 
 
 def _val_loss(model, val_tokens: torch.Tensor, cfg: PretrainConfig, runtime: Runtime):
-    """Held-out loss on fixed blocks, identical at every evaluation."""
+    """Held-out loss on fixed blocks, identical at every evaluation and, on purpose, for every run.seed
+    (the blocks' stream is keyed by purpose only), so runs of different seeds compare on one set."""
 
     def evaluate() -> dict:
-        blocks = TokenBlocks(val_tokens, cfg.block_size, min(cfg.run.batch_size, 16), 1234, runtime.device)
+        blocks = TokenBlocks(val_tokens, cfg.block_size, min(cfg.run.batch_size, 16),
+                             derive_seed(0, "validation blocks"), runtime.device)
         batch = blocks.next_batch()
         model.eval()
         with torch.no_grad(), runtime.autocast():

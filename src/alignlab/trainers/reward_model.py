@@ -23,8 +23,9 @@ from alignlab.algorithms.bradley_terry import pairwise_stats, reward_model_loss
 from alignlab.algorithms.common import wilson_interval
 from alignlab.config import RewardModelConfig, load_config
 from alignlab.data.batches import PreferenceCollator, ShuffledBatches, TokenizedPair
-from alignlab.data.sources import BadRows, read_preferences
-from alignlab.data.tokenizer import tokenizer_for_new_model
+from alignlab.data.preferences import read_preferences
+from alignlab.data.sources import BadRows
+from alignlab.data.tokenizer_load import tokenizer_for_new_model
 from alignlab.errors import UserError
 from alignlab.model.checkpoint import atomic_dir, resolve_source
 from alignlab.model.heads import RewardModel, restore_lora_reward_model, reward_model_from, save_reward_model
@@ -33,7 +34,7 @@ from alignlab.model.lora import add_lora
 from alignlab.rewards.learned import score_ids
 from alignlab.runs import Run, print_nothing
 from alignlab.runtime import parse_dtype, resolve_runtime, seed_everything
-from alignlab.tasks.study_plan import preference_pairs
+from alignlab.tasks.study_plan.synthetic import preference_pairs
 from alignlab.trainers.loop import Loop, TrainSpec
 
 

@@ -25,15 +25,18 @@ import torch
 from alignlab.algorithms.sft import next_token_loss
 from alignlab.config import SFTConfig
 from alignlab.data.batches import LMBatch, ShuffledBatches, right_pad
-from alignlab.data.sources import BadRows, read_conversations
-from alignlab.data.tokenizer import Tokenizer, tokenizer_for_new_model
+from alignlab.data.conversations import read_conversations
+from alignlab.data.sources import BadRows
+from alignlab.data.tokenizer import Tokenizer
+from alignlab.data.tokenizer_load import tokenizer_for_new_model
 from alignlab.errors import UserError
 from alignlab.model.checkpoint import load_trainable, save_model
 from alignlab.model.gpt import GPT
 from alignlab.model.hf import causal_lm_logits, set_gradient_checkpointing
 from alignlab.runs import Run, print_nothing
 from alignlab.runtime import resolve_runtime, seed_everything
-from alignlab.tasks.study_plan import synthetic_completions, train_prompts
+from alignlab.tasks.study_plan.prompts import train_prompts
+from alignlab.tasks.study_plan.synthetic import synthetic_completions
 from alignlab.trainers.loop import Loop, TrainSpec
 
 

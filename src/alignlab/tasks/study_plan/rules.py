@@ -16,7 +16,7 @@ Every check has the signature `check(prompt, completion) -> RuleResult(passed, s
 Structure and extra text split the "every non-empty line starts with '-'" criterion: list items
 with the wrong shape fail structure, prose lines fail extra text, so each reason is told once.
 `study_plan_verdict` runs them with the penalties (echo, length, repetition, garbled, from
-`penalties.py`) and says whether a completion passes and whether it is degenerate;
+`rewards/penalties.py`) and says whether a completion passes and whether it is degenerate;
 `check_study_plan` folds that into one `RuleResult`.
 
 A duration is a number (ASCII, full-width or Chinese numerals, decimals, ranges like `30-45`)

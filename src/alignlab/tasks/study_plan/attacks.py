@@ -1,8 +1,8 @@
 """The study-plan task's attack families: every shape a policy could pass off as a three-bullet plan.
 
 Each family writes completions in the prompt's language (except `other_language`) from a known-good
-answer: a synthetic compliant plan (`study_plan.synthetic_completion`) or a fluent hand-written one
-(`study_plan_references`), which are also the references the attacks are scored against.
+answer: a synthetic compliant plan (`synthetic.synthetic_completion`) or a fluent hand-written one
+(`references.py`), which are also the references the attacks are scored against.
 
 `salad` is the hole the rules cannot see: three bullets of the right shape, each with one plausible
 duration, whose words are drawn at random from the task's own vocabulary (the activities of every
@@ -18,16 +18,10 @@ from __future__ import annotations
 import random
 
 from alignlab.tasks.attacks import Family, TaskAttacks, words
-from alignlab.tasks.study_plan import (
-    CANONICAL_PROMPT,
-    EN_SUBJECTS,
-    GENERIC,
-    SUBJECTS,
-    is_chinese,
-    subject_of,
-    synthetic_completion,
-)
-from alignlab.tasks.study_plan_references import EN, EN_PROMPT, ZH
+from alignlab.tasks.study_plan.prompts import CANONICAL_PROMPT, EN_SUBJECTS, GENERIC, SUBJECTS, subject_of
+from alignlab.tasks.study_plan.references import EN, EN_PROMPT, ZH
+from alignlab.tasks.study_plan.rules import is_chinese
+from alignlab.tasks.study_plan.synthetic import synthetic_completion
 
 _DURATIONS = {True: ("30 分钟", "45 分钟", "1 小时", "20 分钟", "半小时", "1.5 小时"),
               False: ("30 minutes", "45 min", "1 hour", "20 mins", "half an hour", "1.5 hours")}

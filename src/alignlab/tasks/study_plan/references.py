@@ -11,7 +11,7 @@ Left out: subject-specific references (a vocabulary plan before a vocabulary pro
 from __future__ import annotations
 
 from alignlab.errors import UserError
-from alignlab.tasks.study_plan import CANONICAL_PROMPT
+from alignlab.tasks.study_plan.prompts import CANONICAL_PROMPT
 
 EN_PROMPT = ("Give me a three-point study plan. Use '-' for bullets, every bullet must include a time "
              "(e.g. 30 minutes), no extra explanation, output only three bullets.")
