@@ -199,9 +199,10 @@ def cmd_train(args) -> int:
     import importlib
 
     import alignlab.config as config
+    from alignlab.tasks.registry import check_task_config
 
     cls_name, module, function = TRAINERS[args.command]
-    cfg = config.load_config(getattr(config, cls_name), *_recipe_and_overrides(args), check=_registered_task)
+    cfg = config.load_config(getattr(config, cls_name), *_recipe_and_overrides(args), check=check_task_config)
     extra = {"preflight_only": True} if getattr(args, "preflight_only", False) else {}
     if args.allow_config_change:
         extra["allow_changes"] = True
@@ -212,19 +213,6 @@ def cmd_train(args) -> int:
     if Distributed.from_env().is_main:  # under torchrun every rank gets here; one line is enough
         print(f"done: {run_dir}/checkpoints/final" if run_dir else "preflight only: nothing trained")
     return 0
-
-
-def _registered_task(cfg) -> None:
-    """A config's task is a registered one and its lang one of that task's languages (GRPO, PPO)."""
-    if not hasattr(cfg, "task"):
-        return
-    from alignlab.config import ConfigError
-    from alignlab.tasks.registry import get_task
-
-    try:
-        get_task(cfg.task).check_lang(cfg.lang)
-    except UserError as err:
-        raise ConfigError(err.key or "task", err.message) from None
 
 
 def cmd_report(args) -> int:

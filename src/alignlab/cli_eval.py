@@ -74,8 +74,7 @@ def cmd_eval(args) -> int:
     from alignlab.runtime import resolve_device
     from alignlab.tasks.registry import get_task
 
-    cfg = EvalConfig(samples=args.samples, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                     seed=args.seed, batch_size=args.batch_size)  # argparse checked them
+    cfg = _eval_config(args, batch_size=args.batch_size)
     out = check_output(args.out, "eval", protect=[args.checkpoint, args.prompts]) if args.out is not None else None
     task = get_task(args.task)
     if args.skip_bad_rows and task.columns:
@@ -112,6 +111,12 @@ def cmd_eval(args) -> int:
         write_eval(out, name, samples, summary, verdict, info)
         print(f"wrote {out / 'samples.jsonl'}, {out / 'summary.md'} and {out / 'summary.json'}")
     return 0
+
+
+def _eval_config(args, **extra) -> EvalConfig:
+    """The `EvalConfig` of `_add_eval_settings`' options (argparse checked each)."""
+    return EvalConfig(samples=args.samples, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                      seed=args.seed, **extra)
 
 
 def _read_prompts(path: str, bad_rows) -> list[str]:
@@ -178,8 +183,7 @@ def cmd_compare(args) -> int:
         check_output(args.out, "compare", protect=args.runs)
     from alignlab.tasks.registry import get_task
 
-    cfg = EvalConfig(samples=args.samples, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                     seed=args.seed)
+    cfg = _eval_config(args)
     task = get_task(args.task)
     loaded = {arg: load_or_evaluate(arg, task, cfg, device=device, lang=args.lang) for arg in args.runs}
     print(format_table({arg: summary for arg, (summary, _) in loaded.items()}))

@@ -21,7 +21,7 @@ import yaml
 from alignlab.config import EvalConfig, GRPOConfig, config_from_dict, load_config
 from alignlab.config_yaml import read_yaml_bounded
 from alignlab.errors import UserError
-from alignlab.tasks.registry import get_task
+from alignlab.tasks.registry import check_task_config
 
 KEYS = ("base", "policy", "set", "variants", "grid", "seeds", "lang", "eval", "out_dir")
 
@@ -143,13 +143,8 @@ def _lang_override(data: Mapping, file: str, line: int | None) -> list[str]:
 
 
 def _one_eval_set(runs: Sequence[SweepRun], file: str, line: int | None) -> None:
-    """Every run trains on one registered task, one of its languages and one held-out file: the sweep
-    judges every policy on one set."""
-    for run in runs:
-        try:
-            get_task(run.config.task).check_lang(run.config.lang)
-        except UserError as err:
-            raise UserError(f"variant {run.variant!r}: {err.message}", file=file, line=line, key=err.key) from None
+    """Every run trains on one task, language and held-out file (each checked against the registry when its
+    config was built): the sweep judges every policy on one set."""
     for key in ("task", "lang", "eval_data"):
         values = sorted({str(getattr(r.config, key)) for r in runs})
         if len(values) > 1:
@@ -226,7 +221,7 @@ def read_sweep(path: str | Path, overrides: Sequence[str] = (), out_dir: str | N
             if policy and policy != "demo":
                 texts = (*texts, f"model.path={policy}")
             try:
-                cfg = load_config(GRPOConfig, base_path, texts)
+                cfg = load_config(GRPOConfig, base_path, texts, check=check_task_config)
             except UserError as err:
                 raise UserError(f"variant {name!r}: {err}", file=file, line=line) from None
             runs.append(SweepRun(name, slug, seed, texts, cfg))

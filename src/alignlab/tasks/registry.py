@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from alignlab.config_io import ConfigError
 from alignlab.errors import UserError
 from alignlab.rewards.base import study_plan_reward
 from alignlab.rewards.penalties import Verdict
@@ -122,6 +123,18 @@ register_task(Task("study-plan", _study_plan(train_prompts), _study_plan(held_ou
                    languages=("all", "en", "zh")))
 register_task(Task("gsm8k", _from_file(gsm8k_examples), _from_file(gsm8k_examples, optional=True), gsm8k_verdict,
                    gsm8k_reward, ("answer",), attacks=gsm8k_attacks.ATTACKS))
+
+
+def check_task_config(cfg) -> None:
+    """A trainer config's `task` is registered and its `lang` one of that task's languages; a ConfigError
+    naming the field otherwise (`load_config(..., check=check_task_config)` points it at the recipe line).
+    Configs without a task pass."""
+    if not hasattr(cfg, "task"):
+        return
+    try:
+        get_task(cfg.task).check_lang(cfg.lang)
+    except UserError as err:
+        raise ConfigError(err.key or "task", err.message) from None
 
 
 def get_task(name: str) -> Task:
