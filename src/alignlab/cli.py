@@ -218,9 +218,29 @@ def cmd_train(args) -> int:
 def cmd_report(args) -> int:
     from alignlab.eval.report import write_report
 
+    _read_run_task(args.run)
     html, md = write_report(args.run, before=args.before, after=args.after)
     print(f"wrote {html} and {md}")
     return 0
+
+
+def _read_run_task(run: str) -> None:
+    """Register the task a run trained on when it is a file task (`file.py:NAME` in its config.yaml), so the
+    evaluations the report reads, which record the task's name, are judged by it in this process too."""
+    from pathlib import Path
+
+    import yaml
+
+    from alignlab.tasks.registry import get_task
+    from alignlab.tasks.user_task import task_file_spec
+
+    try:
+        config = yaml.safe_load((Path(run) / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return  # write_report says what is wrong with the run directory
+    task = config.get("task") if isinstance(config, dict) else None
+    if isinstance(task, str) and task_file_spec(task) is not None:
+        get_task(task)
 
 
 def cmd_demo(args) -> int:

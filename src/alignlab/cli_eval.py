@@ -243,8 +243,8 @@ def _add_eval_settings(parser) -> None:
 def _add_eval_parser(sub, commands) -> None:
     ev = sub.add_parser("eval", help=commands["eval"])
     ev.add_argument("checkpoint", help="alignlab checkpoint, HF model directory or hub id")
-    ev.add_argument("--task", default="study-plan", help=f"registered task whose check judges the samples: "
-                    f"{_task_names()}")
+    ev.add_argument("--task", default="study-plan", help=f"task whose check judges the samples: "
+                    f"{_task_names()}, or your own: path/to/file.py:NAME")
     _add_eval_settings(ev)
     ev.add_argument("--prompts", metavar="FILE.jsonl", help="records with a `prompt` field instead of the "
                     "task's held-out prompts (a task with columns reads its own records: gsm8k question / answer)")
@@ -266,8 +266,8 @@ def _add_eval_parser(sub, commands) -> None:
 def _add_check_parser(sub, commands) -> None:
     ch = sub.add_parser("check", help=commands["check"])
     ch.add_argument("completions", metavar="FILE.jsonl", help="records with `prompt` and `completion` fields")
-    ch.add_argument("--task", default="study-plan", help=f"registered task whose rules score the completions: "
-                    f"{_task_names()}")
+    ch.add_argument("--task", default="study-plan", help=f"task whose rules score the completions: "
+                    f"{_task_names()}, or your own: path/to/file.py:NAME")
     ch.add_argument("--out", metavar="OUT.jsonl", help="one scored record per input: passed, score, degenerate, "
                     "reasons, ...")
 
@@ -277,8 +277,8 @@ def _add_compare_parser(sub, commands) -> None:
     co.add_argument("runs", nargs="+", metavar="RUN_OR_CKPT", help="`alignlab eval --out` directories (or their "
                     "summary.json), checkpoints or run directories (evaluated on the held-out prompts); with "
                     "two, the second is judged against the first")
-    co.add_argument("--task", default="study-plan", help=f"registered task that judges checkpoints evaluated here: "
-                    f"{_task_names()}")
+    co.add_argument("--task", default="study-plan", help=f"task that judges checkpoints evaluated here: "
+                    f"{_task_names()}, or your own: path/to/file.py:NAME")
     co.add_argument("--lang", default="all", help="held-out prompts of one language for checkpoints (study-plan)")
     _add_eval_settings(co)
     co.add_argument("--device", default="auto")
@@ -292,8 +292,8 @@ def add_probe_parser(sub, help_text: str) -> None:
     pr.add_argument("overrides", nargs="*", metavar="[RECIPE.yaml] key=value", help="the reward and task as for "
                     "`alignlab grpo` (a GRPO recipe, reward.mode, reward.function=file.py:fn, reward.model=PATH, "
                     "reward.*_weight, reward.judge_weight, data=, lang=); other GRPO keys are read and unused")
-    pr.add_argument("--task", help="built-in task: study-plan or gsm8k (needs data=GSM8K.jsonl); default: the "
-                    "recipe's, else study-plan")
+    pr.add_argument("--task", help="task: study-plan, gsm8k (needs data=GSM8K.jsonl) or your own "
+                    "(path/to/file.py:NAME); default: the recipe's, else study-plan")
     pr.add_argument("--modes", metavar="M1,M2", help="probe the reward once per rule mode (naive,shaped,sharp), "
                     "everything else as configured")
     pr.add_argument("--families", metavar="F1,F2", help="only these attack families (default: all of the task's)")

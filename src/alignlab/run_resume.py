@@ -6,7 +6,8 @@ config. Keys that only say how long to go, how often to log, evaluate or save, o
 architecture, optimizer, reward, seed, sampling ...) changes what the run means, and is refused
 with the list of differences unless the user passes `--allow-config-change`, which records them.
 A data file whose contents changed since the run started (its SHA-256 in the manifest) counts as
-such a difference.
+such a difference, and so is a run whose manifest predates `batch_size_means` when it accumulates
+gradients (it may have begun when `run.batch_size` was one micro-batch; docs/decisions.md 45).
 
 Every checkpoint's `state.json` lists the SHA-256 of each of its files; `checkpoint_problem`
 verifies them (a checkpoint written before the hashes existed is checked for its files and a
@@ -103,12 +104,33 @@ def check_resume(root: Path, config, data_files: Iterable, allow_changes: bool) 
     changes = config_differences(saved, config)
     meaning = {k: v for k, v in changes.items() if not _safe(k)}
     meaning.update(data_differences(manifest, data_files))
+    meaning.update(batch_meaning_difference(saved, manifest))
     if meaning and not allow_changes:
         raise UserError(f"--resume with a config that changes the run: {_describe(meaning)}; resume with the "
                         "run's own settings, start a new run, or pass --allow-config-change to record the change "
                         "in the manifest", file=str(root))
     as_json = {k: [old, new] for k, (old, new) in changes.items()}
     return {"changed": as_json, "meaning_changed": sorted(meaning)}
+
+
+BATCH_MEANING = "optimizer step"  # the manifest's `batch_size_means` since docs/decisions.md 45
+
+
+def batch_meaning_difference(saved: Mapping, manifest: Mapping) -> dict:
+    """{"run.batch_size": (then, now)} when the run began while `run.batch_size` was one micro-batch of
+    a step that took `optim.grad_accum` of them (pretrain, SFT, DPO, train-rm before decision 45), so
+    that resuming it under today's reading would shrink every step; {} otherwise. A manifest without
+    `batch_size_means` is counted as such a run (it cannot tell which alignlab wrote it)."""
+    optim, run = saved.get("optim") or {}, saved.get("run") or {}
+    accum = optim.get("grad_accum", 1) if isinstance(optim, Mapping) else 1
+    rl = "num_generations" in saved or "num_ppo_epochs" in saved  # GRPO / PPO always read it as the step
+    if manifest.get("batch_size_means") == BATCH_MEANING or rl or not isinstance(accum, int) or accum <= 1:
+        return {}
+    batch = run.get("batch_size") if isinstance(run, Mapping) else None
+    fix = f"run.batch_size={batch * accum}" if isinstance(batch, int) else "run.batch_size x optim.grad_accum"
+    then = f"{batch} x optim.grad_accum {accum} per step (the manifest predates batch_size_means)"
+    return {"run.batch_size": (then, f"{batch} per step: set {fix} if the run began before run.batch_size "
+                                     "meant the optimizer step's batch")}
 
 
 def checkpoint_hashes(directory: Path) -> dict[str, str]:

@@ -52,7 +52,7 @@ from alignlab.outputs import (
     write_marker,
 )
 from alignlab.progress import start_progress
-from alignlab.run_resume import check_resume, checkpoint_problem, file_sha256
+from alignlab.run_resume import BATCH_MEANING, check_resume, checkpoint_problem, file_sha256
 
 
 def _version(package: str) -> str | None:
@@ -186,6 +186,7 @@ class Run:
             "data": {str(p): file_sha256(p) for p in data_files},
             "command": sys.argv,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "batch_size_means": BATCH_MEANING,  # how to read run.batch_size (run_resume.batch_meaning_difference)
             **extra,
         }
 
@@ -195,6 +196,7 @@ class Run:
         manifest.setdefault("resumes", []).append({
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv, "device": device,
             "config_hash": config_hash(config), **record})
+        manifest["batch_size_means"] = BATCH_MEANING  # from here on, whatever it was before (record says)
         if record["changed"]:
             changes = (f"{k}: {a!r} -> {b!r}" for k, (a, b) in record["changed"].items())
             self.print("resume changes: " + "; ".join(changes))

@@ -102,7 +102,7 @@ def test_grouped_completions_are_recomputed_with_the_plain_gradients(tiny_gpt):
 def test_lean_logps_equal_the_logits_path_with_their_gradients(tiny_gpt, group_size):
     """Under checkpointing the policy's log-probs come chunk by chunk from the hidden states (no (B, n, V)
     logits kept): same log-probs, entropy and gradients at every real completion token."""
-    from alignlab.trainers.logps import lean_completion_logps, policy_logps
+    from alignlab.trainers.logps import packed_completion_logps, policy_logps
 
     torch.manual_seed(3)
     ids = torch.randint(0, tiny_gpt.config.vocab_size, (4, 11))
@@ -117,8 +117,8 @@ def test_lean_logps_equal_the_logits_path_with_their_gradients(tiny_gpt, group_s
         model.zero_grad(set_to_none=True)
         model.train()
         if lean:
-            logps, entropy = lean_completion_logps(model, ids, mask, completion, 0.7, group_size=group_size,
-                                                   entropy=True, chunk=3)
+            logps, entropy = packed_completion_logps(model, ids, mask, completion, 0.7, group_size=group_size,
+                                                     entropy=True, lean=True, chunk=3)
         else:
             logps, entropy = policy_logps(model, ids, mask, completion, 0.7, entropy=True, group_size=group_size)
         (logps * real * torch.arange(1.0, 6.0)).sum().backward()
@@ -135,3 +135,37 @@ def test_lean_logps_equal_the_logits_path_with_their_gradients(tiny_gpt, group_s
     _assert_same(plain_grads, lean_grads)
     via_policy, _ = policy_logps(checkpointed, ids, mask, completion, 0.7, group_size=group_size)  # takes the lean path
     assert torch.allclose(via_policy[real], plain_logps[real], atol=1e-6) and (via_policy[~real] == 0).all()
+
+
+def test_grouped_logps_skip_the_padded_logits_bit_for_bit(tiny_gpt):
+    """GRPO's grouped path projects only the real completion tokens ((N, V) logits, no padded (B, n, V)
+    copy): log-probs, entropy and every gradient equal the padded logits path's exactly, so no run's
+    numbers move."""
+    from alignlab.algorithms.common import entropy_from_logits, token_logps
+    from alignlab.model.completion import grouped_completion_logits
+    from alignlab.trainers.logps import policy_logps
+
+    torch.manual_seed(5)
+    ids = torch.randint(0, tiny_gpt.config.vocab_size, (4, 12))
+    ids[:, :6] = ids[[0, 0, 2, 2], :6]
+    mask = torch.ones(4, 12, dtype=torch.bool)
+    mask[2, :2] = mask[3, :2] = False
+    mask[1, -3:] = mask[2, -1:] = False
+    completion, real = ids[:, -6:], mask[:, -6:]
+    weights = torch.arange(1.0, 7.0) * real
+
+    def run(packed: bool):
+        tiny_gpt.zero_grad(set_to_none=True)
+        if packed:
+            logps, entropy = policy_logps(tiny_gpt, ids, mask, completion, 0.7, entropy=True, group_size=2)
+        else:
+            logits = grouped_completion_logits(tiny_gpt, ids, mask, 6, 2) / 0.7
+            logps, entropy = token_logps(logits, completion), entropy_from_logits(logits.detach())
+        (logps * weights).sum().backward()
+        return logps.detach(), entropy, {n: p.grad.clone() for n, p in tiny_gpt.named_parameters()}
+
+    old_logps, old_entropy, old_grads = run(packed=False)
+    new_logps, new_entropy, new_grads = run(packed=True)
+    assert torch.equal(old_logps[real], new_logps[real]) and torch.equal(old_entropy[real], new_entropy[real])
+    assert (new_logps[~real] == 0).all() and (new_entropy[~real] == 0).all()
+    assert all(torch.equal(old_grads[n], new_grads[n]) for n in old_grads)

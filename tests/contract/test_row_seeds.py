@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from alignlab.config import EvalConfig, GenerationConfig
 from alignlab.eval.sampling_eval import evaluate
-from alignlab.generation.engine import generate
+from alignlab.generation.engine import generate, sample_rows
 from alignlab.generation.sampling import RowStreams, derive_seed, sample_next_token
 from alignlab.tasks.registry import get_task
 
@@ -49,3 +50,19 @@ def test_sampled_evaluation_does_not_depend_on_the_batch_size(tiny_gpt, byte_tok
     big, _ = evaluate(tiny_gpt, byte_tok, task, examples, EvalConfig(3, 1.0, 12, seed=5, batch_size=6))
     small, _ = evaluate(tiny_gpt, byte_tok, task, examples, EvalConfig(3, 1.0, 12, seed=5, batch_size=2))
     assert [s.completion for s in big] == [s.completion for s in small]
+
+
+def test_sample_rows_is_evaluations_one_loop_and_restores_the_training_mode(tiny_gpt, byte_tok):
+    cfg = GenerationConfig(max_new_tokens=12, temperature=1.0)
+    seeds = [derive_seed(3, "held-out", i) for i in range(len(PROMPTS))]
+    tiny_gpt.train()
+    by_three = sample_rows(tiny_gpt, byte_tok, PROMPTS, cfg, seeds, 3)
+    assert tiny_gpt.training  # sampled in eval mode, handed back as it was
+    tiny_gpt.eval()
+    by_one = sample_rows(tiny_gpt, byte_tok, PROMPTS, cfg, seeds, 1)
+    assert not tiny_gpt.training
+    whole = generate(tiny_gpt, byte_tok, PROMPTS, cfg, row_seeds=seeds)
+    assert by_three.texts == by_one.texts == whole.texts
+    assert by_three.truncated == [bool(t) for t in whole.truncated.tolist()]
+    with pytest.raises(ValueError, match="3 row seeds for 4 prompts"):
+        sample_rows(tiny_gpt, byte_tok, PROMPTS, cfg, seeds[:3], 2)

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from alignlab.backends.grpo import grpo
@@ -92,3 +94,23 @@ def test_a_batch_that_grad_accum_cannot_split_names_the_key(cls, tmp_path):
         load_config(cls, recipe)
     assert err.value.key == "run.batch_size" and err.value.line == 2, str(err.value)
     assert "multiple of optim.grad_accum (4)" in str(err.value)
+
+
+def test_resuming_a_run_from_before_the_step_reading_is_refused_then_recorded(tmp_path):
+    """A manifest without `batch_size_means` may come from the time `run.batch_size` was one micro-batch:
+    resuming such a run with grad_accum > 1 would shrink its steps, so it needs --allow-config-change."""
+    overrides = ["tokenizer.kind=byte", "block_size=32", "max_new_tokens=4", *ARCH, *COMMON,
+                 f"run.out_dir={tmp_path / 'run'}"]
+    root = pretrain(load_config(PretrainConfig, None, overrides), quiet=True)
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["batch_size_means"] == "optimizer step"
+    del manifest["batch_size_means"]  # as an older alignlab wrote it
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    longer = load_config(PretrainConfig, None, [*overrides, "run.steps=3"])
+    with pytest.raises(UserError, match=r"run\.batch_size: .*set run\.batch_size=16 if the run began before"):
+        pretrain(longer, resume=True, quiet=True)
+    pretrain(longer, resume=True, quiet=True, allow_changes=True)  # the user says it is fine: recorded
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["batch_size_means"] == "optimizer step"
+    assert "run.batch_size" in manifest["resumes"][-1]["meaning_changed"]
+    pretrain(load_config(PretrainConfig, None, [*overrides, "run.steps=4"]), resume=True, quiet=True)  # no flag now

@@ -3,12 +3,14 @@
     B  batch (sequences)        T  tokens per sequence
     V  vocabulary size          G  completions per prompt (GRPO group size)
 
-Masks are bool with True = keep. Everything here is a pure function of tensors.
+Masks are bool with True = keep. Everything here is a pure function of tensors, or of counts (the
+evaluation statistics: Wilson intervals, pass@k, verdict rates).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -41,6 +43,22 @@ def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[fl
     centre = (p + z * z / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def verdict_rates(passed: Sequence[bool], degenerate: Sequence[bool]) -> dict[str, float]:
+    """Pass rate with its Wilson bounds and the degenerate rate of judged samples: the figures every
+    evaluation reports (`eval`'s summary, the trainers' held-out check). At least one sample.
+
+    >>> {k: round(v, 4) for k, v in verdict_rates([True] * 8 + [False] * 2, [False] * 9 + [True]).items()}
+    {'pass_rate': 0.8, 'pass_rate_low': 0.4902, 'pass_rate_high': 0.9433, 'degenerate_rate': 0.1}
+    """
+    n = len(passed)
+    if n == 0 or len(degenerate) != n:
+        raise ValueError(f"verdict_rates needs one degenerate flag per sample and at least one sample, got "
+                         f"{n} and {len(degenerate)}")
+    low, high = wilson_interval(sum(passed), n)
+    return {"pass_rate": sum(passed) / n, "pass_rate_low": low, "pass_rate_high": high,
+            "degenerate_rate": sum(degenerate) / n}
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

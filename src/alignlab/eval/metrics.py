@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from alignlab.algorithms.common import pass_at_k, wilson_interval
+from alignlab.algorithms.common import pass_at_k, verdict_rates
 from alignlab.errors import UserError
 from alignlab.rewards.base import call_reward
 from alignlab.rewards.penalties import (
@@ -263,13 +263,13 @@ def summarize(samples: Sequence[ScoredSample]) -> EvalSummary:
     if not samples:
         raise ValueError("summarize needs at least one scored sample")
     n = len(samples)
-    passed = sum(s.passed for s in samples)
+    rates = verdict_rates([s.passed for s in samples], [s.degenerate for s in samples])
     texts = "\n".join(s.completion for s in samples)
     known = [s.truncated for s in samples if s.truncated is not None]
     scores = [s.score for s in samples]
     return EvalSummary(
-        n_samples=n, n_prompts=len({s.prompt for s in samples}), pass_rate=passed / n,
-        pass_rate_ci=wilson_interval(passed, n), degenerate_rate=sum(s.degenerate for s in samples) / n,
+        n_samples=n, n_prompts=len({s.prompt for s in samples}), pass_rate=rates["pass_rate"],
+        pass_rate_ci=(rates["pass_rate_low"], rates["pass_rate_high"]), degenerate_rate=rates["degenerate_rate"],
         reward_mean=_mean(scores), reward_std=_std(scores), rule_failures=_rule_failures(samples),
         distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2),
         longest_run_mean=_mean([s.longest_run for s in samples]), longest_run_max=max(s.longest_run for s in samples),

@@ -47,7 +47,7 @@ from alignlab.eval.pages import (
 from alignlab.eval.sampling_eval import read_evaluation
 from alignlab.eval.verdict import Verdict, compare_verdict, log_verdict
 from alignlab.rewards.base import MODES, call_reward
-from alignlab.tasks.registry import TASKS
+from alignlab.tasks.registry import get_task
 
 __all__ = ["evaluation_verdict", "plot_curves", "read_metrics", "write_report"]
 
@@ -217,8 +217,11 @@ def _trained_reward(config: Mapping, samples: Sequence[ScoredSample]) -> float |
     reward = config.get("reward") if isinstance(config, Mapping) else None
     if not isinstance(reward, Mapping) or reward.get("model") or reward.get("mode") not in MODES:
         return None
-    task = TASKS.get(config.get("task", "study-plan"))
-    if task is None or not samples:
+    try:
+        task = get_task(str(config.get("task", "study-plan")))  # a task file is read here too
+    except UserError:
+        return None
+    if not samples:
         return None
     scores = call_reward(task.reward(reward["mode"]), [s.prompt for s in samples], [s.completion for s in samples],
                          **task.row_columns([dict(s.columns) for s in samples]))

@@ -2,7 +2,7 @@
 scored by the task and summarised.
 
 `evaluate(model, tokenizer, task, examples, EvalConfig)` samples `samples` completions per example
-with `generation.engine.generate` (chat template; row i of the evaluation samples from its own
+with `generation.engine.sample_rows` (chat template; row i of the evaluation samples from its own
 stream `derive_seed(seed, i)`, so the same seed gives the same samples whatever the batch size),
 scores them with `metrics.score_samples` (the task's check and sharp reward, the Rollout's
 truncated flag kept) and summarises them (pass rate, pass@k, rules, degeneration). `eval`,
@@ -11,7 +11,10 @@ completions produced anywhere. `held_out` picks a task's held-out examples. `rea
 `read_completions` load JSONL records with errors naming file, line and field; `write_samples`
 writes scored samples as JSONL, every rule's reasons included.
 
-Left out: distributed evaluation (the trainers' held-out check is `trainers/heldout.py`).
+The sampling loop itself is `generation.engine.sample_rows`, shared with the trainers' held-out check
+(`trainers/heldout.py`, which deals rows over ranks and cannot import this layer).
+
+Left out: distributed evaluation here (the trainers' held-out check has it).
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ from alignlab.config import EvalConfig
 from alignlab.data.sources import read_jsonl_records
 from alignlab.errors import UserError
 from alignlab.eval.metrics import EvalSummary, ScoredSample, score_samples, summarize
-from alignlab.generation.engine import generate
+from alignlab.generation.engine import sample_rows
 from alignlab.generation.sampling import derive_seed
 from alignlab.outputs import complete_eval, json_safe, new_output
 from alignlab.rewards.base import completion_text, prompt_text
-from alignlab.tasks.registry import Task, get_task
+from alignlab.tasks.registry import Task, get_task, task_spec
 
 
 def held_out(task: Task, cfg: EvalConfig, path: str = "", lang: str = "all") -> list[dict]:
@@ -64,12 +67,8 @@ def evaluate(model, tokenizer, task: Task, examples: Sequence[Mapping], cfg: Eva
     """
     seeds = start_sampling(model, len(examples), cfg.samples, cfg.batch_size, cfg.seed)
     rows = [e for e in examples for _ in range(cfg.samples)]
-    gen, samples = cfg.generation(), []
-    for start in range(0, len(rows), cfg.batch_size):
-        batch = rows[start:start + cfg.batch_size]
-        rollout = generate(model, tokenizer, [e["prompt"] for e in batch], gen, chat=True,
-                           row_seeds=seeds[start:start + cfg.batch_size])
-        samples += score_samples(task, batch, rollout.texts, [bool(cut) for cut in rollout.truncated.tolist()])
+    sampled = sample_rows(model, tokenizer, [e["prompt"] for e in rows], cfg.generation(), seeds, cfg.batch_size)
+    samples = score_samples(task, rows, sampled.texts, sampled.truncated)
     return samples, summarize(samples)
 
 
@@ -181,7 +180,8 @@ def read_evaluation(path: str | Path) -> tuple[EvalSummary, list[ScoredSample] |
         raise UserError(f"cannot read the summary: {err}", file=str(summary_file)) from err
     if not isinstance(record, dict):
         raise UserError("expected a JSON object", file=str(summary_file))
-    task = get_task(record["task"] if isinstance(record.get("task"), str) else "study-plan")
+    named = record.get("task_spec", record.get("task"))  # a file task's path:NAME, else its registered name
+    task = get_task(named if isinstance(named, str) else "study-plan")
     samples_file = summary_file.parent / "samples.jsonl"
     samples = evaluate_completions(read_completions(samples_file), task)[0] if samples_file.is_file() else None
     return EvalSummary.from_dict(record, str(summary_file)), samples
@@ -190,7 +190,8 @@ def read_evaluation(path: str | Path) -> tuple[EvalSummary, list[ScoredSample] |
 def eval_info(checkpoint: str, task: Task, cfg: EvalConfig, *, lang: str | None = "all", prompts: str = "held-out",
               **extra) -> dict:
     """What an evaluation folder's summary.json records about how it was made."""
-    return {"checkpoint": checkpoint, "task": task.name, "prompts": prompts, "lang": lang,
+    spec = {"task_spec": task_spec(task)} if task_spec(task) != task.name else {}  # a task read from a file
+    return {"checkpoint": checkpoint, "task": task.name, **spec, "prompts": prompts, "lang": lang,
             "samples_per_prompt": cfg.samples, "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens,
             "seed": cfg.seed, **extra}
 

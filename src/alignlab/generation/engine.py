@@ -92,6 +92,37 @@ def generate(
     return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, texts, lengths, truncated)
 
 
+@dataclass(frozen=True)
+class Sampled:
+    """Completions of many rows sampled in batches: texts (one per row) and truncated flags."""
+
+    texts: list[str]
+    truncated: list[bool]
+
+
+def sample_rows(model, tokenizer: Tokenizer, prompts: Sequence[str], config: GenerationConfig,
+                seeds: Sequence[int], batch_size: int) -> Sampled:
+    """One chat completion per prompt, `batch_size` rows at a time, row i from its own stream `seeds[i]`
+    (so a row's sample does not depend on the batch it falls in); the model samples in eval mode and
+    gets its training mode back. The one sampling loop of every evaluation (`eval`, the trainers'
+    held-out check)."""
+    if len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} row seeds for {len(prompts)} prompts")
+    was_training = model.training
+    model.eval()
+    texts: list[str] = []
+    truncated: list[bool] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            rollout = generate(model, tokenizer, prompts[start:start + batch_size], config, chat=True,
+                               row_seeds=seeds[start:start + batch_size])
+            texts += rollout.texts
+            truncated += [bool(cut) for cut in rollout.truncated.tolist()]
+    finally:
+        model.train(was_training)
+    return Sampled(texts, truncated)
+
+
 def rollout_from_ids(tokenizer: Tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]],
                      completions: Sequence[Sequence[int]], truncated: Sequence[bool], *, chat: bool = True,
                      device: torch.device | str = "cpu") -> Rollout:

@@ -5,7 +5,8 @@ raises there (sys.exit, KeyboardInterrupt) becomes an error naming it, never an 
 code, and a call that has not returned within `reward.timeout_s` stops the run naming it; a real
 Ctrl-C or a second stop signal (`ForcedStop`) arrives in the main thread and passes through
 untouched. Every path to user code (alignlab's GRPO and PPO `Scorer`, the TRL backend through the
-same `Scorer`) goes through `load_reward_function`.
+same `Scorer`) goes through `load_reward_function`. A task file (`task=file.py:NAME`,
+`tasks/user_task.py`) is run the same way, by `run_user_file`.
 
 Left out: `os._exit` (nothing in-process can contain it) and process isolation of user code.
 """
@@ -24,7 +25,7 @@ from alignlab.errors import UserError
 from alignlab.rewards.base import RewardContractError, RewardFn, reward_name
 
 
-def _escape(error: BaseException) -> str:
+def describe_escape(error: BaseException) -> str:
     """What a BaseException that is not an Exception means when user code raised it."""
     if isinstance(error, SystemExit):
         return f"called sys.exit({'' if error.code is None else repr(error.code)})"
@@ -100,28 +101,36 @@ class UserReward:
         if isinstance(error, Exception):
             raise error
         if error is not None:
-            raise RewardContractError(f"{self!r} {_escape(error)}; expected a list of floats")
+            raise RewardContractError(f"{self!r} {describe_escape(error)}; expected a list of floats")
         return value
+
+
+def run_user_file(path, module_name: str, timeout_s: float = 0.0) -> tuple[object, BaseException | None, bool]:
+    """Run the Python file at `path` as a fresh module called `module_name`, contained (`run_contained`)
+    -> (the module, what it raised or None, whether it finished within `timeout_s` seconds; 0 = no limit).
+    Nothing is added to sys.path or sys.modules; the file is compiled here, not by the import system, so
+    no __pycache__ is written beside the user's file."""
+    import importlib.util
+
+    fresh = importlib.util.module_from_spec(importlib.util.spec_from_file_location(module_name, path))
+
+    def run_file():
+        exec(compile(path.read_bytes(), str(path), "exec", dont_inherit=True), fresh.__dict__)
+        return fresh
+
+    return run_contained(run_file, timeout_s)
 
 
 def _load_module(where: str, name: str, timeout_s: float):
     """Import the module named by a reward.function spec, contained like its calls (`run_contained`)."""
     import importlib
-    import importlib.util
     from pathlib import Path
 
     if where.endswith(".py"):
         path = Path(where).expanduser()
         if not path.is_file():
             raise UserError("no such file", file=str(path), key="reward.function")
-        fresh = importlib.util.module_from_spec(
-            importlib.util.spec_from_file_location(f"alignlab_user_reward_{path.stem}", path))
-
-        def run_file():  # compiled here, not by the import system: no __pycache__ written beside the user's file
-            exec(compile(path.read_bytes(), str(path), "exec", dont_inherit=True), fresh.__dict__)
-            return fresh
-
-        module, error, finished = run_contained(run_file, timeout_s)
+        module, error, finished = run_user_file(path, f"alignlab_user_reward_{path.stem}", timeout_s)
         doing, place = f"loading reward function {name!r}: running the file", {"file": str(path)}
     else:
         module, error, finished = run_contained(lambda: importlib.import_module(where), timeout_s)
@@ -134,7 +143,7 @@ def _load_module(where: str, name: str, timeout_s: float):
     if isinstance(error, Exception):  # the user's file failed to run: say where
         raise UserError(f"{doing} raised {type(error).__name__}: {error}", key="reward.function", **place) from error
     if error is not None:
-        raise UserError(f"{doing} {_escape(error)}", key="reward.function", **place) from None
+        raise UserError(f"{doing} {describe_escape(error)}", key="reward.function", **place) from None
     return module
 
 

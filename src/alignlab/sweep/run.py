@@ -63,6 +63,7 @@ def run_one(run: SweepRun, before_dir: str, spec: EvalConfig, quiet: bool, threa
         import torch
 
         torch.set_num_threads(threads)
+    get_task(run.config.task)  # a worker process reads a file task here, before an evaluation naming it is read
     root = Path(run.config.run.out_dir)
     if (root / RESULT).is_file():
         return json.loads((root / RESULT).read_text(encoding="utf-8"))

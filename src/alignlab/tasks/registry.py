@@ -9,7 +9,9 @@ evaluation reports; `reward(mode)` (naive / shaped / sharp) what a policy may be
 the task from the same checks its verdict runs; optional fluent `references` for the coherence judge
 and `attacks` for `alignlab probe-reward`. Training (`grpo`, `ppo`), evaluation (`eval`, `compare`,
 `check`, `sweep`, the report) and the preflight only ever use this interface, so a new task is one
-module that builds a `Task` and one `register_task` call (or line in TASKS).
+module that builds a `Task` and one `register_task` call (or line in TASKS). A task may also stay in
+the user's own file, named by path wherever a task name goes (`task=my_task.py:TASK`): `get_task`
+reads it (`tasks/user_task.py`) and registers it, so every process that meets the name reads it alike.
 
 - study-plan: the seed's task; built-in train / held-out prompts of one language (`lang`: all, en,
   zh), or a JSONL of `prompt` records (`data=`, `eval_data=`, never filtered by `lang`) judged by
@@ -20,8 +22,10 @@ module that builds a `Task` and one `register_task` call (or line in TASKS).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from alignlab.config_io import ConfigError
 from alignlab.errors import UserError
@@ -34,6 +38,7 @@ from alignlab.tasks.study_plan import attacks as study_plan_attacks
 from alignlab.tasks.study_plan.prompts import held_out_prompts, train_prompts
 from alignlab.tasks.study_plan.references import reference_answers
 from alignlab.tasks.study_plan.rules import study_plan_verdict
+from alignlab.tasks.user_task import FORM, load_file_attribute, task_file_spec
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class Task:
     references: Callable[[str], list[tuple[str, str]]] | None = None  # fluent (prompt, answer) pairs by lang
     attacks: TaskAttacks | None = None  # tasks/attacks.py: probe families and reference answers
     languages: tuple[str, ...] = ("all",)  # "all" first: every task has it
+    file: str = ""  # set by get_task("file.py:NAME"): the file it was read from, a recorded input of runs
 
     def train_examples(self, path: str = "", lang: str = "all") -> list[dict]:
         """[{"prompt", *columns}] to train on: the file's at `path`, else the built-in ones in `lang`."""
@@ -106,15 +112,28 @@ def _from_file(read: Callable[[str], list[dict]], *, optional: bool = False) -> 
 
 
 TASKS: dict[str, Task] = {}
+_ORIGINS: dict[str, Path | None] = {}  # name -> the file whose code registered it
+_FILE_TASKS: dict[tuple[Path, str], Task] = {}  # (resolved file, attribute) -> its task, as registered
 
 
 def register_task(task: Task) -> Task:
-    """Make `task` known by its name to every command; a name taken by another task is refused."""
-    if TASKS.get(task.name, task) is not task:
-        raise UserError(f"a task called {task.name!r} is already registered", key="task")
+    """Make `task` known by its name to every command. A name taken by another task is refused, unless
+    that task was registered from the same file: the file run twice (imported by a test, then read by
+    `get_task("file.py:NAME")`, say) declares the same task, and the newer object replaces the older."""
+    caller = Path(sys._getframe(1).f_code.co_filename)
+    return _register(task, caller.resolve() if caller.is_file() else None)
+
+
+def _register(task: Task, origin: Path | None) -> Task:
+    held = TASKS.get(task.name)
+    if held is not None and held is not task and (origin is None or _ORIGINS.get(task.name) != origin):
+        known = _ORIGINS.get(task.name)
+        source = " (built in)" if known == Path(__file__).resolve() else f" (from {known})" if known else ""
+        raise UserError(f"a task called {task.name!r} is already registered{source}; give this one a name of its "
+                        f"own", key="task")
     if not task.languages or task.languages[0] != "all":
         raise UserError(f"task {task.name}: languages must start with 'all', got {task.languages}", key="languages")
-    TASKS[task.name] = task
+    TASKS[task.name], _ORIGINS[task.name] = task, origin
     return task
 
 
@@ -126,25 +145,53 @@ register_task(Task("gsm8k", _from_file(gsm8k_examples), _from_file(gsm8k_example
 
 
 def check_task_config(cfg) -> None:
-    """A trainer config's `task` is registered and its `lang` one of that task's languages; a ConfigError
-    naming the field otherwise (`load_config(..., check=check_task_config)` points it at the recipe line).
-    Configs without a task pass."""
+    """A trainer config's `task` is registered (or a task file that reads cleanly) and its `lang` one of that
+    task's languages; a ConfigError naming the field otherwise (`load_config(..., check=check_task_config)`
+    points it at the recipe line). Configs without a task pass."""
     if not hasattr(cfg, "task"):
         return
     try:
         get_task(cfg.task).check_lang(cfg.lang)
-    except UserError as err:
-        raise ConfigError(err.key or "task", err.message) from None
+    except UserError as err:  # a task file's own place (file:line) stays in the message
+        where = "" if err.file is None else f"{err.file}:{err.line}: " if err.line is not None else f"{err.file}: "
+        raise ConfigError(err.key or "task", where + err.message) from None
 
 
 def get_task(name: str) -> Task:
-    """The built-in task called `name`; an unknown name is a UserError listing the known ones.
+    """The registered task called `name`, or the task `name` points to in a file ("path/to/file.py:NAME",
+    or "path/to/file.py" for its TASK), read once and registered (`_file_task`); an unknown name is a
+    UserError listing the known ones.
 
     >>> get_task("study-plan").check("plan?", "- 复习（30 分钟）\\n- 练习（1 小时）\\n- 总结（半小时）").passed
     True
     >>> get_task("gsm8k").check("q", "3 + 4 = 7\\n#### 7", answer="7").passed
     True
     """
-    if name not in TASKS:
-        raise UserError(f"unknown task {name!r}; expected one of: {', '.join(TASKS)}", key="task")
-    return TASKS[name]
+    if name in TASKS:
+        return TASKS[name]
+    spec = task_file_spec(name)
+    if spec is None:
+        raise UserError(f"unknown task {name!r}; expected one of: {', '.join(TASKS)}; or your own task by its "
+                        f"file: {FORM} (NAME a Task in it, TASK by default)", key="task")
+    return _file_task(*spec)
+
+
+def task_spec(task: Task) -> str:
+    """What names `task` in any process: its name when registered in code, "file.py:NAME" when it was read
+    from a file (evaluation folders record it, so a fresh process can judge their samples again)."""
+    for (path, attribute), known in _FILE_TASKS.items():
+        if known is task:
+            return f"{path}:{attribute}"
+    return task.name
+
+
+def _file_task(where: str, attribute: str) -> Task:
+    """The `Task` at `attribute` of the file `where`, registered under its name (marked with its file, which
+    runs record among their inputs); a name another task holds is refused, naming the file."""
+    path, found = load_file_attribute(where, attribute, Task)
+    if (path, attribute) not in _FILE_TASKS:
+        try:
+            _FILE_TASKS[path, attribute] = _register(replace(found, file=str(path)), path)
+        except UserError as err:
+            raise UserError(f"{attribute}: {err.message}", file=where, key="task") from None
+    return _FILE_TASKS[path, attribute]

@@ -47,7 +47,8 @@ from alignlab.model.hf import causal_lm_logits
 from alignlab.model.lora import adapters_off, has_lora
 from alignlab.runs import Run
 from alignlab.runtime import resolve_runtime
-from alignlab.trainers.loop import Loop, TrainSpec
+from alignlab.trainers.lifecycle import RunOptions, run_training
+from alignlab.trainers.loop import TrainSpec
 from alignlab.trainers.reward_model import load_pairs
 
 REFERENCE = "reference_logps.safetensors"
@@ -225,14 +226,25 @@ def dpo(cfg: DPOConfig, *, resume: bool = False, overwrite: bool = False, quiet:
                        *collator.reply_sequence(pair.messages, pair.rejected))
 
     train, held_out = [tokenize(p) for p in train_pairs], [tokenize(p) for p in held_out_pairs]
-    run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, allow_changes=allow_changes,
-                     data_files=files, device=str(runtime.device), dtype=next(model.parameters()).dtype,
-                     quiet=quiet, progress=cfg.run.progress,
-                     skipped_rows=bad_rows)
-    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    run.print(f"dpo ({cfg.loss_type}, beta {cfg.beta}): {trained} parameters trained, "
-              f"{len(train)} train / {len(held_out)} held-out pairs, reference "
-              f"{'precomputed' if cfg.precompute_ref else 'on the fly'}, {runtime.device} -> {run.root}")
+    options = RunOptions(resume=resume, overwrite=overwrite, quiet=quiet, allow_changes=allow_changes)
+
+    def describe(run: Run) -> str:
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return (f"dpo ({cfg.loss_type}, beta {cfg.beta}): {trained} parameters trained, "
+                f"{len(train)} train / {len(held_out)} held-out pairs, reference "
+                f"{'precomputed' if cfg.precompute_ref else 'on the fly'}, {runtime.device} -> {run.root}")
+
+    def build(run: Run) -> TrainSpec:  # the reference log-probs are cached in the run
+        return make_spec(cfg, model, tokenizer, train, held_out, runtime, part, run)
+
+    return run_training(cfg, runtime, options, build=build, describe=describe, data_files=files,
+                        dtype=next(model.parameters()).dtype, skipped_rows=bad_rows)
+
+
+def make_spec(cfg: DPOConfig, model, tokenizer, train: list[DPOItem], held_out: list[DPOItem], runtime,
+              part: slice, run: Run) -> TrainSpec:
+    """The loop's spec: reference log-probs (cached in the run, or a frozen copy), loss, held-out evaluation;
+    `part` is this process's slice of every batch."""
     reference, pad_id = None, tokenizer.pad_id
     if cfg.precompute_ref:
         train, note = with_reference(train, model, pad_id, cfg.eval_batch_size, runtime.device, run.root / REFERENCE,
@@ -246,6 +258,4 @@ def dpo(cfg: DPOConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     evaluate = make_evaluate(compute_loss, model, held_out, pad_id, cfg, runtime.device) if held_out else None
     source = ShuffledBatches(train, lambda items: collate(items, pad_id), cfg.micro_batch_size, cfg.run.seed,
                              runtime.device, part)
-    spec = TrainSpec(model, source, compute_loss, lambda d: save_model(model, tokenizer, d), evaluate=evaluate)
-    Loop(spec, cfg.optim, cfg.run, runtime, run).train(resume=resume)
-    return run.root
+    return TrainSpec(model, source, compute_loss, lambda d: save_model(model, tokenizer, d), evaluate=evaluate)

@@ -14,9 +14,10 @@ prompt, judged by the task's check: `eval/pass_rate` with its 95% Wilson bounds,
 and the training reward. That held-out pass rate, not the training reward, is what says
 whether the policy learned the task or the reward's loopholes.
 
-`prepare` builds what every engine shares (examples, policy, scorer, preflight, run directory,
-held-out evaluation); `grpo` then trains with alignlab's engine. `backends/grpo.py` is the entry
-point that picks the engine (`backend=trl`: TRL's GRPOTrainer on the same setup).
+`prepare` builds what every engine shares (examples, policy, scorer, preflight, held-out
+evaluation) before the run directory exists; `train_native` then trains with alignlab's engine
+through the shared run lifecycle (`lifecycle.py`). `backends/grpo.py` is the entry point that picks
+the engine (`backend=trl`: TRL's GRPOTrainer on the same setup, in a run opened by `open_grpo_run`).
 
 Under torchrun each rank samples, scores and trains on whole groups of its own (grpo_rollouts.py says
 which rows); held-out evaluation splits its rows over the ranks, each row sampled from its own
@@ -46,10 +47,11 @@ from alignlab.tasks.registry import get_task
 from alignlab.trainers.grpo_rollouts import GRPOBatch, RolloutSource, shared_prompt_groups
 from alignlab.trainers.heldout import make_evaluate
 from alignlab.trainers.ledger import LEDGER, Ledger
+from alignlab.trainers.lifecycle import RunOptions, open_run, run_training
 from alignlab.trainers.logps import policy_logps
-from alignlab.trainers.loop import Loop, TrainSpec
+from alignlab.trainers.loop import TrainSpec
 from alignlab.trainers.preflight import preflight
-from alignlab.trainers.rl_data import Scorer, rl_step_metrics
+from alignlab.trainers.rl_data import Scorer, rl_inputs, rl_step_metrics
 
 
 def make_loss(model, cfg: GRPOConfig):
@@ -99,22 +101,21 @@ def load_policy(cfg: GRPOConfig, device):
 
 @dataclass(frozen=True)
 class GRPOSetup:
-    """Everything a GRPO run needs before its first step, whichever engine then trains."""
+    """Everything a GRPO run needs before its first step and its run directory, whichever engine then trains."""
 
     model: Any
     tokenizer: Any
     reference: Any
     scorer: Scorer
     train: list[dict]
+    held_out: list[dict]
     evaluate: Any
-    run: Run
     runtime: Any
 
 
-def prepare(cfg: GRPOConfig, *, resume: bool, overwrite: bool, quiet: bool,
-            preflight_only: bool = False, allow_changes: bool = False) -> GRPOSetup | None:
-    """Examples, policy (+ reference), scorer, the preflight, the run directory and the held-out
-    evaluation; None after a preflight-only call (no run directory is made)."""
+def prepare(cfg: GRPOConfig, options: RunOptions, *, preflight_only: bool = False) -> GRPOSetup | None:
+    """Examples, policy (+ reference), scorer, the preflight and the held-out evaluation, before any run
+    directory exists; None after a preflight-only call (no run directory is made)."""
     task = get_task(cfg.task)
     runtime = resolve_runtime(cfg.run.device, cfg.run.precision)
     train = task.train_examples(cfg.data, cfg.lang)[: cfg.prompts or None]
@@ -126,26 +127,39 @@ def prepare(cfg: GRPOConfig, *, resume: bool, overwrite: bool, quiet: bool,
                cfg.num_generations if runtime.dist.enabled else 1)
     model, tokenizer, reference = load_policy(cfg, runtime.device)
     scorer = Scorer(task, cfg.reward, runtime.device)
-    if preflight_only or (cfg.preflight and not resume):
+    if preflight_only or (cfg.preflight and not options.resume):
         pilot = RolloutSource(cfg, model, tokenizer, train, scorer, runtime.device, None, reference, runtime.dist)
         pilot_examples = (train * cfg.prompts_per_step)[: cfg.prompts_per_step]
         with runtime.autocast():
             report = preflight(pilot, make_loss(model, cfg), model, pilot_examples, cfg.run.seed)
-        if not quiet and runtime.dist.is_main:
+        if not options.quiet and runtime.dist.is_main:
             print(report.format(cfg.run.steps), flush=True)
         if preflight_only:
             return None
-    run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, allow_changes=allow_changes,
-                     data_files=[f for f in (cfg.data, cfg.eval_data) if f], device=str(runtime.device),
-                     dtype=next(model.parameters()).dtype, quiet=quiet,
-                     progress=cfg.run.progress)
-    run.print(f"grpo ({cfg.backend}): {sum(p.numel() for p in model.parameters())} parameters, {len(train)} train / "
-              f"{len(held_out)} held-out prompts, {cfg.prompts_per_step} prompts x {cfg.num_generations} "
-              f"completions per step, reward {scorer.reward.__name__}({', '.join(scorer.reward.rewards)}; "
-              f"mode {cfg.reward.mode}), beta {cfg.beta}, {runtime.device} -> {run.root}")
     evaluate = (make_evaluate(model, tokenizer, cfg, held_out, scorer, runtime.device, runtime.dist)
                 if held_out else None)
-    return GRPOSetup(model, tokenizer, reference, scorer, train, evaluate, run, runtime)
+    return GRPOSetup(model, tokenizer, reference, scorer, train, held_out, evaluate, runtime)
+
+
+def _run_fields(cfg: GRPOConfig, setup: GRPOSetup) -> dict:
+    """How a GRPO run opens, whichever engine trains: its summary line, data files and dtype."""
+    model, scorer = setup.model, setup.scorer
+
+    def describe(run: Run) -> str:
+        return (f"grpo ({cfg.backend}): {sum(p.numel() for p in model.parameters())} parameters, "
+                f"{len(setup.train)} train / {len(setup.held_out)} held-out prompts, {cfg.prompts_per_step} prompts x "
+                f"{cfg.num_generations} completions per step, reward {scorer.reward.__name__}"
+                f"({', '.join(scorer.reward.rewards)}; mode {cfg.reward.mode}), beta {cfg.beta}, "
+                f"{setup.runtime.device} -> {run.root}")
+
+    return {"describe": describe, "data_files": rl_inputs(cfg, scorer.task),
+            "dtype": next(model.parameters()).dtype}
+
+
+def open_grpo_run(cfg: GRPOConfig, setup: GRPOSetup, options: RunOptions) -> Run:
+    """The run directory alone (created or resumed, locked, summary printed), for an engine that trains
+    without alignlab's loop: `backend=trl` (backends/trl.py), which saves `final` and finishes the run itself."""
+    return open_run(cfg, setup.runtime, options, **_run_fields(cfg, setup))
 
 
 def train_native(cfg: GRPOConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
@@ -156,19 +170,21 @@ def train_native(cfg: GRPOConfig, *, resume: bool = False, overwrite: bool = Fal
     if cfg.backend != "alignlab":
         raise UserError(f"trainers.grpo.train_native is alignlab's engine; run backend={cfg.backend} through "
                         f"alignlab.grpo or `alignlab grpo`", key="backend")
-    setup = prepare(cfg, resume=resume, overwrite=overwrite, quiet=quiet, preflight_only=preflight_only,
-                    allow_changes=allow_changes)
+    options = RunOptions(resume=resume, overwrite=overwrite, quiet=quiet, allow_changes=allow_changes)
+    setup = prepare(cfg, options, preflight_only=preflight_only)
     if setup is None:
         return None
-    model, run = setup.model, setup.run
-    ledger = Ledger(run.root / LEDGER) if setup.runtime.dist.is_main else None  # rank 0 writes the whole batch's
-    source = RolloutSource(cfg, model, setup.tokenizer, setup.train, setup.scorer, setup.runtime.device, ledger,
-                           setup.reference, setup.runtime.dist)
-    spec = TrainSpec(model, source, make_loss(model, cfg), lambda d: save_model(model, setup.tokenizer, d),
-                     evaluate=setup.evaluate, status=grpo_status, step_metrics=rl_step_metrics,
-                     on_resume=ledger.keep_until if ledger is not None else None)
-    Loop(spec, cfg.optim, cfg.run, setup.runtime, run).train(resume=resume)
-    return run.root
+    model, runtime = setup.model, setup.runtime
+
+    def build(run: Run) -> TrainSpec:  # the rollout ledger lives in the run
+        ledger = Ledger(run.root / LEDGER) if runtime.dist.is_main else None  # rank 0 writes the whole batch's
+        source = RolloutSource(cfg, model, setup.tokenizer, setup.train, setup.scorer, runtime.device, ledger,
+                               setup.reference, runtime.dist)
+        return TrainSpec(model, source, make_loss(model, cfg), lambda d: save_model(model, setup.tokenizer, d),
+                         evaluate=setup.evaluate, status=grpo_status, step_metrics=rl_step_metrics,
+                         on_resume=ledger.keep_until if ledger is not None else None)
+
+    return run_training(cfg, runtime, options, build=build, **_run_fields(cfg, setup))
 
 
 def grpo_status(metrics: dict) -> str:

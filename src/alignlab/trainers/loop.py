@@ -1,11 +1,12 @@
 """The one optimizer step, written once, and the loop around it.
 
-A trainer hands over a `TrainSpec`: the model, a `BatchSource` (next batch + a resumable
-position), `compute_loss(batch) -> (loss, metrics)` and how to save the model. The loop
-does everything else the same way for every trainer: AdamW, warm-up + cosine (or linear /
-constant) learning rate, gradient accumulation, clipping, autocast (+ a grad scaler for
-fp16), a non-finite loss check, metrics, progress, periodic evaluation, checkpoints with
-the full trainer state, and resume from the newest complete checkpoint.
+A trainer builds a `TrainSpec` (the model, a `BatchSource`: next batch + a resumable position,
+`compute_loss(batch) -> (loss, metrics)`, how to save the model, an optional closing summary) and
+`lifecycle.run_training` hands it here with the open run. The loop does everything else the same
+way for every trainer: AdamW, warm-up + cosine (or linear / constant) learning rate, gradient
+accumulation, clipping, autocast (+ a grad scaler for fp16), a non-finite loss check, metrics,
+progress, periodic evaluation, checkpoints with the full trainer state, and resume from the
+newest complete checkpoint.
 
 The learning rate is a pure function of the step, so there is no scheduler state to save.
 
@@ -77,6 +78,7 @@ class TrainSpec:
     baseline: bool = True  # a new run evaluates at step 0: the reference later evaluations are read against
     on_resume: Callable[[int], None] | None = None  # told the step a resumed run continues from (a ledger trims)
     step_metrics: Callable[[dict], dict] | None = None  # the batch source's own readings from a step's totals
+    close: Callable[[dict], None] | None = None  # the closing summary, given the last step's metrics (after finish)
 
 
 def lr_at(step: int, optim: OptimConfig, total_steps: int) -> float:
@@ -175,7 +177,8 @@ class Loop:
     def train(self, resume: bool = False) -> dict:
         """The run's lifecycle once `Run.create` has made (or reopened and locked) its folder: resume from
         the newest complete checkpoint, or evaluate the starting model at step 0; then the steps, the final
-        checkpoint and the run's closing. Returns the last step's metrics."""
+        checkpoint, the spec's closing summary (`close`, on the whole model, still under the run's lock) and
+        the run's finish. Returns the last step's metrics."""
         if resume:
             self.resume()
         elif self.spec.evaluate is not None and self.spec.baseline and self.run_cfg.eval_every:
@@ -190,6 +193,9 @@ class Loop:
         finally:
             self.run.close()
         self.save(self.run.checkpoint_path(None))
+        if self.spec.close is not None:  # before finish: what it writes (train-rm's checkpoints/best) is under the lock
+            with self.parallel.full_parameters():
+                self.spec.close(metrics)
         self.run.finish()
         return metrics
 

@@ -52,10 +52,11 @@ from alignlab.runtime import resolve_runtime
 from alignlab.tasks.registry import get_task
 from alignlab.trainers.heldout import make_evaluate
 from alignlab.trainers.ledger import LEDGER, Ledger
+from alignlab.trainers.lifecycle import RunOptions, run_training
 from alignlab.trainers.logps import policy_logps
-from alignlab.trainers.loop import Loop, TrainSpec, restore_weights
+from alignlab.trainers.loop import TrainSpec, restore_weights
 from alignlab.trainers.ppo_rollouts import PolicyAndValue, PPOBatch, PPOSource
-from alignlab.trainers.rl_data import Scorer, rl_step_metrics
+from alignlab.trainers.rl_data import Scorer, rl_inputs, rl_step_metrics
 
 VALUE = "value.safetensors"
 
@@ -137,25 +138,26 @@ def ppo(cfg: PPOConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     reference = None  # with LoRA the reference is the policy with its adapters off: no second copy
     if cfg.kl_coef > 0:
         reference = policy if has_lora(policy) else copy.deepcopy(policy).eval().requires_grad_(False)
-    run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, allow_changes=allow_changes,
-                     data_files=[f for f in (cfg.data, cfg.eval_data) if f],
-                     device=str(runtime.device), dtype=next(policy.parameters()).dtype, quiet=quiet,
-                     progress=cfg.run.progress)
-    run.print(f"ppo: {trainable(policy)} policy + {trainable(model.value)} critic parameters trained, "
-              f"{len(train)} train / {len(held_out)} held-out prompts, rollouts of {cfg.run.batch_size} x "
-              f"{cfg.num_ppo_epochs} epochs x {cfg.num_mini_batches} mini-batches, reward "
-              f"{', '.join(scorer.reward.rewards)}, kl_coef {cfg.kl_coef}, {runtime.device} -> {run.root}")
-    ledger = Ledger(run.root / LEDGER) if runtime.dist.is_main else None
-    source = PPOSource(cfg, model, tokenizer, train, scorer, runtime.device, ledger, reference, runtime.dist)
+    options = RunOptions(resume=resume, overwrite=overwrite, quiet=quiet, allow_changes=allow_changes)
 
-    evaluate = (make_evaluate(policy, tokenizer, cfg, held_out, scorer, runtime.device, runtime.dist)
-                if held_out else None)
-    spec = TrainSpec(model, source, make_loss(model, source, cfg, runtime.dist),
-                     lambda d: save_checkpoint(model, tokenizer, d), evaluate=evaluate, status=ppo_status,
-                     restore_model=lambda d: restore_checkpoint(model, d), step_metrics=rl_step_metrics,
-                     on_resume=ledger.keep_until if ledger is not None else None)
-    Loop(spec, cfg.optim, cfg.run, runtime, run).train(resume=resume)
-    return run.root
+    def describe(run: Run) -> str:
+        return (f"ppo: {trainable(policy)} policy + {trainable(model.value)} critic parameters trained, "
+                f"{len(train)} train / {len(held_out)} held-out prompts, rollouts of {cfg.run.batch_size} x "
+                f"{cfg.num_ppo_epochs} epochs x {cfg.num_mini_batches} mini-batches, reward "
+                f"{', '.join(scorer.reward.rewards)}, kl_coef {cfg.kl_coef}, {runtime.device} -> {run.root}")
+
+    def build(run: Run) -> TrainSpec:  # the rollout ledger lives in the run
+        ledger = Ledger(run.root / LEDGER) if runtime.dist.is_main else None
+        source = PPOSource(cfg, model, tokenizer, train, scorer, runtime.device, ledger, reference, runtime.dist)
+        evaluate = (make_evaluate(policy, tokenizer, cfg, held_out, scorer, runtime.device, runtime.dist)
+                    if held_out else None)
+        return TrainSpec(model, source, make_loss(model, source, cfg, runtime.dist),
+                         lambda d: save_checkpoint(model, tokenizer, d), evaluate=evaluate, status=ppo_status,
+                         restore_model=lambda d: restore_checkpoint(model, d), step_metrics=rl_step_metrics,
+                         on_resume=ledger.keep_until if ledger is not None else None)
+
+    return run_training(cfg, runtime, options, build=build, describe=describe,
+                        data_files=rl_inputs(cfg, task), dtype=next(policy.parameters()).dtype)
 
 
 def trainable(module) -> int:

@@ -2,7 +2,7 @@
 
 Reads the text, trains a byte-level BPE (or takes the byte tokenizer, or the tokenizer of
 `model.path`), samples random blocks with a seeded generator whose state is the data
-position, and hands the rest to `trainers/loop.py`. Ends by printing a few samples.
+position, and hands the rest to `trainers/loop.py`. Ends by printing a few samples (its closing summary).
 
 Left out: document-aware packing and streaming of corpora larger than memory.
 """
@@ -27,7 +27,8 @@ from alignlab.model.gpt import GPT
 from alignlab.model.hf import set_gradient_checkpointing
 from alignlab.runs import Run, print_nothing
 from alignlab.runtime import Runtime, make_generator, parse_dtype, resolve_runtime, seed_everything
-from alignlab.trainers.loop import Loop, TrainSpec
+from alignlab.trainers.lifecycle import RunOptions, run_training
+from alignlab.trainers.loop import TrainSpec
 
 
 def read_corpus(path: str) -> tuple[str, list[Path]]:
@@ -98,25 +99,24 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, overwrite: bool = Fal
     n_val = int(tokens.numel() * cfg.val_fraction)
     train_tokens, val_tokens = tokens[: tokens.numel() - n_val], tokens[tokens.numel() - n_val:]
     source = TokenBlocks(train_tokens, cfg.block_size, cfg.micro_batch_size, cfg.run.seed, runtime.device, part)
-    run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, allow_changes=allow_changes,
-                     data_files=files, device=str(runtime.device), dtype=model.dtype, quiet=quiet,
-                     progress=cfg.run.progress)
-    run.print(f"pretrain: {model.num_parameters() if isinstance(model, GPT) else '?'} parameters, "
-              f"{tokens.numel()} tokens ({tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size}), "
-              f"{runtime.device} {runtime.precision} -> {run.root}")
+    options = RunOptions(resume=resume, overwrite=overwrite, quiet=quiet, allow_changes=allow_changes)
+
+    def describe(run: Run) -> str:
+        return (f"pretrain: {model.num_parameters() if isinstance(model, GPT) else '?'} parameters, "
+                f"{tokens.numel()} tokens ({tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size}), "
+                f"{runtime.device} {runtime.precision} -> {run.root}")
 
     def compute_loss(batch: LMBatch):
         logits = model(batch.input_ids)  # (B, T, V)
         return next_token_loss(logits, batch.labels, batch.loss_mask), {"tokens": batch.labels.numel()}
 
-    spec = TrainSpec(model, source, compute_loss, lambda d: save_model(model, tokenizer, d),
-                     evaluate=_val_loss(model, val_tokens, cfg, runtime) if n_val > cfg.block_size + 1
-                     else None)
-    loop = Loop(spec, cfg.optim, cfg.run, runtime, run)
-    loop.train(resume=resume)
-    with loop.parallel.full_parameters():
-        _print_samples(model, tokenizer, cfg.sample, cfg.sample_prompts, cfg.run.seed, run)
-    return run.root
+    def build(run: Run) -> TrainSpec:  # the closing samples are written into the run
+        return TrainSpec(model, source, compute_loss, lambda d: save_model(model, tokenizer, d),
+                         evaluate=_val_loss(model, val_tokens, cfg, runtime) if n_val > cfg.block_size + 1 else None,
+                         close=lambda last: _print_samples(model, tokenizer, cfg.sample, cfg.sample_prompts,
+                                                           cfg.run.seed, run))
+
+    return run_training(cfg, runtime, options, build=build, describe=describe, data_files=files, dtype=model.dtype)
 
 
 def _val_loss(model, val_tokens: torch.Tensor, cfg: PretrainConfig, runtime: Runtime):

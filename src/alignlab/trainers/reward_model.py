@@ -35,7 +35,8 @@ from alignlab.rewards.learned import score_ids
 from alignlab.runs import Run, print_nothing
 from alignlab.runtime import parse_dtype, resolve_runtime, seed_everything
 from alignlab.tasks.study_plan.synthetic import preference_pairs
-from alignlab.trainers.loop import Loop, TrainSpec
+from alignlab.trainers.lifecycle import RunOptions, run_training
+from alignlab.trainers.loop import TrainSpec
 
 
 def load_pairs(cfg, pairs=None, bad_rows: BadRows | None = None):
@@ -122,42 +123,59 @@ def train_reward_model(cfg: RewardModelConfig, *, pairs=None, resume: bool = Fal
     collator = PreferenceCollator(tokenizer, cfg.max_length)
     train_items = [collator.tokenize(p) for p in train_pairs]
     eval_items = [collator.tokenize(p) for p in eval_pairs]
-    run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, allow_changes=allow_changes,
-                     data_files=files, device=str(runtime.device), dtype="float32", quiet=quiet,
-                     progress=cfg.run.progress,
-                     skipped_rows=bad_rows)
-    run.print(f"train-rm: {sum(p.numel() for p in model.parameters())} parameters, {len(train_items)} "
-              f"train / {len(eval_items)} held-out pairs, {tokenizer.kind} tokenizer (vocab "
-              f"{tokenizer.vocab_size}), truncated prompts {collator.stats()['prompt_truncated_frac']:.1%}, "
-              f"{runtime.device} {runtime.precision} -> {run.root}")
+    options = RunOptions(resume=resume, overwrite=overwrite, quiet=quiet, allow_changes=allow_changes)
+
+    def describe(run: Run) -> str:
+        return (f"train-rm: {sum(p.numel() for p in model.parameters())} parameters, {len(train_items)} "
+                f"train / {len(eval_items)} held-out pairs, {tokenizer.kind} tokenizer (vocab "
+                f"{tokenizer.vocab_size}), truncated prompts {collator.stats()['prompt_truncated_frac']:.1%}, "
+                f"{runtime.device} {runtime.precision} -> {run.root}")
+
+    def build(run: Run) -> TrainSpec:  # `best` and the final report need the run
+        evaluate = make_evaluate(model, tokenizer, eval_items, cfg, run, runtime.dist.is_main) if eval_items else None
+        close = make_close(model, tokenizer, eval_items, eval_pairs, evaluate, cfg, run) if evaluate else None
+        source = ShuffledBatches(train_items, collator.collate, cfg.micro_batch_size, cfg.run.seed, runtime.device,
+                                 part)
+        return TrainSpec(model, source,
+                         make_loss(model, cfg), lambda d: save_reward_model(model, tokenizer, d), evaluate=evaluate,
+                         restore_model=(lambda d: restore_lora_reward_model(model, d)) if cfg.lora.enabled else None,
+                         baseline=False,  # its evaluation keeps the best checkpoint: the untrained model never is one
+                         close=close)
+
+    return run_training(cfg, runtime, options, build=build, describe=describe, data_files=files,
+                        skipped_rows=bad_rows)
+
+
+def make_evaluate(model, tokenizer, items: list[TokenizedPair], cfg: RewardModelConfig, run: Run, writer: bool):
+    """Held-out evaluation (`evaluate_pairs`) that keeps the most accurate model in `checkpoints/best`
+    (written by the `writer` process, rank 0; not under FSDP, which holds no whole model there)."""
     best = {"accuracy": -1.0}
 
     def evaluate() -> dict:
-        metrics = evaluate_pairs(model, eval_items, tokenizer.pad_id, cfg.eval_batch_size) if eval_items else {}
-        improved = bool(metrics) and metrics["accuracy"] > best["accuracy"]
+        metrics = evaluate_pairs(model, items, tokenizer.pad_id, cfg.eval_batch_size)
+        improved = metrics["accuracy"] > best["accuracy"]
         if improved:
             best["accuracy"] = metrics["accuracy"]
-        if improved and runtime.dist.is_main and not cfg.run.fsdp:  # rank 0 writes; FSDP has no whole model here
+        if improved and writer and not cfg.run.fsdp:
             with atomic_dir(run.checkpoint_path(None).with_name("best")) as tmp:
                 save_reward_model(model, tokenizer, tmp)
         return metrics
 
-    source = ShuffledBatches(train_items, collator.collate, cfg.micro_batch_size, cfg.run.seed, runtime.device, part)
-    spec = TrainSpec(model, source,
-                     make_loss(model, cfg), lambda d: save_reward_model(model, tokenizer, d),
-                     evaluate=evaluate if eval_items else None,
-                     restore_model=(lambda d: restore_lora_reward_model(model, d)) if cfg.lora.enabled else None,
-                     baseline=False)  # its evaluation keeps the best checkpoint: the untrained model never is one
-    loop = Loop(spec, cfg.optim, cfg.run, runtime, run)
-    last = loop.train(resume=resume)
-    if eval_items:
+    return evaluate
+
+
+def make_close(model, tokenizer, items: list[TokenizedPair], pairs, evaluate, cfg: RewardModelConfig, run: Run):
+    """The closing summary: the final held-out figures as final/* (the last step's evaluation, or a new
+    one when it had none) and the seed's Good / Bad / Margin printout."""
+
+    def close(last: dict) -> None:
         evaluated = {k.removeprefix("eval/"): v for k, v in last.items() if k.startswith("eval/")}
-        with loop.parallel.full_parameters():
-            final = evaluated or evaluate()  # the last step may have evaluated already
-            report = seed_style_report(model, tokenizer, eval_items, eval_pairs, final)
+        final = evaluated or evaluate()  # the last step may have evaluated already
+        report = seed_style_report(model, tokenizer, items, pairs, final)
         run.log(cfg.run.steps, {f"final/{k}": v for k, v in final.items()})
         run.print(report)
-    return run.root
+
+    return close
 
 
 def seed_style_report(model, tokenizer, items, pairs, metrics: dict, shown: int = 3) -> str:

@@ -22,6 +22,12 @@ from alignlab.rewards.user_code import load_reward_function
 from alignlab.tasks.registry import Task
 
 
+def rl_inputs(cfg, task: Task) -> list[str]:
+    """The files an RL run reads, recorded (SHA-256) in its manifest so that a changed one is a changed run
+    on --resume: its prompt files and, for a task read from the user's file, that file."""
+    return [f for f in (cfg.data, cfg.eval_data, task.file) if f]
+
+
 @dataclass(frozen=True)
 class Scores:
     """One batch's scores, one entry per completion: `totals` (None where every reward abstained), each

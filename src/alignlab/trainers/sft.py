@@ -37,7 +37,8 @@ from alignlab.runs import Run, print_nothing
 from alignlab.runtime import resolve_runtime, seed_everything
 from alignlab.tasks.study_plan.prompts import train_prompts
 from alignlab.tasks.study_plan.synthetic import synthetic_completions
-from alignlab.trainers.loop import Loop, TrainSpec
+from alignlab.trainers.lifecycle import RunOptions, run_training
+from alignlab.trainers.loop import TrainSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,13 +108,12 @@ def sft(cfg: SFTConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     train, held_out = examples[: len(examples) - n_eval], examples[len(examples) - n_eval:]
     if not train:
         raise UserError("no training examples left after holding out the evaluation split", key="data")
-    run = Run.create(cfg.run.out_dir, cfg, resume=resume, overwrite=overwrite, allow_changes=allow_changes,
-                     data_files=files, device=str(runtime.device), dtype="float32", quiet=quiet,
-                     progress=cfg.run.progress,
-                     skipped_rows=bad_rows)
-    run.print(f"sft: {sum(p.numel() for p in model.parameters())} parameters, {len(train)} train / "
-              f"{len(held_out)} held-out examples, {sum(t for _, t in tokenized)} truncated, "
-              f"{tokenizer.kind} tokenizer (vocab {tokenizer.vocab_size}), {runtime.device} -> {run.root}")
+    options = RunOptions(resume=resume, overwrite=overwrite, quiet=quiet, allow_changes=allow_changes)
+
+    def describe(run: Run) -> str:
+        return (f"sft: {sum(p.numel() for p in model.parameters())} parameters, {len(train)} train / "
+                f"{len(held_out)} held-out examples, {sum(t for _, t in tokenized)} truncated, "
+                f"{tokenizer.kind} tokenizer (vocab {tokenizer.vocab_size}), {runtime.device} -> {run.root}")
 
     def compute_loss(batch: LMBatch):
         logits = causal_lm_logits(model, batch.input_ids)  # (B, T, V)
@@ -134,5 +134,5 @@ def sft(cfg: SFTConfig, *, resume: bool = False, overwrite: bool = False, quiet:
                              cfg.run.seed, runtime.device, part)
     spec = TrainSpec(model, source, compute_loss, lambda d: save_model(model, tokenizer, d),
                      evaluate=evaluate if held_out else None)
-    Loop(spec, cfg.optim, cfg.run, runtime, run).train(resume=resume)
-    return run.root
+    return run_training(cfg, runtime, options, build=lambda run: spec, describe=describe, data_files=files,
+                        skipped_rows=bad_rows)
