@@ -273,13 +273,25 @@ def _build(cls: type, prefix: str, entries: dict[str, _Entry], template: Any) ->
         raise UserError(str(err), key=prefix.rstrip(".") or None) from None
 
 
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """Typed settings that come from somewhere other than the recipe (a sweep recipe's `set:`, say):
+    {dotted or bare key: value} and where they were written, for the errors."""
+
+    values: Mapping[str, Any]
+    file: str | None = None
+    line: int | None = None
+
+
 def load_config(cls: type, recipe: str | Path | None = None, overrides: Sequence[str] = (), *,
-                base: Mapping | None = None, check: Callable[[Any], None] | None = None) -> Any:
-    """`cls` built from `base` (nested dict), then the YAML `recipe`, then `key=value` overrides.
+                base: Mapping | None = None, layers: Sequence[Layer] = (),
+                check: Callable[[Any], None] | None = None) -> Any:
+    """`cls` built from `base` (nested dict), then the YAML `recipe`, then each of `layers` (typed values
+    kept as they are, never through text), then `key=value` overrides.
 
     `check(cfg)` is validation a higher layer knows (the task registry: task names and their languages);
-    a ConfigError it raises points at the recipe line or override that set the field, as `cls`'s own do.
-    Raises UserError for unknown or ambiguous keys, badly typed values and failed validation.
+    a ConfigError it raises points at the recipe line, layer or override that set the field, as `cls`'s
+    own do. Raises UserError for unknown or ambiguous keys, badly typed values and failed validation.
     """
     schema = _Schema(cls)
     entries: dict[str, _Entry] = {}
@@ -287,6 +299,10 @@ def load_config(cls: type, recipe: str | Path | None = None, overrides: Sequence
         entries.update(_flatten(schema, base, "", {}, bare=True))
     if recipe is not None:
         entries.update(_read_recipe(schema, recipe))
+    for layer in layers:
+        entries.update({schema.resolve(str(key), bare=True, file=layer.file, line=layer.line):
+                        _Entry(value, text=False, file=layer.file, line=layer.line)
+                        for key, value in layer.values.items()})
     entries.update(_parse_overrides(schema, overrides))
     cfg = _build(cls, "", entries, None)
     if check is not None:

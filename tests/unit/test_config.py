@@ -372,3 +372,21 @@ def test_data_on_bad_row_is_the_top_level_key(tmp_path):
         load_config(SFTConfig, None, ["on_bad_row=maybe"])
     with pytest.raises(UserError, match="data.on_bad_row: unknown key"):
         load_config(PretrainConfig, None, ["data.on_bad_row=skip"])  # pretraining reads text, not rows
+
+
+def test_typed_layers_apply_between_the_recipe_and_the_overrides_and_name_their_place(tmp_path):
+    """A sweep recipe's `set:` reaches load_config as typed values (never as key=value text), after the
+    base recipe and before the command line's overrides; a bad value names the layer's file and line."""
+    from alignlab.config import GRPOConfig
+    from alignlab.config_io import Layer
+
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text("beta: 0.1\nreward:\n  mode: shaped\n")
+    layer = Layer({"beta": 0.2, "reward.function": "null", "generation.stop_strings": ["a=b", " x "]}, "sweep.yaml", 7)
+    cfg = load_config(GRPOConfig, recipe, ["reward.mode=sharp"], layers=[layer])
+    assert cfg.beta == 0.2 and cfg.reward.mode == "sharp"  # layer over recipe, override over both
+    assert cfg.reward.function == "null" and cfg.generation.stop_strings == ("a=b", " x ")  # kept as typed
+    cfg = load_config(GRPOConfig, recipe, ["beta=0.3"], layers=[layer])
+    assert cfg.beta == 0.3
+    with pytest.raises(UserError, match=r"^sweep\.yaml:9: optim\.lr: expected a float"):
+        load_config(GRPOConfig, recipe, layers=[Layer({"optim.lr": "fast"}, "sweep.yaml", 9)])

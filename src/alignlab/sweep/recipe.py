@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from alignlab.config import EvalConfig, GRPOConfig, config_from_dict, load_config
+from alignlab.config_io import Layer
 from alignlab.config_yaml import read_yaml_bounded
 from alignlab.errors import UserError
 from alignlab.tasks.registry import check_task_config
@@ -28,7 +29,9 @@ KEYS = ("base", "policy", "set", "variants", "grid", "seeds", "lang", "eval", "o
 
 @dataclass(frozen=True)
 class SweepRun:
-    """One training run: a variant at a seed; `overrides` are key=value texts on top of the base recipe."""
+    """One training run: a variant at a seed, its `config` built from the base recipe, the sweep's typed
+    `set` / variant layers (`config_io.Layer`) and the command line; `overrides` shows them as key=value
+    texts (the plan, result.json)."""
 
     variant: str
     slug: str
@@ -53,7 +56,7 @@ class Sweep:
 
 
 def _override_text(key: str, value) -> str:
-    """A typed YAML value as the `key=value` text `load_config` parses back to the same value."""
+    """A typed YAML value as a `key=value` text, for people to read (configs are built from the values)."""
     if isinstance(value, bool):
         text = str(value).lower()
     elif value is None:
@@ -132,14 +135,14 @@ def _variants(data: Mapping, file: str, lines: Mapping[str, int]) -> list[tuple[
     return out
 
 
-def _lang_override(data: Mapping, file: str, line: int | None) -> list[str]:
-    """The recipe's `lang` key as an override text (none when absent: the base recipe's lang holds)."""
+def _lang_setting(data: Mapping, file: str, line: int | None) -> dict:
+    """The recipe's `lang` key as a setting (none when absent: the base recipe's lang holds)."""
     if "lang" not in data:
-        return []
+        return {}
     if not isinstance(data["lang"], str):
         raise UserError(f"expected a language name (the task's: study-plan has all, en, zh), got {data['lang']!r}",
                         file=file, line=line, key="lang")
-    return [f"lang={data['lang']}"]
+    return {"lang": data["lang"]}
 
 
 def _one_eval_set(runs: Sequence[SweepRun], file: str, line: int | None) -> None:
@@ -204,8 +207,8 @@ def read_sweep(path: str | Path, overrides: Sequence[str] = (), out_dir: str | N
                                                       for s in seeds)) or len(set(seeds)) != len(seeds):
         raise UserError(f"expected a list of distinct integers >= 0, got {seeds!r}", file=file,
                         line=lines.get("seeds"), key="seeds")
-    common = [*_lang_override(data, file, lines.get("lang")),
-              *(_override_text(k, v) for k, v in _flat(data.get("set"), "set", file, lines.get("set")).items())]
+    common = [Layer(_lang_setting(data, file, lines.get("lang")), file, lines.get("lang")),
+              Layer(_flat(data.get("set"), "set", file, lines.get("set")), file, lines.get("set"))]
     out = Path(out_dir or data.get("out_dir") or f"runs/sweep_{path.stem}")
     runs, names, slugs = [], [], set()
     for name, changes, line in _variants(data, file, lines):
@@ -215,15 +218,19 @@ def read_sweep(path: str | Path, overrides: Sequence[str] = (), out_dir: str | N
                             key="variants")
         slugs.add(slug)
         names.append(name)
-        mine = [_override_text(k, v) for k, v in changes.items()]
+        layers = [*common, Layer(changes, file, line)]
+        shown = [_override_text(k, v) for layer in layers for k, v in layer.values.items()]
         for seed in seeds:
-            texts = (*common, *mine, *overrides, f"run.seed={seed}", f"run.out_dir={out / slug / f'seed{seed}'}")
+            ours = [f"run.seed={seed}", f"run.out_dir={out / slug / f'seed{seed}'}"]
             if policy and policy != "demo":
-                texts = (*texts, f"model.path={policy}")
+                ours.append(f"model.path={policy}")
+            texts = (*shown, *overrides, *ours)  # what the plan and result.json show
             try:
-                cfg = load_config(GRPOConfig, base_path, texts, check=check_task_config)
+                cfg = load_config(GRPOConfig, base_path, [*overrides, *ours], layers=layers, check=check_task_config)
             except UserError as err:
-                raise UserError(f"variant {name!r}: {err}", file=file, line=line) from None
+                field = f"{err.key}: " if err.key else ""
+                raise UserError(f"variant {name!r}: {field}{err.message}", file=err.file or file,  # or the base's
+                                line=err.line if err.file else line) from None
             runs.append(SweepRun(name, slug, seed, texts, cfg))
     _one_eval_set(runs, file, lines.get("lang"))
     return Sweep(path, base_path, policy, tuple(names), tuple(runs), _eval_spec(data.get("eval"), file,
