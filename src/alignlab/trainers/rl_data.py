@@ -17,6 +17,7 @@ import torch
 from alignlab.algorithms.grpo import zero_spread_fraction
 from alignlab.config import RewardConfig
 from alignlab.generation.engine import Rollout
+from alignlab.generation.sampling import prompt_order_seed
 from alignlab.rewards.base import Reward, combine, reward_name
 from alignlab.rewards.user_code import load_reward_function
 from alignlab.tasks.registry import Task
@@ -125,7 +126,7 @@ def take_examples(examples: Sequence[dict], n: int, seed: int, epoch: int, posit
     chosen = []
     while len(chosen) < n:
         order = list(range(len(examples)))
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        random.Random(prompt_order_seed(seed, epoch)).shuffle(order)
         take = order[position:position + n - len(chosen)]
         chosen += [examples[i] for i in take]
         position += len(take)
