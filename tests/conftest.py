@@ -47,3 +47,26 @@ def policy_dir(tmp_path, tiny_gpt, byte_tok):
     path.mkdir()
     save_model(tiny_gpt, byte_tok, path)
     return path
+
+
+class StepCounter:
+    """A BatchSource of step numbers (1-based, in order): the toy data of the loop's and lifecycle's tests."""
+
+    def __init__(self):
+        self.n = 0
+
+    def next_batch(self):
+        self.n += 1
+        return self.n
+
+    def state_dict(self):
+        return {"n": self.n}
+
+    def load_state_dict(self, state):
+        self.n = state["n"]
+
+
+@pytest.fixture
+def step_counter() -> type[StepCounter]:
+    """The `StepCounter` class: a test makes one source per run from it."""
+    return StepCounter

@@ -18,24 +18,7 @@ from alignlab.runtime import resolve_runtime
 from alignlab.trainers.loop import Loop, TrainSpec
 
 
-class Counter:
-    """A BatchSource of step numbers (1-based, in order)."""
-
-    def __init__(self):
-        self.n = 0
-
-    def next_batch(self):
-        self.n += 1
-        return self.n
-
-    def state_dict(self):
-        return {"n": self.n}
-
-    def load_state_dict(self, state):
-        self.n = state["n"]
-
-
-def _loop(tmp_path, compute_loss, policy="stop", steps=5):
+def _loop(tmp_path, source, compute_loss, policy="stop", steps=5):
     torch.manual_seed(0)
     model = nn.Linear(3, 1)
     run_cfg = RunConfig(out_dir=str(tmp_path / "run"), steps=steps, save_every=1, keep_checkpoints=10, log_every=1,
@@ -45,7 +28,7 @@ def _loop(tmp_path, compute_loss, policy="stop", steps=5):
     def save(directory):
         (directory / "weights.json").write_text(json.dumps(model.weight.tolist()))
 
-    spec = TrainSpec(model, Counter(), lambda n: compute_loss(model, n), save)
+    spec = TrainSpec(model, source, lambda n: compute_loss(model, n), save)
     optim = OptimConfig(lr=0.1, warmup_steps=0, nan_policy=policy)
     return Loop(spec, optim, run_cfg, resolve_runtime("cpu"), run), model
 
@@ -62,8 +45,8 @@ def _loss(bad_step: int | None = None, where: str = "loss"):
 
 @pytest.mark.parametrize(("where", "named"), [("loss", "loss nan in micro-batch 1 of 1"),
                                               ("grad", "first non-finite gradient: weight")])
-def test_non_finite_stops_at_the_step_and_keeps_the_last_good_checkpoint(tmp_path, where, named):
-    loop, _ = _loop(tmp_path, _loss(bad_step=3, where=where))
+def test_non_finite_stops_at_the_step_and_keeps_the_last_good_checkpoint(tmp_path, where, named, step_counter):
+    loop, _ = _loop(tmp_path, step_counter(), _loss(bad_step=3, where=where))
     with pytest.raises(NonFinite) as caught:
         loop.train()
     message = str(caught.value)
@@ -73,8 +56,8 @@ def test_non_finite_stops_at_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     assert kept == ["step_1", "step_2"]  # nothing written for the bad step, no final
 
 
-def test_skip_step_drops_only_the_bad_update(tmp_path):
-    loop, model = _loop(tmp_path, _loss(bad_step=3), policy="skip_step")
+def test_skip_step_drops_only_the_bad_update(tmp_path, step_counter):
+    loop, model = _loop(tmp_path, step_counter(), _loss(bad_step=3), policy="skip_step")
     loop.train()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
@@ -84,12 +67,12 @@ def test_skip_step_drops_only_the_bad_update(tmp_path):
     assert weights[3] == weights[2] != weights[4]  # step 3 changed nothing, step 4 trained again
 
 
-def test_a_broken_reward_is_reported_with_its_step(tmp_path):
-    loop, _ = _loop(tmp_path, _loss())
+def test_a_broken_reward_is_reported_with_its_step(tmp_path, step_counter):
+    loop, _ = _loop(tmp_path, step_counter(), _loss())
     source = loop.spec.source
 
     def next_batch():  # the reward runs while the source makes a batch (GRPO's RolloutSource)
-        n = Counter.next_batch(source)
+        n = step_counter.next_batch(source)
         if n == 2:
             raise RewardContractError("reward function 'r' returned nan for completion 0: 'x'")
         return n

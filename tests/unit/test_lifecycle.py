@@ -17,30 +17,13 @@ from alignlab.trainers.lifecycle import RunOptions, run_training
 from alignlab.trainers.loop import TrainSpec
 
 
-class Counter:
-    """A BatchSource of step numbers (1-based, in order)."""
-
-    def __init__(self):
-        self.n = 0
-
-    def next_batch(self):
-        self.n += 1
-        return self.n
-
-    def state_dict(self):
-        return {"n": self.n}
-
-    def load_state_dict(self, state):
-        self.n = state["n"]
-
-
 def _config(tmp_path, steps: int) -> PretrainConfig:
     run = RunConfig(out_dir=str(tmp_path / "run"), steps=steps, save_every=1, keep_checkpoints=10, log_every=1,
                     eval_every=2, progress=False, device="cpu")
     return PretrainConfig(run=run, optim=OptimConfig(lr=0.1, warmup_steps=0))
 
 
-def _train(cfg, events: list, options: RunOptions):
+def _train(cfg, events: list, options: RunOptions, source):
     """run_training on nn.Linear(3, 1), recording what the lifecycle asks of the trainer and when."""
     torch.manual_seed(0)
     model = nn.Linear(3, 1)
@@ -60,7 +43,7 @@ def _train(cfg, events: list, options: RunOptions):
             finished = (run.root / LOCK).read_text() == ""  # True once finish released the lock
             events.append(("close", last, final, finished))
 
-        return TrainSpec(model, Counter(), compute_loss,
+        return TrainSpec(model, source, compute_loss,
                          lambda d: save_file(model.state_dict(), str(d / "model.safetensors")),
                          evaluate=lambda: {"loss": 1.0}, close=close)
 
@@ -79,9 +62,9 @@ def test_run_options_default_to_a_plain_new_run():
     assert RunOptions() == RunOptions(resume=False, overwrite=False, quiet=False, allow_changes=False)
 
 
-def test_run_training_opens_describes_builds_trains_and_closes_once(tmp_path, capsys):
+def test_run_training_opens_describes_builds_trains_and_closes_once(tmp_path, capsys, step_counter):
     events = []
-    root = _train(_config(tmp_path, steps=3), events, RunOptions())
+    root = _train(_config(tmp_path, steps=3), events, RunOptions(), step_counter())
     assert root == tmp_path / "run"
     assert [e[0] for e in events] == ["describe", "build", "close"]
     assert events[0] == ("describe", True)
@@ -93,10 +76,10 @@ def test_run_training_opens_describes_builds_trains_and_closes_once(tmp_path, ca
     assert capsys.readouterr().out.splitlines() == [f"toy: 4 parameters -> {root}"]
 
 
-def test_resume_goes_through_the_same_lifecycle(tmp_path, capsys):
-    _train(_config(tmp_path, steps=2), [], RunOptions(quiet=True))
+def test_resume_goes_through_the_same_lifecycle(tmp_path, capsys, step_counter):
+    _train(_config(tmp_path, steps=2), [], RunOptions(quiet=True), step_counter())
     events = []
-    root = _train(_config(tmp_path, steps=4), events, RunOptions(resume=True))  # run.steps may change on resume
+    root = _train(_config(tmp_path, steps=4), events, RunOptions(resume=True), step_counter())  # more steps: allowed
     assert [e[0] for e in events] == ["describe", "build", "close"]
     assert events[2][1]["target"] == 4.0 and events[2][2] and not events[2][3]  # final saved, lock still held
     assert capsys.readouterr().out.splitlines() == [
