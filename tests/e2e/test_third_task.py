@@ -86,7 +86,8 @@ def test_sweep_and_probe_on_the_third_task(tmp_path, policy_dir, capsys):
     recipe = tmp_path / "sweep.yaml"
     recipe.write_text(yaml.safe_dump({
         "policy": str(policy_dir), "seeds": [0],
-        "set": {"task": "exact-words", **dict(item.split("=") for item in TINY), "preflight": False},
+        "set": {"task": "exact-words", **{k: yaml.safe_load(v) for k, v in (item.split("=") for item in TINY)},
+                "preflight": False},
         "eval": {"samples": 1, "max_new_tokens": 12},
         "variants": [{"name": "naive", "set": {"reward.mode": "naive"}},
                      {"name": "sharp", "set": {"reward.mode": "sharp"}}],
