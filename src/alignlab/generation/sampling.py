@@ -49,9 +49,8 @@ def derive_seed(*keys: int | str) -> int:
     return state >> 1
 
 
-# Streams that predate `derive_seed`, kept as they are because the published GRPO / PPO figures (README,
-# sweeps) were made with them and must reproduce; a new stream takes a `derive_seed` key instead.
-# The one place their arithmetic lives (docs/decisions.md 50).
+# The one stream that predates `derive_seed` and keeps its arithmetic: the published GRPO figures (the
+# demo, the sweeps, the SmolLM2 arms) were made with it and must reproduce (docs/decisions.md 50).
 def prompt_order_seed(seed: int, epoch: int) -> int:
     """The seed of the RL trainers' prompt order in `epoch` (`trainers/rl_data.take_examples`).
 
@@ -59,11 +58,6 @@ def prompt_order_seed(seed: int, epoch: int) -> int:
     (1, 1000003)
     """
     return seed * 1_000_003 + epoch
-
-
-def ppo_seed(seed: int) -> int:
-    """PPO's second stream: its mini-batch order, and the critic's LoRA initialisation."""
-    return seed + 1
 
 
 class RowStreams:

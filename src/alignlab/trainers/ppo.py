@@ -44,7 +44,7 @@ from alignlab.config import PPOConfig
 from alignlab.data.tokenizer import PROBE_TEXT
 from alignlab.distributed import Distributed
 from alignlab.errors import UserError
-from alignlab.generation.sampling import ppo_seed
+from alignlab.generation.sampling import derive_seed
 from alignlab.model.checkpoint import load_trainable, save_model
 from alignlab.model.heads import ValueModel, load_reward_model
 from alignlab.model.lora import add_lora, has_lora
@@ -101,7 +101,7 @@ def make_value(cfg: PPOConfig, policy, tokenizer, device) -> ValueModel:
                         f"or set value_init=policy", key="value_init")
     value = ValueModel.from_reward_model(rm, scale=cfg.reward.model_weight).to(device)
     if cfg.lora.enabled:  # a frozen copy of the reward model's body with adapters, and a trainable head
-        add_lora(value.model, cfg.lora, cfg.reward.model, seed=ppo_seed(cfg.run.seed))
+        add_lora(value.model, cfg.lora, cfg.reward.model, seed=derive_seed(cfg.run.seed, "ppo critic lora"))
     return value
 
 

@@ -31,7 +31,7 @@ from alignlab.algorithms.ppo import adaptive_kl_coef, explained_variance, gae, k
 from alignlab.config import PPOConfig
 from alignlab.distributed import Distributed
 from alignlab.generation.engine import Rollout, generate, rollout_from_ids
-from alignlab.generation.sampling import derive_seed, ppo_seed
+from alignlab.generation.sampling import derive_seed
 from alignlab.model.heads import ValueModel
 from alignlab.model.lora import adapters_off
 from alignlab.runtime import make_generator
@@ -88,7 +88,7 @@ class PPOSource:
         self.dist = dist or Distributed()
         self.part = self.dist.shard(cfg.mini_batch_size // cfg.optim.grad_accum)  # this rank's rows of a micro-batch
         self.micro = cfg.mini_batch_size // cfg.optim.grad_accum
-        self.shuffler = make_generator(ppo_seed(cfg.run.seed))  # mini-batch order
+        self.shuffler = make_generator(derive_seed(cfg.run.seed, "ppo mini-batch order"))
         self.epoch, self.position, self.rollouts, self.cursor, self.early_stops, self.served = 0, 0, 0, 0, 0, 0
         self.kl_coef, self.order, self.batch = cfg.kl_coef, None, None
         self.kl_sum, self.kl_tokens = 0.0, 0  # the current mini-batch's approx KL, summed over its tokens
