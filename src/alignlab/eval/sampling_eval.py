@@ -190,7 +190,8 @@ def read_evaluation(path: str | Path) -> tuple[EvalSummary, list[ScoredSample] |
 def eval_info(checkpoint: str, task: Task, cfg: EvalConfig, *, lang: str | None = "all", prompts: str = "held-out",
               **extra) -> dict:
     """What an evaluation folder's summary.json records about how it was made."""
-    spec = {"task_spec": task_spec(task)} if task_spec(task) != task.name else {}  # a task read from a file
+    named = task_spec(task)
+    spec = {"task_spec": named} if named != task.name else {}  # a task read from a file
     return {"checkpoint": checkpoint, "task": task.name, **spec, "prompts": prompts, "lang": lang,
             "samples_per_prompt": cfg.samples, "temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens,
             "seed": cfg.seed, **extra}
