@@ -4,8 +4,10 @@ Every folder alignlab writes as a whole (a run, an evaluation, a comparison, an 
 a sweep) carries a marker, `.alignlab.json` (`{"kind": "eval", "version": ..., "created": ...}`),
 written inside the folder before it becomes visible. A folder is *ours* when it holds a marker of
 the expected kind, or (written by an earlier version, before markers) when it has that kind's
-signature: a run's `manifest.json` + `config.yaml`, or only file names that kind writes. Nothing
-else is ever replaced or deleted, whatever the flags say.
+signature: a run's `config.yaml` + a `manifest.json` holding alignlab's config hash and versions, an
+evaluation's files with a `summary.json` holding its sample count and pass rate, only the file names
+an audit or comparison writes. An unmarked export is never ours (its files are any model folder's).
+Nothing else is ever replaced or deleted, whatever the flags say.
 
 `new_output(target, kind)` is the one way a whole folder is written: files go to a hidden
 temporary folder beside the target, the marker is written last, and the folder is renamed into
@@ -13,7 +15,9 @@ place; an old output of the same kind is moved aside first and deleted only once
 in place, so a reader sees the old folder or the new one, never half of either (the marker is
 the completeness mark readers check). A process killed in between leaves `.NAME.tmp-PID-*` /
 `.NAME.old-PID-*` siblings; the next start on the same target restores a moved-aside old folder
-whose replacement never arrived and deletes the rest, once their process is gone.
+whose replacement never arrived and deletes the rest, once their process is gone. A single file
+(a manifest, samples, a report page) is written by `write_file_atomic`: a temporary sibling renamed
+into place, removed on any failure.
 
 `check_target` refuses paths that could cost the user something before anything is written: an
 empty path, the current directory or one of its ancestors, the home directory or the filesystem
@@ -39,15 +43,16 @@ from pathlib import Path
 from alignlab.errors import UserError
 
 MARKER = ".alignlab.json"
-# The files an earlier version wrote in each kind of folder (legacy recognition, before markers).
+# The files an earlier version wrote in each kind of folder (legacy recognition, before markers). An
+# unmarked export is never taken for ours: its files are any transformers model folder's, the user's own.
 LEGACY_FILES = {
     "eval": {"summary.json", "summary.md", "samples.jsonl"},
     "audit": {"audit.json", "audit.md"},
     "compare": {"compare.html", "compare.md", "compare_files"},
-    "export": {"config.json", "model.safetensors", "model.safetensors.index.json", "generation_config.json",
-               "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-               "adapter_config.json", "adapter_model.safetensors"},
 }
+# ...and what its JSON record held that a user's file of the same name would not.
+LEGACY_RECORD = {"run": ("manifest.json", ("config_hash", "versions")),
+                 "eval": ("summary.json", ("n_samples", "pass_rate"))}
 COMPLETE_EVAL = {"summary.json", "samples.jsonl"}  # an unmarked (older) evaluation is complete with both
 
 
@@ -74,11 +79,22 @@ def marker_kind(directory: Path) -> str | None:
     return record.get("kind") if isinstance(record, dict) else None
 
 
+def _legacy_record(directory: Path, kind: str) -> bool:
+    """True when the folder holds the JSON record an earlier alignlab wrote for `kind` (its keys checked)."""
+    name, keys = LEGACY_RECORD[kind]
+    try:
+        record = json.loads((directory / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and all(key in record for key in keys)
+
+
 def is_run_dir(directory: Path) -> bool:
-    """A training run's directory: marked, or an earlier version's (manifest.json + config.yaml)."""
+    """A training run's directory: marked, or an earlier version's (config.yaml and an alignlab
+    manifest.json: a config hash and versions, not any file of that name)."""
     if marker_kind(directory) is not None:
         return marker_kind(directory) == "run"
-    return (directory / "manifest.json").is_file() and (directory / "config.yaml").is_file()
+    return (directory / "config.yaml").is_file() and _legacy_record(directory, "run")
 
 
 def owned(directory: Path, kind: str) -> bool:
@@ -91,7 +107,9 @@ def owned(directory: Path, kind: str) -> bool:
     if kind == "sweep":  # an earlier version's sweep: its recipe copy at the top
         return (directory / "sweep.yaml").is_file()
     names = {p.name for p in directory.iterdir()}
-    return bool(names) and kind in LEGACY_FILES and names <= LEGACY_FILES[kind] | {MARKER}
+    if not names or kind not in LEGACY_FILES or not names <= LEGACY_FILES[kind] | {MARKER}:
+        return False
+    return kind not in LEGACY_RECORD or _legacy_record(directory, kind)
 
 
 def is_empty_dir(directory: Path) -> bool:
@@ -183,6 +201,22 @@ def clean_leftovers(target: Path) -> None:
             path.rename(target)
         else:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def write_file_atomic(path: str | os.PathLike, data: str | bytes, *, what: str = "") -> Path:
+    """`data` (text as UTF-8) written to `path` whole or not at all: a temporary sibling renamed into
+    place, which never outlives a failure. An OSError becomes a UserError naming the path."""
+    path = Path(path)
+    raw = data.encode("utf-8") if isinstance(data, str) else data  # an unencodable text fails before any file
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(raw)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise UserError(f"cannot write{' the ' + what if what else ''}: {err.strerror or err}", file=str(path)) from err
+    finally:
+        tmp.unlink(missing_ok=True)  # gone after a successful rename; a partial file after a failure
+    return path
 
 
 def temp_beside(target: Path) -> Path:

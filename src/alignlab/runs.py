@@ -49,6 +49,7 @@ from alignlab.outputs import (
     json_safe,
     marker_kind,
     move_aside,
+    write_file_atomic,
     write_marker,
 )
 from alignlab.progress import start_progress
@@ -356,6 +357,4 @@ def _inputs(config, data_files) -> list[str]:
 
 def _write_json(path: Path, record: dict) -> None:
     """`record` as indented JSON, written under a temporary name and renamed (complete or absent)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_file_atomic(path, json.dumps(json_safe(record), indent=2, allow_nan=False) + "\n")

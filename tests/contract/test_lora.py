@@ -13,7 +13,7 @@ from alignlab.config import GenerationConfig, LoRAConfig  # noqa: E402
 from alignlab.errors import UserError  # noqa: E402
 from alignlab.generation.engine import generate  # noqa: E402
 from alignlab.model.checkpoint import atomic_dir, load_model, save_model, to_hf  # noqa: E402
-from alignlab.model.lora import META, WEIGHTS, adapters_off, add_lora, lora_layers, merge_lora  # noqa: E402
+from alignlab.model.lora import META, WEIGHTS, adapter_record, adapters_off, add_lora, lora_layers, merge_lora  # noqa: E402
 
 IDS = torch.tensor([[5, 17, 99, 3, 42, 7], [8, 8, 1, 250, 64, 2]])
 
@@ -92,8 +92,38 @@ def test_merged_export_loads_in_transformers_and_greedy_matches(policy_dir, tmp_
 
 def test_unknown_target_module_is_a_user_error(policy_dir):
     model, _ = load_model(str(policy_dir))
-    with pytest.raises(UserError, match="c_attn"):
+    with pytest.raises(UserError, match="c_attn.*all-linear"):
         add_lora(model, LoRAConfig(r=2, target_modules=("c_attn",)), str(policy_dir), policy_dir)
+
+
+def test_all_linear_is_every_projection_but_the_head(policy_dir):
+    from alignlab.config.sections import QWEN2_LORA_TARGETS
+
+    model, _ = load_model(str(policy_dir))  # Qwen2 names: the same adapters as the default list
+    add_lora(model, LoRAConfig(r=2, target_modules=("all-linear",)), str(policy_dir), policy_dir)
+    assert set(adapter_record(model)["lora"]["target_modules"]) == set(QWEN2_LORA_TARGETS)
+    assert "lm_head" not in {n.split(".")[-2] for n, _ in model.named_parameters() if "lora_A" in n}
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "phi3"])
+def test_all_linear_adapts_models_with_other_layer_names(arch):
+    """GPT-2's projections are transformers' Conv1D, Phi-3 fuses q/k/v and gate/up: the default Qwen2
+    names are not there (a one-line error that says what is), all-linear finds them."""
+    from transformers import AutoModelForCausalLM, GPT2Config, Phi3Config
+
+    config = (GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=300) if arch == "gpt2" else
+              Phi3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=300, pad_token_id=0))
+    model = AutoModelForCausalLM.from_config(config)
+    with pytest.raises(UserError, match="all-linear"):
+        add_lora(model, LoRAConfig(r=2), "tiny")
+    add_lora(model, LoRAConfig(r=2, target_modules=("all-linear",)), "tiny")
+    adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if "lora_A" in n}
+    assert adapted == ({"c_attn", "c_proj", "c_fc"} if arch == "gpt2" else
+                       {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"})
+    assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+    loss = model(input_ids=IDS % 300, labels=IDS % 300).loss
+    loss.backward()
 
 
 def test_transformers_engine_takes_adapters_too(policy_dir, tmp_path):

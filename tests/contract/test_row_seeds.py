@@ -66,3 +66,22 @@ def test_sample_rows_is_evaluations_one_loop_and_restores_the_training_mode(tiny
     assert by_three.truncated == [bool(t) for t in whole.truncated.tolist()]
     with pytest.raises(ValueError, match="3 row seeds for 4 prompts"):
         sample_rows(tiny_gpt, byte_tok, PROMPTS, cfg, seeds[:3], 2)
+
+
+def test_the_race_is_the_exponential_race_and_finished_rows_draw_nothing():
+    logits = torch.randn(6, 3000) * 3
+    seeds = [derive_seed(4, i) for i in range(6)]
+    streams = [torch.Generator().manual_seed(s) for s in seeds]
+    for _ in range(5):  # argmax p / E, E = -log U: the textbook form, token for token
+        u = torch.stack([torch.rand(3000, generator=g) for g in streams])
+        expected = (logits.softmax(-1) / u.clamp_min(1e-30).log().neg()).argmax(-1)
+        assert torch.equal(sample_next_token(logits, RowStreams(seeds), 1.0), expected)
+        seeds = [s + 1 for s in seeds]
+        streams = [torch.Generator().manual_seed(s) for s in seeds]
+    rows = RowStreams(seeds)
+    active = torch.tensor([True, False, True, True, False, True])
+    first = sample_next_token(logits, rows, 1.0, active=active)
+    assert torch.equal(first[active], sample_next_token(logits, RowStreams(seeds), 1.0)[active])
+    for row, on in enumerate(active.tolist()):  # a finished row's stream did not move
+        fresh = torch.Generator().manual_seed(seeds[row]).get_state()
+        assert torch.equal(rows.generators[row].get_state(), fresh) is not on

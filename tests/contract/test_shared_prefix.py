@@ -143,3 +143,30 @@ def test_grouped_generation_matches_transformers(byte_tok, tmp_path):
     ours = generate_native(model, ids, mask, cfg, None, stop_ids=[], pad_id=byte_tok.pad_id)
     theirs = generate_hf(hf, ids, mask, cfg, None, stop_ids=[], pad_id=byte_tok.pad_id)
     assert torch.equal(ours[0], theirs[0])
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_left_padded_row_is_scored_at_its_own_positions_on_transformers_models(arch):
+    """GPT-2 learns absolute positions: a left-padded row must be numbered from its first real token,
+    as `generate` numbers it when sampling, or its log-probs (and a critic's or reward model's reading)
+    belong to other positions. Rotary models must read the same either way."""
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    from alignlab.model.heads import ValueModel
+
+    config = (GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=300) if arch == "gpt2" else
+              LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, vocab_size=300))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    row = torch.randint(1, 300, (1, 9))
+    padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), row], 1)
+    mask = torch.cat([torch.zeros(1, 4, dtype=torch.bool), torch.ones(1, 9, dtype=torch.bool)], 1)
+    value = ValueModel.from_policy(model)
+    torch.nn.init.normal_(value.score.weight)
+    with torch.no_grad():
+        alone = completion_logits(model, row, torch.ones_like(row, dtype=torch.bool), 5)
+        torch.testing.assert_close(completion_logits(model, padded, mask, 5), alone, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(value.completion_values(padded, mask, 5),
+                                   value.completion_values(row, torch.ones_like(row, dtype=torch.bool), 5),
+                                   atol=1e-5, rtol=1e-5)

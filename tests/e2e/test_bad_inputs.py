@@ -62,6 +62,8 @@ CASES = [
     ("ckpt-missing-weights", ["eval", "{made}/no_weights"], "model.safetensors"),
     ("ckpt-truncated-safetensors", ["generate", "{made}/truncated_weights", "--prompt", "x"], "model.safetensors"),
     ("ckpt-shape-mismatch", ["eval", "{made}/shape_mismatch"], "shape"),
+    ("ckpt-config-not-an-object", ["generate", "{made}/config_array", "--prompt", "hi"],
+     "config_array/config.json: expected a JSON object, got list"),
     ("ckpt-vocab-mismatch", ["generate", "{made}/vocab_mismatch", "--prompt", "x"], "vocabulary"),
     ("ckpt-pickle-only", ["generate", "{made}/pickle_only", "--prompt", "x"], "never unpickles weights"),
     ("ckpt-pickle-as-safetensors", ["eval", "{made}/pickle_as_safetensors"], "model.safetensors"),
@@ -86,12 +88,13 @@ def _made(root: Path, policy: Path) -> Path:
     full = gzip.compress((good * 200).encode())
     (made / "truncated.jsonl.gz").write_bytes(full[: len(full) // 2])
     for name in ("no_weights", "truncated_weights", "shape_mismatch", "vocab_mismatch", "pickle_only",
-                 "pickle_as_safetensors"):
+                 "pickle_as_safetensors", "config_array"):
         shutil.copytree(policy, made / name)
     (made / "no_weights" / "model.safetensors").unlink()
     weights = (made / "truncated_weights" / "model.safetensors").read_bytes()
     (made / "truncated_weights" / "model.safetensors").write_bytes(weights[: len(weights) // 2])
     config = json.loads((policy / "config.json").read_text())
+    (made / "config_array" / "config.json").write_text("[]")
     (made / "shape_mismatch" / "config.json").write_text(json.dumps({**config, "hidden_size": 2 * config["hidden_size"],
                                                                      "head_dim": None}))
     from alignlab.data.tokenizer import train_bpe

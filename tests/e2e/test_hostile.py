@@ -95,6 +95,28 @@ def test_export_replaces_only_its_own_export_with_overwrite(work, capsys):
     assert not [p for p in work.iterdir() if p.name.startswith(".exported")]  # no .tmp / .old left
 
 
+def test_look_alike_user_folders_are_never_taken_for_old_outputs(work, capsys):
+    """Folders from before markers are recognised by what alignlab wrote in them, not by file names a
+    user's folder may share: a model folder of their own, a project with a manifest.json and a
+    config.yaml, their own summary.json."""
+    mine_model = work / "my_model"  # a transformers model folder the user made: what an old export looked like
+    shutil.copytree(_final(work), mine_model, ignore=shutil.ignore_patterns(".alignlab.json", "*.pt", "state.json"))
+    project = work / "project"
+    project.mkdir()
+    (project / "manifest.json").write_text('{"name": "my app"}\n')
+    (project / "config.yaml").write_text("debug: true\n")
+    results = work / "results"
+    results.mkdir()
+    (results / "summary.json").write_text('{"accuracy": 0.9}\n')
+    (results / "summary.md").write_text("my notes\n")
+    before = _snapshot(work)
+    _refused(["export", _final(work), "my_model", "--overwrite"], capsys, "my_model")
+    _refused([*RM, "run.out_dir=project", "--overwrite"], capsys, "not an alignlab run directory")
+    _refused(["eval", str(_final(work)), "--samples", "1", "--max-new-tokens", "2", "--out", "results"],
+             capsys, "results")
+    assert _snapshot(work) == before
+
+
 def test_export_into_an_empty_folder(work):
     (work / "empty").mkdir()
     assert main(["export", str(_final(work)), "empty"]) == 0
@@ -169,6 +191,28 @@ def test_a_failed_output_leaves_neither_half_nor_temp(work, capsys, monkeypatch)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "No space left" in err[0], err
     assert not (work / "ev").exists() and not [p for p in work.iterdir() if p.name.startswith(".ev")]
+
+
+def test_a_failed_file_write_leaves_no_temp_and_keeps_the_old_file(tmp_path, monkeypatch):
+    from alignlab.errors import UserError
+    from alignlab.outputs import write_file_atomic
+
+    target = tmp_path / "checked.jsonl"
+    target.write_text("old\n")
+    real_replace = os.replace
+
+    def full_disk(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(UserError, match="checked.jsonl: cannot write the samples: No space left"):
+        write_file_atomic(target, "new\n", what="samples")
+    monkeypatch.setattr(os, "replace", real_replace)
+    with pytest.raises(UnicodeEncodeError):  # text that is not text fails before any file exists
+        write_file_atomic(target, "\udfff")
+    assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["checked.jsonl"]
+    write_file_atomic(target, "new\n")
+    assert target.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["checked.jsonl"]
 
 
 # 2. One writer per run directory ---------------------------------------------------------------------

@@ -58,6 +58,10 @@ HOSTILE = {
     # 2 good prompts; an empty prompt (2), a missing field (3), a list (5).
     "hostile_prompts_messy.jsonl": '{"prompt": "Plan my study day"}\n{"prompt": ""}\n{"text": "x"}\n'
                                    '{"prompt": "Plan my week"}\n[1, 2]\n',
+    # valid JSON, not text: a lone surrogate escape (a broken emoji from a bad exporter)
+    "hostile_surrogate_pairs.jsonl": r'{"prompt": "Plan a day \ud83d", "chosen": "- read 30 min", "rejected": "no"}'
+                                     + "\n",
+    "hostile_surrogate_completions.jsonl": r'{"prompt": "p", "completion": "- read \udfff 30 min"}' + "\n",
     "hostile_nan.yaml": "optim:\n  lr: .nan\n",
     "hostile_inf_temperature.yaml": "generation:\n  temperature: .inf\n",
     "hostile_recursive.yaml": "sample_prompts: &p [a, *p]\n",
@@ -106,6 +110,11 @@ CASES = [
      "null_eval/summary.json: reward_mean: expected a finite number, got null", None),
     ("compare-infinity-ci", ["compare", "{c}/inf_eval"], 2,
      "inf_eval/summary.json: pass_rate_ci[1]: expected a finite number, got Infinity", None),
+    ("dpo-lone-surrogate", ["dpo", "model.path={policy}", "data={c}/hostile_surrogate_pairs.jsonl"], 2,
+     "hostile_surrogate_pairs.jsonl:1: prompt: a lone surrogate escape", None),
+    ("check-lone-surrogate", ["check", "--task", "study-plan", "{c}/hostile_surrogate_completions.jsonl", "--out",
+                              "{work}/checked.jsonl"], 2, "hostile_surrogate_completions.jsonl:1: completion: a lone",
+     None),
     # P6: bounded work
     ("yaml-billion-laughs", ["sft", "{c}/hostile_laughs.yaml"], 2,
      "hostile_laughs.yaml:6: too many values after expanding aliases (limit 100000)", None),

@@ -140,6 +140,17 @@ def test_parse_source():
         parse_source("f.jsonl[::0]")
 
 
+def test_a_bad_slice_of_an_existing_file_is_named_as_the_slice(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "p", "response": "r"}\n')
+    for bad in ("[:abc]", "[]", "[1:2:3:4]"):
+        with pytest.raises(UserError, match=r"d\.jsonl: \[.*\] is not a slice of records"):
+            parse_source(f"{data}{bad}")
+    odd = tmp_path / "notes[draft].jsonl"  # a file whose name has brackets is still found
+    odd.write_text("{}\n")
+    assert parse_source(str(odd)) == (odd, None)
+
+
 def test_slices_apply_to_records_not_lines(tmp_path):
     records = [{"prompt": f"p{i}", "chosen": "a", "rejected": "b"} for i in range(5)]
     path = write_lines(tmp_path / "d.jsonl", [json.dumps(r) + "\n" for r in records])  # blank lines between

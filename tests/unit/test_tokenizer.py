@@ -162,8 +162,13 @@ def test_no_chat_template_falls_back_to_plain_text():
     tok = byte_tokenizer()
     tok.hf.chat_template = None
     assert tok.chat_prompt_ids("hi there") == list(b"hi there")
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="system / user / assistant / user / assistant turns"):
         tok.render_chat(TWO_TURNS)
+    # one prompt and one reply: what generation sees (the prompt's plain ids), then the reply and its stop id
+    ids, mask = tok.render_chat(TWO_TURNS[1:3])
+    prompt = tok.chat_prompt_ids(TWO_TURNS[1]["content"])
+    assert ids[:len(prompt)] == prompt and not any(mask[:len(prompt)]) and all(mask[len(prompt):])
+    assert tok.decode(ids[len(prompt):-1]) == TWO_TURNS[2]["content"] and ids[-1] == tok.stop_ids[0]
 
 
 def test_missing_pad_becomes_eos_with_one_warning(tmp_path):

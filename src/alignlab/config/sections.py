@@ -119,8 +119,9 @@ class LoRAConfig:
     r: int = knob(0, "adapter rank; 0 = no adapters (full fine-tuning)")
     alpha: float = knob(16.0, "scaling numerator: the update is (alpha / r) * B @ A")
     dropout: float = knob(0.0, "dropout on the adapter's input")
-    target_modules: tuple[str, ...] = knob(QWEN2_LORA_TARGETS, "linear layers that get adapters (Qwen2 names: "
-                                                               "attention q/k/v/o and the MLP projections)")
+    target_modules: tuple[str, ...] = knob(QWEN2_LORA_TARGETS, "layers that get adapters (Qwen2 / Llama names: "
+                                                               "attention q/k/v/o and the MLP projections); "
+                                                               "all-linear: every linear layer but the output head")
 
     def __post_init__(self):
         _check(self, ">= 0", lambda v: v >= 0, "r")

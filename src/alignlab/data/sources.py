@@ -111,6 +111,11 @@ def parse_source(spec: str | Path) -> tuple[Path, slice | None]:
         return spec.expanduser(), None
     match = SLICE.match(spec.strip())
     if match is None:
+        head, bracket, _ = spec.strip().rpartition("[")
+        if bracket and spec.strip().endswith("]") and not Path(spec).expanduser().exists() \
+                and Path(head).expanduser().exists():  # a file with a slice that is not one
+            raise UserError(f"{spec.strip()[len(head):]} is not a slice of records; expected e.g. [:1354], [1354:], "
+                            "[10:20] or [::2]", file=head)
         return Path(spec).expanduser(), None
     start, stop, step = (int(v) if v else None for v in match.group("start", "stop", "step"))
     if step == 0:
@@ -189,7 +194,31 @@ def _decode(line: bytes, name: str, lineno: int) -> dict:
                         line=lineno)
     if not isinstance(obj, dict):
         raise UserError(f"expected a JSON object per line, got {_kind(obj)}", file=name, line=lineno)
+    field = _unencodable_field(obj)
+    if field is not None:  # "\ud800" is valid JSON but no text: every tokenizer and writer would fail on it
+        raise UserError("a lone surrogate escape (\\ud800-\\udfff) is not text", file=name, line=lineno,
+                        key=field)
     return obj
+
+
+def _unencodable_field(obj: dict) -> str | None:
+    """The dotted path of the first key or string in `obj` that UTF-8 cannot encode (a lone surrogate
+    from a JSON escape), else None; no recursion."""
+    stack: list[tuple[str, object]] = [("", obj)]
+    while stack:
+        path, value = stack.pop()
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, child in items:
+            where = f"{path}.{key}" if path else str(key)
+            for text in (key, child):
+                if isinstance(text, str):
+                    try:
+                        text.encode("utf-8")
+                    except UnicodeEncodeError:
+                        return where
+            if isinstance(child, (dict, list)):
+                stack.append((where, child))
+    return None
 
 
 def _nested_deeper(obj, limit: int) -> bool:

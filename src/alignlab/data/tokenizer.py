@@ -149,8 +149,7 @@ class Tokenizer:
         (e.g. it rewrites earlier turns) raises ValueError.
         """
         if self.hf.chat_template is None:
-            raise UserError(f"tokenizer {self.name_or_path!r} has no chat template, so "
-                            "conversations cannot be rendered; set tokenizer.chat_template")
+            return self._render_plain(messages)
         full_text = self._render(messages, add_generation_prompt=False)
         ids = self.encode(full_text)
         mask = [False] * len(ids)
@@ -162,6 +161,19 @@ class Tokenizer:
             end = self._turn_end(ids, start, end)
             mask[start:end] = [True] * (end - start)
         return ids, mask
+
+    def _render_plain(self, messages: list[dict]) -> tuple[list[int], list[bool]]:
+        """A base model's (no chat template) one prompt and one reply: the prompt's plain encoding, as
+        `chat_prompt_ids` gives it to generation, then the reply and the first stop id, which the mask
+        covers. Anything longer has no shape to follow without a template: a UserError."""
+        roles = [m.get("role") for m in messages]
+        if roles != ["user", "assistant"]:
+            raise UserError(f"tokenizer {self.name_or_path!r} has no chat template, so a conversation of "
+                            f"{' / '.join(map(str, roles))} turns cannot be rendered (one prompt and one reply "
+                            "can); set tokenizer.chat_template")
+        prompt, reply = self.encode(messages[0]["content"]), self.encode(messages[1]["content"])
+        reply += list(self.stop_ids)[:1]
+        return prompt + reply, [False] * len(prompt) + [True] * len(reply)
 
     def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
         # tokenize=False, then encode: transformers 5 returns a BatchEncoding for tokenize=True,

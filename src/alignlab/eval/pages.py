@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 from alignlab.errors import UserError
 from alignlab.eval.metrics import ScoredSample
 from alignlab.eval.verdict import Verdict
-from alignlab.outputs import swap_in, temp_beside
+from alignlab.outputs import swap_in, temp_beside, write_file_atomic
 
 DPI = 100
 Section = tuple[str, str]  # (markdown, html)
@@ -132,16 +131,6 @@ def verdict_section(heading: str, verdict: Verdict) -> Section:
     return "\n".join(md), "".join(page)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write the report: {err.strerror or err}", file=str(path)) from err
-
-
 def write_pages(out: Path, stem: str, title: str, line: str, sections: Sequence[tuple[str, Section]],
                 figures: Sequence[Figure]) -> tuple[Path, Path]:
     """Write out/<stem>.html (self-contained) and out/<stem>.md with its figures under
@@ -161,6 +150,6 @@ def write_pages(out: Path, stem: str, title: str, line: str, sections: Sequence[
         except OSError as err:
             raise UserError(f"cannot write the report's figures: {err.strerror or err}", file=str(out)) from err
     paths = out / f"{stem}.html", out / f"{stem}.md"
-    _write_atomic(paths[0], ("".join(page) + "</body></html>\n").encode("utf-8"))
-    _write_atomic(paths[1], ("\n".join(md) + "\n").encode("utf-8"))
+    write_file_atomic(paths[0], "".join(page) + "</body></html>\n", what="report")
+    write_file_atomic(paths[1], "\n".join(md) + "\n", what="report")
     return paths

@@ -20,7 +20,6 @@ Left out: distributed evaluation here (the trainers' held-out check has it).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from alignlab.errors import UserError
 from alignlab.eval.metrics import EvalSummary, ScoredSample, score_samples, summarize
 from alignlab.generation.engine import sample_rows
 from alignlab.generation.sampling import derive_seed
-from alignlab.outputs import complete_eval, json_safe, new_output
+from alignlab.outputs import complete_eval, json_safe, new_output, write_file_atomic
 from alignlab.rewards.base import completion_text, prompt_text
 from alignlab.tasks.registry import Task, get_task, task_spec
 
@@ -139,13 +138,7 @@ def write_samples(path: str | Path, samples: Sequence[ScoredSample], extras: Seq
     extras = extras if extras is not None else [{}] * len(samples)
     text = "".join(json.dumps(sample_record(s, e), ensure_ascii=False) + "\n"
                    for s, e in zip(samples, extras, strict=True))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as err:
-        raise UserError(f"cannot write the samples: {err.strerror or err}", file=str(path)) from err
-    return path
+    return write_file_atomic(path, text, what="samples")
 
 
 def load_or_evaluate(arg: str, task: Task, cfg: EvalConfig, *, device="cpu",
@@ -233,9 +226,7 @@ def write_texts(out: str | Path, texts: Mapping[str, str]) -> None:
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for file_name, text in texts.items():
-            tmp = out / f".{file_name}.tmp-{os.getpid()}"
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, out / file_name)
     except OSError as err:
         raise UserError(f"cannot write: {err.strerror or err}", file=str(out)) from err
+    for file_name, text in texts.items():
+        write_file_atomic(out / file_name, text)

@@ -178,7 +178,7 @@ def generate_native(model: GPT, prompt_ids, prompt_mask, config: GenerationConfi
     done = torch.zeros(b, dtype=torch.bool, device=device)
     for t in range(n):
         logits = model(token[:, None], None, position + t, cache=cache)[:, -1]  # (B, V)
-        token = sample_next_token(logits, generator, config.temperature, config.top_k, config.top_p)
+        token = sample_next_token(logits, generator, config.temperature, config.top_k, config.top_p, ~done)
         out[:, t] = token.masked_fill(done, pad_id)  # (B,)
         newly = torch.isin(token, stops) & ~done
         if stop_check is not None:

@@ -49,33 +49,38 @@ def derive_seed(*keys: int | str) -> int:
     return state >> 1
 
 
-# The one stream that predates `derive_seed` and keeps its arithmetic: the published GRPO figures (the
-# demo, the sweeps, the SmolLM2 arms) were made with it and must reproduce (docs/decisions.md 50).
 def prompt_order_seed(seed: int, epoch: int) -> int:
-    """The seed of the RL trainers' prompt order in `epoch` (`trainers/rl_data.take_examples`).
+    """The seed of the RL trainers' prompt order in `epoch` (`trainers/rl_data.take_examples`): its own
+    keyed stream, unrelated to every other stream of the run and to the neighbouring epoch's.
 
-    >>> prompt_order_seed(0, 1), prompt_order_seed(1, 0)
-    (1, 1000003)
+    >>> prompt_order_seed(0, 1) == derive_seed(0, "rl prompt order", 1) != prompt_order_seed(1, 0)
+    True
     """
-    return seed * 1_000_003 + epoch
+    return derive_seed(seed, "rl prompt order", epoch)
 
 
 class RowStreams:
     """One random stream per row: row b draws from a generator seeded with seeds[b] alone.
 
-    Every decode step draws V uniforms for every row (finished rows included), so the t-th step of
-    a row always reads the same numbers, whichever batch the row is in.
+    Every decode step draws V uniforms for every unfinished row, so the t-th step of a row always
+    reads the same numbers, whichever batch the row is in; a finished row draws nothing (its
+    stream is never read again).
     """
 
     def __init__(self, seeds: list[int], device: torch.device | str = "cpu"):
         self.seeds = [int(s) for s in seeds]
         self.generators = [torch.Generator(device=device).manual_seed(s) for s in self.seeds]
 
-    def uniform(self, vocab: int, device) -> torch.Tensor:
-        """(B, V) uniforms in [0, 1), row b from its own generator."""
+    def uniform(self, vocab: int, device, active: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, V) uniforms in [0, 1), row b from its own generator; rows not `active` (B,) hold 0.5
+        without a draw."""
         out = torch.empty(len(self.generators), vocab, device=device)
-        for row, generator in zip(out, self.generators, strict=True):
-            row.uniform_(generator=generator)
+        drawn = [True] * len(self.generators) if active is None else active.tolist()
+        for row, generator, draw in zip(out, self.generators, drawn, strict=True):
+            if draw:
+                row.uniform_(generator=generator)
+            else:
+                row.fill_(0.5)
         return out
 
 
@@ -108,9 +113,11 @@ def sample_next_token(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
+    active: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """logits (B, V) -> token ids (B,) long. `generator` is one stream for the batch, or
-    `RowStreams` (one per row).
+    `RowStreams` (one per row), which then draws only for the `active` rows (B,) bool: the tokens
+    of the others are meaningless (the caller discards them).
 
     >>> sample_next_token(torch.tensor([[0.0, 3.0, 1.0]]), None, temperature=0.0).tolist()
     [1]
@@ -120,10 +127,11 @@ def sample_next_token(
     logits = logits.float() / temperature
     logits = filter_top_p(filter_top_k(logits, top_k), top_p)
     probs = logits.softmax(-1)  # (B, V)
-    # E = -log(U), U ~ Uniform(0, 1): 3-4x cheaper on CPU than Tensor.exponential_.
+    # The exponential race: argmax p / E with E = -log(U), U ~ Uniform(0, 1) (3-4x cheaper on CPU
+    # than Tensor.exponential_). p / log(U) is exactly -(p / E), so its argmin is the same token
+    # without a pass to negate.
     if isinstance(generator, RowStreams):
-        uniform = generator.uniform(probs.shape[-1], probs.device)
+        uniform = generator.uniform(probs.shape[-1], probs.device, active)
     else:
         uniform = torch.rand(probs.shape, generator=generator, device=probs.device)
-    race = uniform.clamp_min_(1e-30).log_().neg_()
-    return (probs / race).argmax(-1)
+    return (probs / uniform.clamp_min_(1e-30).log_()).argmin(-1)

@@ -15,6 +15,7 @@ import torch
 
 from alignlab.model.cache import Packing, PrefixKV
 from alignlab.model.gpt import GPT
+from alignlab.model.hf import hf_forward
 
 
 def completion_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int) -> torch.Tensor:
@@ -27,7 +28,7 @@ def completion_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     if isinstance(model, GPT):
         hidden = model.hidden_states(input_ids, attention_mask)[:, -n - 1:-1]  # (B, n, C)
         return model.lm_head(hidden)  # (B, n, V)
-    out = model(input_ids=input_ids, attention_mask=attention_mask.long(), logits_to_keep=n + 1)
+    out = hf_forward(model, input_ids, attention_mask, logits_to_keep=n + 1)
     return out.logits[:, :-1]  # (B, n, V)
 
 

@@ -39,6 +39,7 @@ from alignlab.model.hf import (
     from_hf,
     gpt_config_from_hf,
     hf_config_dict,
+    hf_forward,
     native_unsupported,
     quiet_hub,
     read_json,
@@ -109,7 +110,7 @@ class RewardModel(nn.Module):
         if self.native:
             hidden = self.model(input_ids, attention_mask)  # (B, T, C)
         else:
-            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask.long()).last_hidden_state
+            hidden = hf_forward(self.model, input_ids, attention_mask).last_hidden_state
         return pool(hidden, attention_mask.bool(), self.pooling)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -245,7 +246,7 @@ class ValueModel(RewardModel):
         """(B, T) ids and bool mask -> hidden states (B, T, C)."""
         if self.native:
             return self.model(input_ids, attention_mask)
-        return self.model(input_ids=input_ids, attention_mask=attention_mask.long()).last_hidden_state
+        return hf_forward(self.model, input_ids, attention_mask).last_hidden_state
 
     def completion_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int) -> torch.Tensor:
         """Values (B, n) float32 of the states before each of the last `n` tokens (the completion):

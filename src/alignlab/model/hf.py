@@ -16,6 +16,8 @@ Left out: writing sharded checkpoints (our models are small; transformers reads 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 from pathlib import Path
@@ -44,12 +46,16 @@ def quiet_hub() -> None:
 
 
 def read_json(path: Path) -> dict:
+    """A model folder's JSON file (config.json and the like), which must hold one object."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError("file not found", file=str(path)) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"not valid JSON ({err})", file=str(path)) from None
+    if not isinstance(record, dict):
+        raise UserError(f"expected a JSON object, got {type(record).__name__}", file=str(path))
+    return record
 
 
 FAMILIES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}  # model_type -> class transformers builds
@@ -264,7 +270,8 @@ def _native_config(file: Path) -> GPTConfig:
     hf_config = read_json(file)
     why = native_unsupported(hf_config)
     if why:
-        raise UserError(f"the native engine cannot load this model: {why}; use model.engine=hf", file=str(file))
+        raise UserError(f"the native engine cannot load this model: {why}; use the transformers engine "
+                        "(model.engine=hf, or --engine hf on generate)", file=str(file))
     try:
         return gpt_config_from_hf(hf_config)
     except KeyError as err:
@@ -300,15 +307,39 @@ def set_gradient_checkpointing(model, on: bool) -> None:
         if isinstance(module, Decoder):
             module.gradient_checkpointing = on
         elif getattr(module, "supports_gradient_checkpointing", False):  # a transformers PreTrainedModel
-            if on:
+            # transformers >= 5.2x names it activation checkpointing (the old names warn); earlier 5.x has the old
+            if hasattr(module, "activation_checkpointing_enable"):
+                if on:
+                    module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+                else:
+                    module.activation_checkpointing_disable()
+            elif on:
                 module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             else:
                 module.gradient_checkpointing_disable()
+
+
+@functools.cache
+def _takes_positions(model_class: type) -> bool:
+    return "position_ids" in inspect.signature(model_class.forward).parameters
+
+
+def hf_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
+    """A transformers model's forward on a batch that may be left-padded, with position ids that count
+    real tokens only, as `generate` builds them. Without them a model numbers a left-padded row from
+    its first pad: rotary models do not notice (only relative positions enter attention), but learned
+    absolute positions (GPT-2) would score a completion at other positions than it was sampled at.
+    A model whose forward takes no `position_ids` gets none. Shapes: (B, T) ids, (B, T) bool mask."""
+    mask = attention_mask.long()
+    if _takes_positions(type(model)):
+        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0)  # (B, T); a pad's own value is never read
+    return model(input_ids=input_ids, attention_mask=mask, **kwargs)
 
 
 def causal_lm_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T) ids -> (B, T, V) logits for the native GPT and any transformers causal LM alike."""
     if isinstance(model, GPT):
         return model(input_ids, attention_mask)
-    mask = attention_mask.long() if attention_mask is not None else None
-    return model(input_ids=input_ids, attention_mask=mask).logits
+    if attention_mask is None:
+        return model(input_ids=input_ids).logits
+    return hf_forward(model, input_ids, attention_mask).logits

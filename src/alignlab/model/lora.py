@@ -89,15 +89,34 @@ def _peft_config(cfg: LoRAConfig, base: str):
                               task_type="CAUSAL_LM")
 
 
+ALL_LINEAR = "all-linear"
+
+
+def adaptable_layers(model: nn.Module) -> set[str]:
+    """Leaf names of the layers LoRA can adapt: linear layers and transformers' `Conv1D` (GPT-2's
+    projections), the output projection onto the vocabulary excepted (peft's `all-linear` rule)."""
+    from transformers.pytorch_utils import Conv1D
+
+    get_output = getattr(model, "get_output_embeddings", None)
+    output = get_output() if callable(get_output) else getattr(model, "lm_head", None)
+    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+            if isinstance(module, nn.Linear | Conv1D) and module is not output}
+
+
 def add_lora(model: nn.Module, cfg: LoRAConfig, base: str, base_dir: Path | None = None, *, seed: int = 0) -> nn.Module:
     """Inject LoRA adapters into `model` in place (base weights frozen) and record the base's identity:
     `base` as the user named it, and the hash of `base_dir`'s weights (None: a model never saved).
-    The adapters' random start (A; B starts at 0) is drawn from `seed`, not from the global stream."""
-    linear = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
-    missing = sorted(set(cfg.target_modules) - linear)
-    if missing:
-        raise UserError(f"no linear layer named {', '.join(missing)} in this model (it has: "
-                        f"{', '.join(sorted(linear))})", key="lora.target_modules")
+    `target_modules` "all-linear" names every adaptable layer (`adaptable_layers`); the record keeps
+    the names it resolved to. The adapters' random start (A; B starts at 0) is drawn from `seed`, not
+    from the global stream."""
+    layers = adaptable_layers(model)
+    if tuple(cfg.target_modules) == (ALL_LINEAR,):
+        cfg = dataclasses.replace(cfg, target_modules=tuple(sorted(layers)))
+    missing = sorted(set(cfg.target_modules) - layers)
+    if missing or not cfg.target_modules:
+        raise UserError(f"no adaptable layer named {', '.join(missing) or ALL_LINEAR} in this model (it has: "
+                        f"{', '.join(sorted(layers)) or 'none'}); name some of these, or "
+                        f"lora.target_modules={ALL_LINEAR} for all of them", key="lora.target_modules")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         _peft().inject_adapter_in_model(_peft_config(cfg, base), model)

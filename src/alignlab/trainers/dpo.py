@@ -47,7 +47,7 @@ from alignlab.model.hf import causal_lm_logits
 from alignlab.model.lora import adapters_off, has_lora
 from alignlab.runs import Run
 from alignlab.runtime import resolve_runtime
-from alignlab.trainers.lifecycle import RunOptions, run_training
+from alignlab.trainers.lifecycle import RunOptions, run_training, trainable
 from alignlab.trainers.loop import TrainSpec
 from alignlab.trainers.reward_model import load_pairs
 
@@ -229,8 +229,7 @@ def dpo(cfg: DPOConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     options = RunOptions(resume=resume, overwrite=overwrite, quiet=quiet, allow_changes=allow_changes)
 
     def describe(run: Run) -> str:
-        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        return (f"dpo ({cfg.loss_type}, beta {cfg.beta}): {trained} parameters trained, "
+        return (f"dpo ({cfg.loss_type}, beta {cfg.beta}): {trainable(model)} parameters trained, "
                 f"{len(train)} train / {len(held_out)} held-out pairs, reference "
                 f"{'precomputed' if cfg.precompute_ref else 'on the fly'}, {runtime.device} -> {run.root}")
 

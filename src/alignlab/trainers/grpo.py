@@ -47,7 +47,7 @@ from alignlab.tasks.registry import get_task
 from alignlab.trainers.grpo_rollouts import GRPOBatch, RolloutSource, shared_prompt_groups
 from alignlab.trainers.heldout import make_evaluate
 from alignlab.trainers.ledger import LEDGER, Ledger
-from alignlab.trainers.lifecycle import RunOptions, open_run, run_training
+from alignlab.trainers.lifecycle import RunOptions, open_run, parameter_count, run_training
 from alignlab.trainers.logps import policy_logps
 from alignlab.trainers.loop import TrainSpec
 from alignlab.trainers.preflight import preflight
@@ -146,7 +146,7 @@ def _run_fields(cfg: GRPOConfig, setup: GRPOSetup) -> dict:
     model, scorer = setup.model, setup.scorer
 
     def describe(run: Run) -> str:
-        return (f"grpo ({cfg.backend}): {sum(p.numel() for p in model.parameters())} parameters, "
+        return (f"grpo ({cfg.backend}): {parameter_count(model)}, "
                 f"{len(setup.train)} train / {len(setup.held_out)} held-out prompts, {cfg.prompts_per_step} prompts x "
                 f"{cfg.num_generations} completions per step, reward {scorer.reward.__name__}"
                 f"({', '.join(scorer.reward.rewards)}; mode {cfg.reward.mode}), beta {cfg.beta}, "

@@ -60,3 +60,14 @@ def run_training(cfg, runtime: Runtime, options: RunOptions, *, build: Callable[
     spec = build(run)
     Loop(spec, cfg.optim, cfg.run, runtime, run).train(resume=options.resume)
     return run.root
+
+
+def trainable(module) -> int:
+    """The number of parameters the optimizer updates (all of them, or the adapters with LoRA)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def parameter_count(module) -> str:
+    """'N parameters' for a trainer's summary line, '(M trained)' added when not all of them train."""
+    total, trained = sum(p.numel() for p in module.parameters()), trainable(module)
+    return f"{total} parameters" + (f" ({trained} trained)" if trained != total else "")

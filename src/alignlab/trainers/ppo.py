@@ -53,7 +53,7 @@ from alignlab.runtime import resolve_runtime
 from alignlab.tasks.registry import get_task
 from alignlab.trainers.heldout import make_evaluate
 from alignlab.trainers.ledger import LEDGER, Ledger
-from alignlab.trainers.lifecycle import RunOptions, run_training
+from alignlab.trainers.lifecycle import RunOptions, run_training, trainable
 from alignlab.trainers.logps import policy_logps
 from alignlab.trainers.loop import TrainSpec, restore_weights
 from alignlab.trainers.ppo_rollouts import PolicyAndValue, PPOBatch, PPOSource
@@ -159,10 +159,6 @@ def ppo(cfg: PPOConfig, *, resume: bool = False, overwrite: bool = False, quiet:
 
     return run_training(cfg, runtime, options, build=build, describe=describe,
                         data_files=rl_inputs(cfg, task), dtype=next(policy.parameters()).dtype)
-
-
-def trainable(module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def ppo_status(metrics: dict) -> str:

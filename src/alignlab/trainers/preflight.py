@@ -61,7 +61,9 @@ def _tokenizer_checks(tokenizer, prompt: str) -> list[tuple[str, bool, str]]:
         ids = tokenizer.chat_prompt_ids(prompt)
         rendered = tokenizer.decode(ids, skip_special_tokens=False)
         kept = prompt in rendered
-        checks.append(("chat template", kept, f"{len(ids)} prompt tokens" if kept else "prompt text lost"))
+        plain = getattr(getattr(tokenizer, "hf", None), "chat_template", "") is None  # a base model's tokenizer
+        found = f"none: prompts go in as plain text, {len(ids)} tokens" if plain else f"{len(ids)} prompt tokens"
+        checks.append(("chat template", kept, found if kept else "prompt text lost"))
     except Exception as err:  # any failure to render is the finding
         checks.append(("chat template", False, f"{type(err).__name__}: {err}"))
     return checks

@@ -37,7 +37,7 @@ from alignlab.runs import Run, print_nothing
 from alignlab.runtime import resolve_runtime, seed_everything
 from alignlab.tasks.study_plan.prompts import train_prompts
 from alignlab.tasks.study_plan.synthetic import synthetic_completions
-from alignlab.trainers.lifecycle import RunOptions, run_training
+from alignlab.trainers.lifecycle import RunOptions, parameter_count, run_training
 from alignlab.trainers.loop import TrainSpec
 
 
@@ -63,9 +63,6 @@ def load_conversations(cfg: SFTConfig, bad_rows: BadRows | None = None) -> tuple
 
 def tokenize_example(tokenizer: Tokenizer, messages: list[dict], max_length: int) -> tuple[SFTExample, bool]:
     """(example, truncated): the conversation cut from the left to max_length tokens."""
-    if tokenizer.hf.chat_template is None:
-        raise UserError(f"tokenizer {tokenizer.name_or_path!r} has no chat template; SFT renders "
-                        "conversations with it (set one in tokenizer_config.json)", key="model.path")
     ids, mask = tokenizer.render_chat(messages)
     truncated = len(ids) > max_length
     return SFTExample(ids[-max_length:], mask[-max_length:]), truncated
@@ -111,7 +108,7 @@ def sft(cfg: SFTConfig, *, resume: bool = False, overwrite: bool = False, quiet:
     options = RunOptions(resume=resume, overwrite=overwrite, quiet=quiet, allow_changes=allow_changes)
 
     def describe(run: Run) -> str:
-        return (f"sft: {sum(p.numel() for p in model.parameters())} parameters, {len(train)} train / "
+        return (f"sft: {parameter_count(model)}, {len(train)} train / "
                 f"{len(held_out)} held-out examples, {sum(t for _, t in tokenized)} truncated, "
                 f"{tokenizer.kind} tokenizer (vocab {tokenizer.vocab_size}), {runtime.device} -> {run.root}")
 
