@@ -5,9 +5,10 @@ a sweep) carries a marker, `.alignlab.json` (`{"kind": "eval", "version": ..., "
 written inside the folder before it becomes visible. A folder is *ours* when it holds a marker of
 the expected kind, or (written by an earlier version, before markers) when it has that kind's
 signature: a run's `config.yaml` + a `manifest.json` holding alignlab's config hash and versions, an
-evaluation's files with a `summary.json` holding its sample count and pass rate, only the file names
-an audit or comparison writes. An unmarked export is never ours (its files are any model folder's).
-Nothing else is ever replaced or deleted, whatever the flags say.
+evaluation's files with a `summary.json` holding its sample count and pass rate, a finished sweep's
+`sweep.yaml` + `sweep.json`, only the file names an audit or comparison writes. An unmarked export
+is never ours (its files are any model folder's). Nothing else is ever replaced or deleted,
+whatever the flags say.
 
 `new_output(target, kind)` is the one way a whole folder is written: files go to a hidden
 temporary folder beside the target, the marker is written last, and the folder is renamed into
@@ -52,7 +53,8 @@ LEGACY_FILES = {
 }
 # ...and what its JSON record held that a user's file of the same name would not.
 LEGACY_RECORD = {"run": ("manifest.json", ("config_hash", "versions")),
-                 "eval": ("summary.json", ("n_samples", "pass_rate"))}
+                 "eval": ("summary.json", ("n_samples", "pass_rate")),
+                 "sweep": ("sweep.json", ("rows", "runs"))}
 COMPLETE_EVAL = {"summary.json", "samples.jsonl"}  # an unmarked (older) evaluation is complete with both
 
 
@@ -104,8 +106,8 @@ def owned(directory: Path, kind: str) -> bool:
         return found == kind
     if kind == "run":
         return is_run_dir(directory)
-    if kind == "sweep":  # an earlier version's sweep: its recipe copy at the top
-        return (directory / "sweep.yaml").is_file()
+    if kind == "sweep":  # an earlier version's finished sweep: its recipe copy and its report record
+        return (directory / "sweep.yaml").is_file() and _legacy_record(directory, "sweep")
     names = {p.name for p in directory.iterdir()}
     if not names or kind not in LEGACY_FILES or not names <= LEGACY_FILES[kind] | {MARKER}:
         return False

@@ -109,6 +109,12 @@ def test_look_alike_user_folders_are_never_taken_for_old_outputs(work, capsys):
     results.mkdir()
     (results / "summary.json").write_text('{"accuracy": 0.9}\n')
     (results / "summary.md").write_text("my notes\n")
+    (work / "experiments").mkdir()  # the user's own sweep recipe beside their notes
+    (work / "experiments" / "sweep.yaml").write_text("base: recipes/grpo_study_plan.yaml\n")
+    (work / "experiments" / "notes.md").write_text("ideas\n")
+    from alignlab.outputs import owned
+
+    assert not owned(work / "experiments", "sweep")
     before = _snapshot(work)
     _refused(["export", _final(work), "my_model", "--overwrite"], capsys, "my_model")
     _refused([*RM, "run.out_dir=project", "--overwrite"], capsys, "not an alignlab run directory")
