@@ -8,9 +8,12 @@ and exit code 2; nothing is left half-written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
+import signal
 import sys
+import threading
 
 from alignlab.cli_args import count, positive_int, seed
 from alignlab.cli_eval import (
@@ -286,6 +289,29 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if overrides:
         setattr(args, target, [*getattr(args, target), *overrides])
+    with _terminate_like_ctrl_c():
+        return _dispatch(args)
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise ForcedStop("SIGTERM outside the training steps: stopped at once (any checkpoint already saved is kept; "
+                     "continue from it with --resume)", signum)
+
+
+@contextlib.contextmanager
+def _terminate_like_ctrl_c():
+    """SIGTERM (a scheduler's preemption) while a command loads, evaluates or writes: one line and exit
+    143, with every cleanup run, as Ctrl-C gets; the training loop defers it to a step's end itself."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    try:
+        yield
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         return HANDLERS[args.command](args)
     except UserError as err:

@@ -467,3 +467,30 @@ def test_a_read_only_location_is_one_line(work, capsys, monkeypatch):
     monkeypatch.setattr(tempfile, "mkdtemp", read_only)
     _refused(["export", _final(work), "out"], capsys, "Read-only file system")
     assert not (work / "out").exists()
+
+
+def test_sigterm_before_training_is_one_line_and_143_with_cleanup(monkeypatch, capsys):
+    """A scheduler's SIGTERM while a command loads or evaluates (before the loop defers signals) is
+    what Ctrl-C is there: cleanups run (`finally` blocks, the run's lock), one line, exit 143; the
+    process's own handler is back afterwards."""
+    import signal
+    import time
+
+    from alignlab import cli
+
+    cleaned = []
+
+    def loading(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the signal lands here, as in a model load
+            return 0
+        finally:
+            cleaned.append(True)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setitem(cli.HANDLERS, "generate", loading)
+    assert cli.main(["generate", "x", "--prompt", "hi"]) == 143
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("alignlab generate: stopped: SIGTERM outside the training steps"), err
+    assert cleaned == [True] and signal.getsignal(signal.SIGTERM) is before
