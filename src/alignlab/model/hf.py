@@ -331,7 +331,7 @@ def hf_forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **k
     absolute positions (GPT-2) would score a completion at other positions than it was sampled at.
     A model whose forward takes no `position_ids` gets none. Shapes: (B, T) ids, (B, T) bool mask."""
     mask = attention_mask.long()
-    if _takes_positions(type(model)):
+    if _takes_positions(type(getattr(model, "module", model))):  # a DDP / FSDP wrapper passes them on
         kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0)  # (B, T); a pad's own value is never read
     return model(input_ids=input_ids, attention_mask=mask, **kwargs)
 
