@@ -2,7 +2,7 @@
 
     python benchmarks/grpo_vs_trl.py [--sizes 128x4,256x6] [--betas 0,0.04] [--steps 6] [--rounds 2]
                                      [--engines native,hf,trl] [--threads 0] [--seed 0]
-    python benchmarks/grpo_vs_trl.py --model smollm2 [--lora 16] [--steps 4] [--rounds 1]
+    python benchmarks/grpo_vs_trl.py --model smollm2 [--lora 16] [--steps 4] [--rounds 1] [--adamw fused|foreach]
 
 With --model, the real model (SmolLM2-135M-Instruct, or any checkpoint / .gguf) replaces the random
 sizes: 4 English prompts x 4 completions per step, and each engine's generation and update are also
@@ -17,7 +17,8 @@ with `model.engine=native` or `hf`, TRL through `AutoModelForCausalLM`. Both sid
 (`study_plan_reward("sharp")`), 8 prompts x 4 generations = 32 completions per step, at most 64
 new tokens, temperature 0.7, top-k/top-p off, loss "dapo", lr 1e-5 constant, one optimizer step
 per generation batch, float32 (TRL's bf16 and gradient checkpointing defaults are turned off),
-the same torch thread count. A random byte-level model samples one of its 2 stop ids (of 259) often
+the same AdamW kernel (--adamw; fused by default, as TRL's default on torch >= 2.8), the same
+torch thread count. A random byte-level model samples one of its 2 stop ids (of 259) often
 enough that ~40% of completions end before 64 tokens; both sides decode until their longest row
 ends, so step times compare, and the table gives each side's completion tokens.
 
@@ -71,6 +72,9 @@ def parse_args() -> argparse.Namespace:
                    " 4 English prompts x 4 completions per step), or any checkpoint / .gguf path")
     p.add_argument("--lora", type=int, default=0, help="LoRA rank on both sides (0: full fine-tuning)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="activation checkpointing on both sides")
+    p.add_argument("--adamw", choices=("fused", "foreach"), default="fused", help="the AdamW kernel on both sides: "
+                   "fused (TRL's default on torch >= 2.8, adamw_torch_fused; alignlab optim.fused=true) or foreach "
+                   "(alignlab's default; TRL optim=adamw_torch)")
     args = p.parse_args()
     args.sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     args.betas = [float(b) for b in args.betas.split(",")]
@@ -103,7 +107,8 @@ def same_start(model_dir: Path) -> float:
 def run_alignlab(model_dir: Path, engine: str, beta: float, args: argparse.Namespace, root: Path) -> list[dict]:
     """Per-step {step, gen, update, tokens} of one `grpo` run, read back from its metrics.jsonl."""
     lora = [f"lora.r={args.lora}", f"lora.alpha={2 * args.lora}"] if args.lora else []
-    lora += [f"model.gradient_checkpointing={str(args.gradient_checkpointing).lower()}"]
+    lora += [f"model.gradient_checkpointing={str(args.gradient_checkpointing).lower()}",
+             f"optim.fused={str(args.adamw == 'fused').lower()}"]
     overrides = [f"model.path={model_dir}", f"model.engine={engine}", "model.dtype=float32", *lora, f"lang={LANG}",
                  f"num_generations={GENERATIONS}", f"run.batch_size={BATCH}", f"prompts={PROMPTS}",
                  f"generation.max_new_tokens={MAX_NEW}", f"generation.temperature={TEMPERATURE}", f"beta={beta}",
@@ -165,7 +170,8 @@ def run_trl(model_dir: Path, beta: float, args: argparse.Namespace, root: Path) 
                        temperature=TEMPERATURE, top_p=1.0, top_k=0, beta=beta, num_iterations=1,
                        loss_type="dapo", learning_rate=LR, lr_scheduler_type="constant", logging_steps=1,
                        report_to="none", use_cpu=True, bf16=False, gradient_checkpointing=args.gradient_checkpointing,
-                       save_strategy="no", dataloader_num_workers=0, disable_tqdm=True, seed=args.seed)
+                       save_strategy="no", dataloader_num_workers=0, disable_tqdm=True, seed=args.seed,
+                       optim="adamw_torch_fused" if args.adamw == "fused" else "adamw_torch")
     trainer = GRPOTrainer(model=model, reward_funcs=[study_plan_reward("sharp")], args=config,
                           train_dataset=dataset, processing_class=AutoTokenizer.from_pretrained(str(model_dir)),
                           peft_config=peft_config)
@@ -328,7 +334,8 @@ def main() -> None:
     print(f"cpu, float32, threads {torch.get_num_threads()}, torch {torch.__version__}, transformers "
           f"{transformers.__version__}, trl {trl.__version__}; {PROMPTS} prompts, {PROMPTS_PER_STEP} x "
           f"{GENERATIONS} completions per step, {MAX_NEW} new tokens max, temperature {TEMPERATURE}; "
-          f"{args.steps} steps per run ({args.skip} warm-up dropped), {args.rounds} alternating rounds")
+          f"{args.steps} steps per run ({args.skip} warm-up dropped), {args.rounds} alternating rounds; "
+          f"{args.adamw} AdamW on every side")
     print(f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work skews every time)")
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:

@@ -57,7 +57,8 @@ def test_grpo_changes_the_policy(policy_dir, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("extra", [["num_iterations=2", "beta=0.04"], ["optim.grad_accum=2", "loss_type=grpo"]])
+@pytest.mark.parametrize("extra", [["num_iterations=2", "beta=0.04"], ["optim.grad_accum=2", "loss_type=grpo"],
+                                   ["optim.fused=true"]])
 def test_resume_reproduces_the_uninterrupted_run(policy_dir, tmp_path, extra):
     """Crash after step 2 (checkpoint step_2 kept, later ones lost) -> --resume ends bit-identical."""
     full = grpo(_cfg(policy_dir, tmp_path / "full", "steps=4", "run.save_every=2", "run.keep_checkpoints=5",

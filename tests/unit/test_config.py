@@ -234,7 +234,7 @@ def test_yaml_round_trip(tmp_path):
 def test_describe_config_lists_every_leaf():
     rows = describe_config(PretrainConfig)
     by_key = {key: (default, why) for key, default, why in rows}
-    assert len(rows) == len(by_key) == 60
+    assert len(rows) == len(by_key) == 61
     assert by_key["run.steps"] == ("200", "optimizer steps")
     assert by_key["sample.max_new_tokens"][0] == "64"
     assert by_key["sample_prompts"][0] == '["The ", "ROMEO:"]'

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alignlab.algorithms.common import entropy_from_logits, kl_k3, token_logps
+from alignlab.algorithms.common import entropy_from_logits, kl_k3, row_token_logps, token_logps
 from alignlab.algorithms.grpo import (
     AGGREGATIONS,
     clipped_objective,
@@ -167,6 +167,35 @@ def test_token_logps_and_entropy():
     assert torch.allclose(token_logps(logits, ids, chunk_size=2), token_logps(logits, ids), atol=1e-7)
     probs = logits.softmax(-1)
     assert torch.allclose(entropy_from_logits(logits), -(probs * probs.log()).sum(-1), atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.0])
+def test_row_token_logps_equals_autograd_to_the_bit(temperature):
+    """The hand-written backward gives autograd's gradient bit for bit (through the projection too),
+    survives a second backward (retain_graph), and needs no grad to run."""
+    torch.manual_seed(4)
+    h, w, ids, g = torch.randn(37, 16), torch.randn(301, 16), torch.randint(0, 301, (37,)), torch.randn(37)
+    grads = []
+    for fused in (False, True):
+        hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
+        logits = torch.nn.functional.linear(hh, ww).div_(temperature)
+        if fused:
+            logps, spread = row_token_logps(logits, ids, entropy=True)
+            assert torch.allclose(spread, entropy_from_logits(logits.detach()), atol=1e-5)
+            assert not spread.requires_grad
+        else:
+            logps = token_logps(logits[None], ids[None])[0]
+        (logps * g).sum().backward(retain_graph=True)
+        first = (hh.grad.clone(), ww.grad.clone())
+        hh.grad = ww.grad = None
+        (logps * g).sum().backward()
+        assert torch.equal(hh.grad, first[0]) and torch.equal(ww.grad, first[1])  # p untouched by a backward
+        grads.append((logps.detach(), *first))
+    for plain, fused in zip(*grads, strict=True):
+        assert torch.equal(plain, fused)
+    with torch.no_grad():
+        logps, spread = row_token_logps(torch.randn(3, 7), torch.tensor([0, 1, 6]))
+    assert logps.shape == (3,) and spread is None
 
 
 def _trl_advantages(rewards: torch.Tensor, group_size: int, scale: str) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 
 from alignlab.algorithms.sft import next_token_loss
 from alignlab.config import OptimConfig
-from alignlab.trainers.loop import lr_at
+from alignlab.trainers.loop import build_optimizer, lr_at
 
 
 def test_next_token_loss_by_hand():
@@ -40,3 +40,20 @@ def test_constant_schedule_and_min_ratio():
     assert lr_at(50, OptimConfig(lr=0.5, warmup_steps=0, schedule="constant"), 100) == 0.5
     cfg = OptimConfig(lr=1.0, warmup_steps=0, min_lr_ratio=0.1, schedule="cosine")
     assert math.isclose(lr_at(99, cfg, 100), 0.1)
+
+
+def test_fused_adamw_takes_the_same_step_to_rounding():
+    """optim.fused builds torch's fused kernel; a step agrees with the default one to float rounding, with
+    the same decay groups (matrices decay, vectors do not)."""
+    steps = {}
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8))
+        optimizer = build_optimizer(model, OptimConfig(lr=1e-2, fused=fused))
+        assert bool(optimizer.defaults.get("fused")) is fused
+        for _ in range(3):
+            model(torch.ones(2, 8)).pow(2).sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        steps[fused] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert torch.allclose(steps[True], steps[False], atol=1e-6)

@@ -102,6 +102,55 @@ def token_logps(logits: torch.Tensor, ids: torch.Tensor, chunk_size: int | None 
     return torch.cat(parts, dim=0)  # (B, T)
 
 
+class _RowLogps(torch.autograd.Function):
+    """`token_logps` of (N, V) rows with a hand-written backward that makes one vocabulary-sized
+    tensor where autograd makes five (sub, exp, mul, a zero-filled scatter, their sum).
+
+    Forward keeps p = exp(logits - logsumexp) for the backward (autograd's logsumexp keeps the logits
+    instead: the same size) and reads the entropy off it at no extra exp or logsumexp. The backward computes, in
+    autograd's order, the same float operations autograd does for `chosen - logsumexp(logits)`:
+    -g * p everywhere, plus g at the chosen token, so the gradient is identical to the last bit
+    (tested). Shapes: logits (N, V), ids (N,) long -> logps (N,), entropy (N,) (detached; empty when
+    not asked for)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, ids: torch.Tensor, want_entropy: bool):
+        lse = torch.logsumexp(logits, dim=-1)  # (N,)
+        logps = logits.gather(-1, ids[:, None])[:, 0] - lse  # (N,)
+        probs, spread = None, logits.new_zeros(0)
+        if want_entropy:  # H = -sum(p * log p): every term >= 0, no cancellation
+            log_probs = logits - lse[:, None]  # (N, V)
+            probs = log_probs.exp()
+            spread = -torch.linalg.vecdot(probs, log_probs)
+            del log_probs
+        elif ctx.needs_input_grad[0]:
+            probs = (logits - lse[:, None]).exp_()  # (N, V)
+        ctx.save_for_backward(probs if ctx.needs_input_grad[0] else None, ids)
+        ctx.mark_non_differentiable(spread)
+        return logps, spread
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _unused):
+        probs, ids = ctx.saved_tensors
+        out = probs * (-grad)[:, None]  # d(-logsumexp) (N, V), a new tensor: p stays for a second backward
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        out.index_put_((rows, ids), grad, accumulate=True)  # + d(chosen)
+        return out, None, None
+
+
+def row_token_logps(logits: torch.Tensor, ids: torch.Tensor, *, entropy: bool = False):
+    """(logps, entropy or None) of the chosen token of each row of `logits`: the numbers and gradient of
+    `token_logps` bit for bit, with a leaner backward (`_RowLogps`); the entropy (detached) equals
+    `entropy_from_logits` to rounding. Shapes: logits (N, V), ids (N,) long -> (N,), (N,) or None.
+
+    >>> logps, spread = row_token_logps(torch.tensor([[0.0, math.log(3.0)]]), torch.tensor([1]), entropy=True)
+    >>> round(logps.item(), 4), round(spread.item(), 4)  # log(3/4); -(1/4 ln 1/4 + 3/4 ln 3/4)
+    (-0.2877, 0.5623)
+    """
+    logps, spread = _RowLogps.apply(logits, ids, entropy)
+    return logps, (spread if entropy else None)
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of each position's next-token distribution, in nats: logsumexp(l) - sum(p * l).
 

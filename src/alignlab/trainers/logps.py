@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from alignlab.algorithms.common import entropy_from_logits, token_logps
+from alignlab.algorithms.common import entropy_from_logits, row_token_logps, token_logps
 from alignlab.model.cache import Packing
 from alignlab.model.completion import completion_logits, grouped_completion_hidden
 from alignlab.model.gpt import GPT
@@ -88,9 +88,8 @@ def packed_completion_logps(model: GPT, input_ids: torch.Tensor, attention_mask:
         logits = model.lm_head(h)  # (c, V)
         if temperature > 0:
             logits = logits.div_(temperature)  # in place: the projection's backward does not read its output
-        with torch.no_grad():
-            spread = entropy_from_logits(logits) if entropy else logits.new_zeros(0)  # (c,)
-        return token_logps(logits[None], i[None])[0], spread
+        lp, spread = row_token_logps(logits, i, entropy=entropy)  # (c,) each
+        return lp, (spread if entropy else logits.new_zeros(0))
 
     step = chunk if lean else max(ids.shape[0], 1)
     recompute = lean and torch.is_grad_enabled()

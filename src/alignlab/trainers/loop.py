@@ -101,13 +101,21 @@ def lr_at(step: int, optim: OptimConfig, total_steps: int) -> float:
 
 
 def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only; biases, norms and nothing else are exempt."""
+    """AdamW with weight decay on matrices only; biases, norms and nothing else are exempt. With
+    `optim.fused`, torch's fused kernel (one pass over each parameter instead of a dozen)."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": optim.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
+    kernel = {"fused": True} if optim.fused else {}
+    try:
+        return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, **kernel)
+    except RuntimeError as error:  # a device or dtype the fused kernel does not cover
+        if not optim.fused:
+            raise
+        raise UserError(f"optim.fused: torch {torch.__version__} has no fused AdamW for these parameters "
+                        f"({error}); set optim.fused=false", key="optim.fused") from None
 
 
 class StopSignals:
