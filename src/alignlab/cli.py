@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import errno
 import os
 import signal
@@ -278,6 +279,30 @@ HANDLERS = {**dict.fromkeys(TRAINERS, cmd_train), "score": cmd_score, "audit-rm"
             "sweep": cmd_sweep, "import": cmd_import}
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+_OWN_ALLOCATOR = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")
+
+
+def keep_freed_memory() -> bool:
+    """On Linux with glibc: serve every allocation from the heap and never give freed memory back to the
+    system, so the vocabulary-sized tensors a training step makes and frees (~160 MB each on SmolLM2)
+    reuse pages already mapped instead of being mmap'ed and page-faulted in afresh each time (about 1 s
+    of a SmolLM2 GRPO step went to such faults). Numbers are unchanged (only where memory comes from);
+    peak memory is the same, but memory freed after the peak stays with the process until it exits.
+    True when applied. Skipped, leaving the allocator as it is: other systems or C libraries,
+    ALIGNLAB_MALLOC=system, the user's own glibc MALLOC_* settings, or an allocator put in through
+    LD_PRELOAD (jemalloc, tcmalloc)."""
+    if sys.platform != "linux" or os.environ.get("ALIGNLAB_MALLOC", "").strip().lower() == "system":
+        return False
+    if any(name in os.environ for name in _OWN_ALLOCATOR) or "malloc" in os.environ.get("LD_PRELOAD", ""):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may come after options (`generate CKPT --prompt x temperature=0`),
@@ -289,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if overrides:
         setattr(args, target, [*getattr(args, target), *overrides])
+    keep_freed_memory()
     with _terminate_like_ctrl_c():
         return _dispatch(args)
 
