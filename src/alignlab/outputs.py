@@ -20,13 +20,10 @@ whose replacement never arrived and deletes the rest, once their process is gone
 (a manifest, samples, a report page) is written by `write_file_atomic`: a temporary sibling renamed
 into place, removed on any failure.
 
-`check_target` refuses paths that could cost the user something before anything is written: an
-empty path, the current directory or one of its ancestors, the home directory or the filesystem
-root, a file in the way, and any path overlapping the inputs of the command (the checkpoint being
-exported, the model being trained, data files).
-
-Left out: Windows' file-replace semantics (renaming onto an existing folder); cross-filesystem
-outputs (the temporary folder is always a sibling of the target, so renames stay atomic).
+`check_target` / `check_output_file` refuse, before anything is written, paths that could cost the
+user something: empty, the current directory, an ancestor of it, home, root, a file in the way, any
+overlap with the command's inputs (checkpoint, model, data files). Left out: Windows' file-replace
+semantics; cross-filesystem outputs (temporary folders are siblings, so renames stay atomic).
 """
 
 from __future__ import annotations
@@ -160,6 +157,9 @@ def check_output_file(path: str | os.PathLike | None, *, protect: Iterable = (),
     target = Path(path).expanduser()
     if target.is_dir():
         raise UserError("output path is a folder: name a file", file=str(path), key=key)
+    above = next(folder for folder in target.absolute().parents if folder.exists())  # missing ones get made
+    if not above.is_dir():
+        raise UserError(f"{above} is a file, not a folder: the output cannot go inside it", file=str(path), key=key)
     for source in protect:
         if source and Path(str(source)).expanduser().resolve() == target.resolve():
             raise UserError("the output file is an input of this command: writing it would destroy that input",
@@ -206,12 +206,13 @@ def clean_leftovers(target: Path) -> None:
 
 
 def write_file_atomic(path: str | os.PathLike, data: str | bytes, *, what: str = "") -> Path:
-    """`data` (text as UTF-8) written to `path` whole or not at all: a temporary sibling renamed into
-    place, which never outlives a failure. An OSError becomes a UserError naming the path."""
+    """`data` (text as UTF-8) written to `path` (its missing folders made) whole or not at all: a temporary
+    sibling renamed into place, which never outlives a failure. An OSError becomes a UserError."""
     path = Path(path)
     raw = data.encode("utf-8") if isinstance(data, str) else data  # an unencodable text fails before any file
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(raw)
         os.replace(tmp, path)
     except OSError as err:

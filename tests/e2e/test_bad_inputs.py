@@ -29,6 +29,8 @@ CASES = [
      "recipe_wrong_type.yaml:2: run.steps: expected an int"),
     ("recipe-negative-steps", ["sft", "{bad}/recipe_negative_steps.yaml"],
      "recipe_negative_steps.yaml:2: run.steps: must be >= 1, got -5"),
+    ("recipe-empty-out-dir", ["sft", "{bad}/recipe_empty_out_dir.yaml"],
+     "recipe_empty_out_dir.yaml:3: run.out_dir: must be a folder, not empty"),
     ("recipe-batch-not-groups", ["grpo", "{bad}/recipe_batch_not_groups.yaml", "model.path={policy}"],
      "multiple of num_generations"),
     ("recipe-unknown-task", ["grpo", "{bad}/recipe_unknown_task.yaml"],

@@ -94,6 +94,19 @@ def test_check_scores_failures_with_reasons(tmp_path, capsys):
     assert any("echoes the prompt" in r for r in record["reasons"])
 
 
+def test_check_out_makes_missing_folders_and_refuses_a_file_in_the_way_before_scoring(tmp_path, capsys):
+    src = tmp_path / "c.jsonl"
+    src.write_text(json.dumps({"prompt": CANONICAL_PROMPT, "completion": "- a"}) + "\n", encoding="utf-8")
+    out = tmp_path / "new" / "deeper" / "scored.jsonl"
+    assert main(["check", str(src), "--out", str(out)]) == 0
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 1
+    capsys.readouterr()
+    assert main(["check", str(src), "--out", str(src / "scored.jsonl")]) == 2  # c.jsonl is a file
+    captured = capsys.readouterr()
+    assert "pass rate" not in captured.out  # refused before any scoring
+    assert len(captured.err.strip().splitlines()) == 1 and "is a file, not a folder" in captured.err
+
+
 def test_check_malformed_record_is_one_line_with_file_and_line(tmp_path, capsys):
     src = tmp_path / "c.jsonl"
     src.write_text(json.dumps({"prompt": "p", "completion": "- a"}) + "\n" + json.dumps({"prompt": "p"}) + "\n",

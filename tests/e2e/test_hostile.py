@@ -133,7 +133,7 @@ def test_export_into_an_empty_folder(work):
     ("mine", "not an alignlab run directory"),
     (".", "current directory"),
     ("..", "ancestor of the current directory"),
-    ("", "empty run path"),
+    ("", "run.out_dir: must be a folder, not empty"),
     ("notes.txt", "not a folder"),
 ])
 def test_overwrite_never_removes_a_folder_alignlab_did_not_make(work, capsys, out, expected):

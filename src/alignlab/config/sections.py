@@ -194,6 +194,7 @@ class RunConfig:
     fsdp: bool = knob(False, "under torchrun: shard weights, gradients and optimizer state (FSDP) instead of DDP")
 
     def __post_init__(self):
+        _check(self, "a folder, not empty", lambda v: bool(v.strip()), "out_dir")
         _check(self, ">= 1", lambda v: v >= 1, "steps", "batch_size", "log_every")
         _check(self, ">= 0", lambda v: v >= 0, "save_every", "keep_checkpoints", "eval_every")
         _check(self, "in [0, 2**64 - 1] (torch.manual_seed's range)", lambda v: 0 <= v <= SEED_MAX, "seed")
