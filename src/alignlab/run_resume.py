@@ -28,6 +28,7 @@ import yaml
 
 from alignlab.config_dump import config_to_dict
 from alignlab.config_io import config_from_dict
+from alignlab.config_yaml import read_yaml_bounded
 from alignlab.errors import UserError
 
 # Keys (dotted, or a trailing part) whose change does not change what the run computes.
@@ -77,9 +78,13 @@ def config_differences(saved: Mapping, config) -> dict[str, tuple]:
 def data_differences(manifest: Mapping, data_files: Iterable) -> dict[str, tuple]:
     """{"data file X": (old sha, new sha)} for data files whose contents changed since the run started."""
     before = manifest.get("data") or {}
+    before = before if isinstance(before, Mapping) else {}
     changed = {}
     for path in data_files:
-        if str(path) in before and Path(path).is_file():
+        if before and str(path) not in before and Path(path).is_file():  # another file than the run read
+            changed[f"input {path} (not among the run's recorded inputs: {', '.join(map(str, before))})"] = \
+                (None, file_sha256(path)[:12])
+        elif str(path) in before and Path(path).is_file():
             now = file_sha256(path)
             if now != before[str(path)]:
                 changed[f"data file {path} (contents changed, sha256)"] = (before[str(path)][:12], now[:12])
@@ -94,9 +99,9 @@ def check_resume(root: Path, config, data_files: Iterable, allow_changes: bool) 
     """The record of a resume of `root` with `config` (what changed), or a UserError when the
     change would make it another run and `allow_changes` is off. Writes nothing."""
     try:
-        saved = yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8"))
+        saved = read_yaml_bounded(root / "config.yaml")[0]  # an alias bomb is refused, not expanded
         manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError) as err:
+    except (OSError, ValueError, yaml.YAMLError, RecursionError) as err:
         raise UserError(f"cannot resume: the run's config.yaml / manifest.json is unreadable ({err})",
                         file=str(root)) from None
     if not isinstance(saved, dict) or not isinstance(manifest, dict):

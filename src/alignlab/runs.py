@@ -29,6 +29,7 @@ Left out: experiment trackers other than TensorBoard.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,7 @@ from alignlab.config import config_hash, dump_yaml
 from alignlab.distributed import Distributed
 from alignlab.errors import UserError
 from alignlab.outputs import (
+    LOCK,
     MARKER,
     FolderLock,
     check_target,
@@ -79,9 +81,23 @@ def print_nothing(message: str) -> None:
 def checkpoint_step(directory: Path) -> int | None:
     """The step a complete checkpoint directory holds (from its state.json), or None."""
     try:
-        return int(json.loads((directory / "state.json").read_text())["step"])
-    except (OSError, ValueError, KeyError):
+        return int(json.loads((directory / "state.json").read_text(encoding="utf-8"))["step"])
+    except (OSError, ValueError, KeyError, TypeError):  # TypeError: a hand-edited step (null, a list)
         return None
+
+
+def is_checkpoint_name(name: str) -> bool:
+    """`step_N` or `final`: the folders a run writes under checkpoints/ and resumes from. Anything else
+    there (train-rm's `best`, a user's backup copy) is never resumed from or pruned."""
+    return name == "final" or re.fullmatch(r"step_\d+", name) is not None
+
+
+def _holds_results(root: Path) -> bool:
+    """True when a run folder holds anything beyond what its start writes first (marker, lock, config,
+    an empty checkpoints/ folder)."""
+    started = {MARKER, LOCK, "config.yaml", "checkpoints"}
+    checkpoints = root / "checkpoints"
+    return any(p.name not in started for p in root.iterdir()) or (checkpoints.is_dir() and any(checkpoints.iterdir()))
 
 
 class Run:
@@ -142,7 +158,11 @@ class Run:
         if not root.exists() or is_empty_dir(root):
             return None
         if marker_kind(root) == "run" and not (root / "manifest.json").is_file():
-            return None  # ours, but its start died before writing anything: begin it again
+            if overwrite or not _holds_results(root):
+                return None  # ours, and its start died before writing anything (or it is to be replaced)
+            raise UserError("run directory holds checkpoints or metrics but its manifest.json is missing, so what "
+                            "it holds cannot be checked: restore manifest.json, pass --overwrite to replace the run, "
+                            "or choose another run.out_dir", file=str(root), key="run.out_dir")
         if not is_run_dir(root):
             raise UserError("folder exists and is not an alignlab run directory (no .alignlab.json or manifest.json); "
                             "alignlab never writes into or replaces a folder it did not make: choose another "
@@ -230,7 +250,7 @@ class Run:
         """(step, dir) of every complete checkpoint, oldest first; temporary dirs never count."""
         found = []
         for path in self.checkpoints.glob("*"):
-            step = None if path.name.startswith(".") else checkpoint_step(path)
+            step = checkpoint_step(path) if is_checkpoint_name(path.name) else None
             if step is not None:
                 found.append((step, path))
         return sorted(found, key=lambda item: (item[0], item[1].name == "final"))
@@ -256,13 +276,13 @@ class Run:
         """Every checkpoint folder, complete or not (a lost state.json is damage, not absence)."""
         if not self.checkpoints.is_dir():
             return []
-        return [p for p in self.checkpoints.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        return [p for p in self.checkpoints.iterdir() if p.is_dir() and is_checkpoint_name(p.name)]
 
     def prune(self, keep: int) -> None:
         """Remove all but the newest `keep` step_N checkpoints; `final` always stays."""
         if not self.main:
             return
-        steps = [(s, p) for s, p in self.complete_checkpoints() if p.name != "final"]
+        steps = [(s, p) for s, p in self.complete_checkpoints() if p.name == f"step_{s}"]  # never a renamed copy
         for _, path in steps[: max(len(steps) - keep, 0)]:
             shutil.rmtree(path, ignore_errors=True)
 

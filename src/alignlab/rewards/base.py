@@ -239,6 +239,9 @@ def _locate_failure(fn, prompts: list, completions: list, kwargs: Mapping, error
                                f"{n} completions; no single completion reproduces it")
 
 
+REWARD_LIMIT = 1e15  # |reward| past this: float32 group statistics overflow or lose every difference
+
+
 def _checked_value(name: str, value, i: int, completion) -> float | None:
     if value is None:
         return None
@@ -246,9 +249,17 @@ def _checked_value(name: str, value, i: int, completion) -> float | None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise RewardContractError(f"reward function {name!r} returned {value!r} ({type(value).__name__}) {where}; "
                                   f"expected a float, or None to abstain")
-    if not math.isfinite(value):
-        raise RewardContractError(f"reward function {name!r} returned {float(value)} {where}; expected a finite float")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int or Fraction beyond any float
+        number = math.inf
+    if not math.isfinite(number):
+        raise RewardContractError(f"reward function {name!r} returned {number} {where}; expected a finite float")
+    if abs(number) > REWARD_LIMIT:
+        raise RewardContractError(f"reward function {name!r} returned {number:.3g} {where}; rewards beyond "
+                                  f"+-{REWARD_LIMIT:g} lose their differences in float32 (a group's spread "
+                                  "overflows and every advantage becomes 0): scale it down")
+    return number
 
 
 def call_reward(fn: RewardFn, prompts: Sequence, completions: Sequence, **kwargs) -> list[float | None]:

@@ -14,9 +14,13 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
+from alignlab.errors import UserError
 from alignlab.outputs import json_safe
 
 LEDGER = "rollouts.jsonl.gz"
+# The ledger's own fields; an example column of the same name is kept as example_<name>.
+RECORD_KEYS = frozenset({"step", "group", "completion", "reward", "parts", "passed", "failed", "reasons",
+                         "degenerate", "truncated", "tokens"})
 
 
 class Ledger:
@@ -42,6 +46,10 @@ class Ledger:
                             kept.append(line)
                     except (json.JSONDecodeError, KeyError, TypeError):
                         continue  # a line a killed process left half-written
+        except gzip.BadGzipFile as err:  # not a gzip file at all: a user's edit, never emptied silently
+            if not kept:
+                raise UserError(f"the rollout ledger is not a gzip file ({err}); resuming would empty it: restore "
+                                "it (gzip it again) or move it away, then --resume", file=str(self.path)) from None
         except (EOFError, OSError, zlib.error):
             pass  # a gzip stream a killed process left unfinished: keep what reads back
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -57,6 +65,7 @@ def ledger_records(step: int, group_size: int, examples, rollout, scores) -> lis
     Scorer's `Scores`). Native GRPO, PPO and the TRL backend all write these records."""
     records, totals, parts = [], scores.totals, scores.parts
     for i, (example, text, verdict) in enumerate(zip(examples, rollout.texts, scores.verdicts, strict=True)):
+        example = {(f"example_{k}" if k in RECORD_KEYS else k): v for k, v in example.items()}  # ours win
         records.append({"step": step, "group": i // group_size, **example, "completion": text,
                         "reward": totals[i], "parts": {k: v[i] for k, v in parts.items()},
                         "passed": verdict.passed, "failed": list(verdict.failed), "reasons": list(verdict.reasons),

@@ -11,6 +11,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -18,15 +19,17 @@ from alignlab.algorithms.grpo import zero_spread_fraction
 from alignlab.config import RewardConfig
 from alignlab.generation.engine import Rollout
 from alignlab.generation.sampling import prompt_order_seed
-from alignlab.rewards.base import Reward, combine, reward_name
+from alignlab.rewards.base import REWARD_LIMIT, Reward, RewardContractError, combine, reward_name
 from alignlab.rewards.user_code import load_reward_function
 from alignlab.tasks.registry import Task
 
 
 def rl_inputs(cfg, task: Task) -> list[str]:
     """The files an RL run reads, recorded (SHA-256) in its manifest so that a changed one is a changed run
-    on --resume: its prompt files and, for a task read from the user's file, that file."""
-    return [f for f in (cfg.data, cfg.eval_data, task.file) if f]
+    on --resume: its prompt files, a task read from the user's file, a reward function's file."""
+    where = cfg.reward.function.rpartition(":")[0]
+    reward_file = str(Path(where).expanduser().resolve()) if where.endswith(".py") else ""
+    return [f for f in (cfg.data, cfg.eval_data, task.file, reward_file) if f]
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,9 @@ class Scorer:
             parts["reward_model"] = (RewardModelReward(rm.eval(), rm_tokenizer), cfg.model_weight)
         if cfg.function:
             fn = load_reward_function(cfg.function, cfg.timeout_s)  # contained: rewards/user_code.py
-            parts[reward_name(fn)] = (fn, cfg.function_weight)
+            name = reward_name(fn)  # a function named like a built-in part must not replace it (or be replaced)
+            name = f"function_{name}" if name in ("rules", "reward_model", "judge") else name
+            parts[name] = (fn, cfg.function_weight)
         if cfg.judge_weight > 0:  # sense, which the rules cannot see: rewards/judge.py
             from alignlab.rewards.judge import load_judge_reward
 
@@ -71,6 +76,10 @@ class Scorer:
         prompts = [e["prompt"] for e in examples]
         columns = self.task.row_columns(list(examples))
         scores = self.reward.score(prompts, completions, **columns)
+        big = max((abs(t) for t in scores.total if t is not None), default=0.0)
+        if big > REWARD_LIMIT:  # each part was in range; its weight took the sum out of it
+            raise RewardContractError(f"the weighted reward reached {big:.3g}, beyond +-{REWARD_LIMIT:g}, where "
+                                      "float32 advantages lose every difference: lower the reward weights")
         rows = self.rules.breakdown(prompts, completions) if hasattr(self.rules, "breakdown") else None
         verdicts = [self.task.check(e["prompt"], c, **{k: e[k] for k in self.task.columns})
                     for e, c in zip(examples, completions, strict=True)]

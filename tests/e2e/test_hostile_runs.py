@@ -1,0 +1,119 @@
+"""Hand-edited run folders and hostile reward functions (found by a hostile-input exploration): a run that
+lost its manifest is never trained over, a user's copy inside checkpoints/ is never pruned or resumed
+from, the rollout ledger is never emptied or mislabelled, an edited reward file is a changed run, and a
+reward too large for float32 statistics is one line instead of a run that silently learns nothing."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from alignlab.cli import main
+from alignlab.config import RewardConfig
+from alignlab.errors import UserError
+from alignlab.rewards.base import RewardContractError, call_reward
+from alignlab.tasks.registry import get_task
+from alignlab.tasks.study_plan.prompts import train_prompts
+from alignlab.trainers.ledger import Ledger, ledger_records
+from alignlab.trainers.rl_data import Scorer
+
+SFT = ["sft", "tokenizer.kind=byte", "synthetic_per_prompt=1", "steps=3", "run.batch_size=4", "max_length=64",
+       "model.arch.hidden_size=32", "model.arch.intermediate_size=64", "model.arch.num_hidden_layers=1",
+       "model.arch.num_attention_heads=2", "model.arch.num_key_value_heads=1", "run.save_every=1", "run.eval_every=0",
+       "run.log_every=1", "run.progress=false", "run.keep_checkpoints=1"]
+GRPO = ["grpo", "num_generations=4", "run.batch_size=8", "max_new_tokens=12", "steps=1", "run.progress=false",
+        "run.eval_every=0", "run.save_every=1", "preflight=false"]
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_run_that_lost_its_manifest_is_not_trained_over(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*SFT, f"run.out_dir={run}"]) == 0
+    (run / "manifest.json").unlink()
+    before = _files(run)
+    capsys.readouterr()
+    for extra in ([], ["--resume"]):
+        assert main([*SFT, f"run.out_dir={run}", "optim.lr=0.05", *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "manifest.json is missing" in err, err
+        assert _files(run) == before
+    assert main([*SFT, f"run.out_dir={run}", "--overwrite"]) == 0  # ours by its marker: replaceable when asked
+
+
+def test_a_users_copy_inside_checkpoints_is_never_pruned_or_resumed_from(tmp_path):
+    run = tmp_path / "run"
+    assert main([*SFT, f"run.out_dir={run}"]) == 0
+    backup = run / "checkpoints" / "step_3_backup"
+    shutil.copytree(run / "checkpoints" / "final", backup)
+    state = json.loads((backup / "state.json").read_text())
+    (backup / "state.json").write_text(json.dumps({**state, "step": 99}))  # the newest, if it counted
+    kept = _files(backup)
+    longer = ["steps=5" if a == "steps=3" else a for a in SFT]
+    assert main([*longer, f"run.out_dir={run}", "--resume"]) == 0
+    assert _files(backup) == kept
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 5 and 4 in steps  # resumed from step 3, not from the copy's "99"
+
+
+def test_the_ledger_is_never_emptied_by_a_resume_when_it_is_not_gzip(tmp_path):
+    path = tmp_path / "rollouts.jsonl.gz"
+    path.write_text('{"step": 1}\n{"step": 2}\n')  # a user's `zcat > same name`
+    with pytest.raises(UserError, match="not a gzip file"):
+        Ledger(path).keep_until(1)
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+    with gzip.open(path, "wt") as handle:
+        handle.write('{"step": 1}\n{"step": 2}\n{"step": 3')  # a killed writer's half line
+    Ledger(path).keep_until(1)
+    with gzip.open(path, "rt") as handle:
+        assert handle.read() == '{"step": 1}\n'
+
+
+def test_an_example_column_never_overwrites_the_ledgers_own_fields():
+    class Done:
+        texts, truncated, lengths = ["- a"], [False], [3]
+
+    class Verdict:
+        passed, failed, reasons, degenerate_reasons = False, (), (), ()
+
+    class Scores:
+        totals, parts, verdicts = [0.5], {"rules": [0.5]}, [Verdict()]
+
+    (record,) = ledger_records(7, 4, [{"prompt": "p", "step": 100, "group": "recipes"}], Done(), Scores())
+    assert record["step"] == 7 and record["group"] == 0
+    assert record["example_step"] == 100 and record["example_group"] == "recipes"
+
+
+def test_an_edited_reward_file_is_a_changed_run_on_resume(tmp_path, policy_dir, capsys):
+    fn = tmp_path / "my_reward.py"
+    fn.write_text("def reward(prompts, completions, **kw):\n    return [0.5 for _ in completions]\n")
+    argv = [*GRPO, f"model.path={policy_dir}", f"reward.function={fn}:reward", f"run.out_dir={tmp_path / 'run'}"]
+    assert main(argv) == 0
+    fn.write_text("def reward(prompts, completions, **kw):\n    return [-100.0 for _ in completions]\n")
+    capsys.readouterr()
+    assert main([*argv, "steps=2", "--resume"]) == 2
+    assert f"data file {fn.resolve()} (contents changed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", [10**400, 1e20])
+def test_a_reward_beyond_float32_statistics_is_one_clear_error(value):
+    with pytest.raises(RewardContractError, match="returned (inf|1e\\+20)"):
+        call_reward(lambda prompts, completions, **kw: [value for _ in completions], ["p"], ["- a"])
+
+
+def test_a_reward_function_named_like_a_built_in_part_keeps_both(tmp_path):
+    fn = tmp_path / "named.py"
+    fn.write_text("def rules(prompts, completions, **kw):\n    return [0.0 for _ in completions]\n")
+    task = get_task("study-plan")
+    scorer = Scorer(task, RewardConfig(mode="sharp", function=f"{fn}:rules", function_weight=0.5), "cpu")
+    example = {"prompt": train_prompts("en")[0]}
+    scores = scorer([example], ["nonsense"])
+    assert set(scores.parts) == {"rules", "function_rules"}
+    assert scores.parts["function_rules"] == [0.0] and scores.totals == scores.parts["rules"]
+    assert scores.parts["rules"][0] < 0  # the task's own rules still score (a function did not replace them)
