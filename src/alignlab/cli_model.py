@@ -18,6 +18,7 @@ def cmd_generate(args) -> int:
     from alignlab.model.checkpoint import load_model
     from alignlab.runtime import make_generator, resolve_device
 
+    _check_prompts(args.prompt)
     gen = load_config(GenerationConfig, None, args.overrides)
     device = resolve_device(args.device)
     model, tokenizer = load_model(args.checkpoint, engine=args.engine, device=device,
@@ -28,6 +29,19 @@ def cmd_generate(args) -> int:
     for prompt, text, cut in zip(prompts, rollout.texts, rollout.truncated.tolist(), strict=True):
         print(f"### {prompt}\n{text}" + ("  [truncated]" if cut else ""))
     return 0
+
+
+def _check_prompts(prompts) -> None:
+    """Refuse a prompt the model cannot be given: an empty or blank one (nothing to continue), or one
+    that is not UTF-8 text (a shell's stray byte reaches Python as a lone surrogate escape)."""
+    for prompt in prompts:
+        if not prompt.strip():
+            raise UserError("empty prompt; expected some text to continue", key="--prompt")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise UserError(f"not UTF-8 text (an undecodable byte at character {err.start}); expected a "
+                            "prompt in UTF-8", key="--prompt") from None
 
 
 def cmd_export(args) -> int:

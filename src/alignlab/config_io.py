@@ -184,7 +184,11 @@ def _list_items(value: Any, text: bool) -> list[tuple[Any, bool]]:
         if not stripped:
             return []
         if not stripped.startswith("["):
-            return [(part.strip(), True) for part in stripped.split(",")]
+            parts = [part.strip() for part in stripped.split(",")]
+            if not all(parts):
+                raise UserError(f"an empty item in the comma-separated list {value!r} (a trailing or doubled "
+                                "comma?); expected e.g. a,b")
+            return [(part, True) for part in parts]
         value = _parse_text(stripped)
     if isinstance(value, (list, tuple)):
         return [(item, False) for item in value]

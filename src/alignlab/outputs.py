@@ -10,15 +10,12 @@ evaluation's files with a `summary.json` holding its sample count and pass rate,
 is never ours (its files are any model folder's). Nothing else is ever replaced or deleted,
 whatever the flags say.
 
-`new_output(target, kind)` is the one way a whole folder is written: files go to a hidden
-temporary folder beside the target, the marker is written last, and the folder is renamed into
-place; an old output of the same kind is moved aside first and deleted only once the new one is
-in place, so a reader sees the old folder or the new one, never half of either (the marker is
-the completeness mark readers check). A process killed in between leaves `.NAME.tmp-PID-*` /
-`.NAME.old-PID-*` siblings; the next start on the same target restores a moved-aside old folder
-whose replacement never arrived and deletes the rest, once their process is gone. A single file
-(a manifest, samples, a report page) is written by `write_file_atomic`: a temporary sibling renamed
-into place, removed on any failure.
+`new_output(target, kind)` is the one way a whole folder is written: files go to a hidden temporary
+folder beside the target, the marker (the completeness mark readers check) last, then a rename; an
+old output is moved aside first and deleted once the new one is in place. A process killed in between
+leaves `.NAME.tmp-PID-*` / `.NAME.old-PID-*` siblings; the next start on the target restores an old
+folder whose replacement never arrived and deletes the rest, once their process is gone. A single
+file is written by `write_file_atomic`: a temporary sibling renamed into place.
 
 `check_target` / `check_output_file` refuse, before anything is written, paths that could cost the
 user something: empty, the current directory, an ancestor of it, home, root, a file in the way, any
@@ -31,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -181,16 +179,15 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _leftovers(target: Path) -> list[tuple[Path, str, int]]:
-    """(path, "tmp" | "old", pid) of every hidden sibling a replacement of `target` left behind."""
-    found = []
+    """(path, "tmp" | "old", pid) of every hidden sibling a replacement of `target` left behind: named
+    exactly as `temp_beside` / `move_aside` name them (mkdtemp's 8 random characters), and an "old" one
+    must be an alignlab output itself. A user's `.NAME.old-2023-backup` is none of these."""
     if not target.parent.is_dir():
-        return found
-    for path in target.parent.glob(f".{target.name}.*-*"):
-        role, _, rest = path.name[len(target.name) + 2:].partition("-")
-        pid = rest.split("-")[0]
-        if role in ("tmp", "old") and pid.isdigit():
-            found.append((path, role, int(pid)))
-    return found
+        return []
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(tmp|old)-(\d+)-[a-z0-9_]{{8}}")
+    found = [(path, match[1], int(match[2])) for path in target.parent.iterdir()
+             if (match := pattern.fullmatch(path.name)) and not path.is_symlink()]
+    return [(path, role, pid) for path, role, pid in found if role == "tmp" or marker_kind(path) or is_run_dir(path)]
 
 
 def clean_leftovers(target: Path) -> None:
@@ -357,7 +354,10 @@ class FolderLock:
         key = self.folder.resolve()
         if key in _HELD:
             _HELD.pop(key).release()
-        fd = os.open(self.folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a symbolic link: writing the owner record would truncate what it points at
+            fd = os.open(self.folder / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as err:
+            raise UserError(f"{LOCK}: {err.strerror or err} (a link is refused)", file=str(self.folder)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

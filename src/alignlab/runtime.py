@@ -52,18 +52,39 @@ def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
 
 
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
+
+
 def resolve_device(name: str = "auto") -> torch.device:
+    """The torch device for a user's word: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.
+    An unknown name, another device type (meta, xpu...) or a device this machine lacks is a UserError."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("mps") if _mps_available() else torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("CUDA is not available on this machine; use device=cpu or device=auto",
-                        key="device")
-    if name == "mps" and not _mps_available():
-        raise UserError("MPS is not available on this machine; use device=cpu or device=auto",
-                        key="device")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"unknown device {name!r}; expected {DEVICE_NAMES}", key="device") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"{name!r}: CUDA is not available on this machine; use device=cpu or device=auto",
+                            key="device")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise UserError(f"{name!r}: this machine has {count} CUDA device{'s' if count != 1 else ''} "
+                            f"(cuda:0 to cuda:{count - 1}); expected {DEVICE_NAMES}", key="device")
+        return dev
+    if dev.type == "mps":
+        if not _mps_available():
+            raise UserError(f"{name!r}: MPS is not available on this machine; use device=cpu or device=auto",
+                            key="device")
+        if dev.index not in (None, 0):
+            raise UserError(f"{name!r}: there is one MPS device (mps or mps:0)", key="device")
+        return dev
+    raise UserError(f"device type {dev.type!r} is not supported; expected {DEVICE_NAMES}", key="device")
 
 
 def resolve_runtime(device: str = "auto", precision: str = "auto") -> Runtime:

@@ -117,3 +117,38 @@ def test_a_reward_function_named_like_a_built_in_part_keeps_both(tmp_path):
     assert set(scores.parts) == {"rules", "function_rules"}
     assert scores.parts["function_rules"] == [0.0] and scores.totals == scores.parts["rules"]
     assert scores.parts["rules"][0] < 0  # the task's own rules still score (a function did not replace them)
+
+
+def test_leftover_cleanup_touches_only_alignlab_s_own_siblings(tmp_path):
+    from alignlab.outputs import clean_leftovers, write_marker
+
+    (tmp_path / "results").mkdir()
+    backup = tmp_path / ".results.old-2023-backup"  # a user's hidden folders named like leftovers
+    draft = tmp_path / ".thesis.old-1999-draftxyz"
+    for folder in (backup, draft):
+        folder.mkdir()
+        (folder / "notes.txt").write_text("mine\n")
+    dead = 2**22 + 12345  # beyond pid_max on Linux: no such process
+    ours_tmp, ours_old = tmp_path / f".results.tmp-{dead}-abcd1234", tmp_path / f".exp.old-{dead}-abcd1234"
+    ours_tmp.mkdir()
+    ours_old.mkdir()
+    write_marker(ours_old, "export")
+    clean_leftovers(tmp_path / "results")
+    clean_leftovers(tmp_path / "thesis")
+    clean_leftovers(tmp_path / "exp")
+    assert (backup / "notes.txt").exists() and (draft / "notes.txt").exists() and not (tmp_path / "thesis").exists()
+    assert not ours_tmp.exists()  # a dead process's temporary folder goes
+    assert (tmp_path / "exp").is_dir() and not ours_old.exists()  # an old output whose replacement never came back
+
+
+def test_a_lock_that_is_a_symbolic_link_is_refused_and_its_target_untouched(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*SFT, f"run.out_dir={run}"]) == 0
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (run / ".lock").unlink(missing_ok=True)
+    (run / ".lock").symlink_to(victim)
+    capsys.readouterr()
+    longer = ["steps=4" if a == "steps=3" else a for a in SFT]
+    assert main([*longer, f"run.out_dir={run}", "--resume"]) == 2
+    assert ".lock" in capsys.readouterr().err and victim.read_text() == "precious\n"

@@ -16,6 +16,7 @@ from alignlab.errors import UserError
 from alignlab.eval.report import write_report
 from alignlab.eval.sampling_eval import evaluate_completions, write_samples
 from alignlab.eval.verdict import single_verdict
+from alignlab.outputs import write_marker
 from alignlab.tasks.registry import get_task
 from alignlab.tasks.study_plan.prompts import held_out_prompts
 
@@ -57,6 +58,7 @@ def _write_eval(out, completions: dict[str, list[str]]) -> None:
 def run_dir(tmp_path):
     run = tmp_path / "grpo"
     run.mkdir()
+    write_marker(run, "run")
     config = {"model": {"path": "runs/sft/checkpoints/final", "dtype": "auto"}, "num_generations": 8,
               "reward": {"mode": "sharp"}, "beta": 0.04, "optim": {"lr": 1e-5}, "run": {"steps": 20, "batch_size": 4},
               "generation": {"temperature": 0.9, "max_new_tokens": 128}}
@@ -124,6 +126,14 @@ def test_bad_inputs_are_user_errors(run_dir, tmp_path):
         write_report(run_dir)
     with pytest.raises(UserError, match="no such run directory"):
         write_report(tmp_path / "missing")
+    site = tmp_path / "site"  # a user's folder with a metrics file and pages of its own: never written
+    (site / "report_files").mkdir(parents=True)
+    (site / "report.md").write_text("mine\n")
+    (site / "report_files" / "fig1.png").write_bytes(b"png")
+    (site / "metrics.jsonl").write_text(lines[0] + "\n")
+    with pytest.raises(UserError, match="not an alignlab run directory"):
+        write_report(site)
+    assert (site / "report.md").read_text() == "mine\n" and (site / "report_files" / "fig1.png").exists()
     (run_dir / "metrics.jsonl").write_text(lines[0] + "\n")
     with pytest.raises(UserError, match="summary.json"):
         write_report(run_dir, before=tmp_path)

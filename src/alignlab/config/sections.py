@@ -168,6 +168,8 @@ class OptimConfig:
 
     def __post_init__(self):
         _check(self, "positive", lambda v: v > 0, "lr", "eps")
+        _check(self, "<= 10 (a learning rate beyond that is a typo: the first step would overflow)",
+               lambda v: v <= 10, "lr")
         _check(self, ">= 0", lambda v: v >= 0, "weight_decay", "warmup_steps", "grad_clip")
         _check(self, "in [0, 1)", lambda v: 0 <= v < 1, "beta1", "beta2")
         _check(self, "in [0, 1]", lambda v: 0 <= v <= 1, "min_lr_ratio")
@@ -214,6 +216,8 @@ class GenerationConfig:
         _check(self, ">= 1", lambda v: v >= 1, "max_new_tokens")
         _check(self, ">= 0 (0 = greedy / off)", lambda v: v >= 0, "temperature", "top_k")
         _check(self, "in (0, 1]", lambda v: 0 < v <= 1, "top_p")
+        _check(self, "non-empty strings (an empty one matches at once: every completion would stop after "
+                     "one token)", lambda v: all(isinstance(s, str) and s for s in v), "stop_strings")
 
 
 @dataclass(frozen=True)

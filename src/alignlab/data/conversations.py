@@ -10,6 +10,7 @@ Left out: tool calls and multimodal message content, roles other than system, us
 from __future__ import annotations
 
 from alignlab.data.sources import BadRows, Where, _error, _kind, parse_rows, parse_source, read_jsonl_records
+from alignlab.errors import UserError
 
 ROLES = ("system", "user", "assistant")
 
@@ -30,6 +31,19 @@ def _messages(value: list, key: str, where: Where) -> tuple[dict, ...]:
     return tuple(out)
 
 
+def select_slice(items: list, part: slice, name: str) -> list:
+    """items[part]; a slice that leaves nothing of a non-empty source ("f.jsonl[:0]", "[100:]" of a
+    shorter file) is a mistake that would end in an empty evaluation or run, so it is refused naming
+    the file."""
+    chosen = items[part]
+    if items and not chosen:
+        text = ":".join("" if v is None else str(v) for v in (part.start, part.stop))
+        text += f":{part.step}" if part.step is not None else ""
+        has = "the list has" if name == "<list>" else "the file has"
+        raise UserError(f"the slice [{text}] selects no records ({has} {len(items)})", file=name)
+    return chosen
+
+
 def read_conversations(source, bad_rows: BadRows | None = None) -> list[list[dict]]:
     """Supervised examples as chat conversations ending with the assistant reply.
 
@@ -42,7 +56,7 @@ def read_conversations(source, bad_rows: BadRows | None = None) -> list[list[dic
     else:
         path, part = parse_source(source)
         name, records = str(source), [((str(source), n), r) for n, r in read_jsonl_records(path, bad_rows)]
-        records = records[part] if part is not None else records
+        records = select_slice(records, part, str(path)) if part is not None else records
     return parse_rows(records, _conversation, bad_rows, name)
 
 

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from alignlab.data.conversations import _messages
+from alignlab.data.conversations import _messages, select_slice
 from alignlab.data.sources import BadRows, Where, _error, _kind, parse_rows, parse_source, read_jsonl_records
 from alignlab.errors import UserError
 
@@ -98,7 +98,7 @@ def read_preferences_with_report(source, *, limit: slice | None = None, bad_rows
         raise UserError(f"expected a path to a JSONL file or a list of records, got {type(source).__name__}")
     for part in (cut, limit):
         if part is not None:
-            items = items[part]
+            items = select_slice(items, part, name)
     pairs = [pair for pair, _ in items]
     report = LoadReport(n_records=len(pairs), n_irregular=sum(irregular for _, irregular in items),
                         n_identical=sum(p.chosen == p.rejected for p in pairs), source=label,

@@ -46,6 +46,7 @@ from alignlab.eval.pages import (
 )
 from alignlab.eval.sampling_eval import read_evaluation
 from alignlab.eval.verdict import Verdict, compare_verdict, log_verdict
+from alignlab.outputs import is_run_dir
 from alignlab.rewards.base import MODES, call_reward
 from alignlab.tasks.registry import get_task
 
@@ -273,6 +274,9 @@ def write_report(run_dir: str | Path, *, before: str | Path | None = None, after
     run = Path(run_dir).expanduser()
     if not run.is_dir():
         raise UserError("no such run directory" if not run.exists() else "not a directory", file=str(run_dir))
+    if not is_run_dir(run):  # its report.* and report_files/ are replaced: only ever in a run alignlab made
+        raise UserError("not an alignlab run directory (no .alignlab.json or manifest.json): report writes its "
+                        "pages only into runs alignlab made", file=str(run_dir))
     records = read_metrics(run / "metrics.jsonl")
     config_path = run / "config.yaml"
     config, manifest = _read_structured(config_path, yaml.safe_load), _read_structured(run / "manifest.json",
