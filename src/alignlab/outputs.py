@@ -137,12 +137,12 @@ def check_target(path: str | os.PathLike | None, *, key: str | None = None, prot
         if full == place:
             raise UserError(f"refusing to write the {what} into {name}: name a new folder", file=str(path), key=key)
     for source in protect:
-        if not source or not str(source).strip():
-            continue
-        src = Path(str(source).split("[")[0]).expanduser().resolve()
-        if full == src or src.is_relative_to(full) or full.is_relative_to(src):
-            raise UserError(f"the {what} folder overlaps an input of this command ({source}): writing it could "
-                            "destroy that input; choose another folder", file=str(path), key=key)
+        text = str(source or "").strip()
+        for name in {text, re.sub(r"\[-?\d*:-?\d*(:-?\d*)?\]$", "", text)} - {""}:  # as written, and unsliced
+            src = Path(name).expanduser().resolve()
+            if full == src or src.is_relative_to(full) or full.is_relative_to(src):
+                raise UserError(f"the {what} folder overlaps an input of this command ({source}): writing it "
+                                "could destroy that input; choose another folder", file=str(path), key=key)
     return target
 
 
@@ -191,11 +191,19 @@ def _leftovers(target: Path) -> list[tuple[Path, str, int]]:
 
 
 def clean_leftovers(target: Path) -> None:
-    """Finish what a killed replacement of `target` left: restore a moved-aside old folder whose
-    replacement never arrived, delete temporary and old siblings of processes that are gone."""
+    """Finish what a killed or stopped replacement of `target` left, once its process is gone: restore the
+    moved-aside old folder when its replacement never arrived or is a run that saved no checkpoint (that
+    run is deleted: nothing in it can be resumed); keep it while the replacing run is resumable but not
+    finished; otherwise delete it, and every temporary sibling."""
     for path, role, pid in _leftovers(target):
         if pid == os.getpid() or _pid_alive(pid):
             continue
+        if role == "old" and marker_kind(target) == "run":
+            saved = {p.parent.name for p in (target / "checkpoints").glob("*/state.json")}
+            if saved and "final" not in saved:
+                continue  # the new run can still be resumed: the old one stays aside until it finishes
+            if not saved:
+                shutil.rmtree(target)
         if role == "old" and not target.exists():
             path.rename(target)
         else:
@@ -329,72 +337,3 @@ def json_safe(value):
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
-
-
-LOCK = ".lock"
-_HELD: dict[Path, FolderLock] = {}  # locks this process holds, by resolved folder
-
-
-class FolderLock:
-    """One writer per folder: an exclusive OS lock (flock) on `<folder>/.lock`, held until `release`.
-
-    The lock file names its owner (pid, host, start time) for the message a second writer gets.
-    The OS drops the lock when its process dies; a later writer then finds the dead owner's
-    record and takes over with a warning. A folder this process already holds (a trainer called
-    again in the same interpreter, e.g. to resume after an exception) is taken over silently.
-    """
-
-    def __init__(self, folder: Path):
-        self.folder, self.fd = folder, None
-
-    def acquire(self, warn=print) -> FolderLock:
-        import fcntl
-        import socket
-
-        key = self.folder.resolve()
-        if key in _HELD:
-            _HELD.pop(key).release()
-        try:  # never through a symbolic link: writing the owner record would truncate what it points at
-            fd = os.open(self.folder / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        except OSError as err:
-            raise UserError(f"{LOCK}: {err.strerror or err} (a link is refused)", file=str(self.folder)) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = _owner(os.read(fd, 4096))
-            os.close(fd)
-            raise UserError(f"in use by another alignlab process ({owner}): wait for it to finish or stop it; "
-                            "two writers would corrupt the run", file=str(self.folder)) from None
-        previous = os.read(fd, 4096)
-        if previous.strip():
-            warn(f"warning: {self.folder}: taking over the lock of a process that is gone ({_owner(previous)})")
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(record).encode() + b"\n", 0)
-        self.fd, _HELD[key] = fd, self
-        return self
-
-    def release(self) -> None:
-        """Clear the owner record and drop the lock (a clean finish leaves no stale owner behind)."""
-        if self.fd is None:
-            return
-        import fcntl
-
-        try:
-            os.ftruncate(self.fd, 0)
-        except OSError:
-            pass
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-        self.fd = None
-        key = self.folder.resolve()
-        if _HELD.get(key) is self:
-            del _HELD[key]
-
-
-def _owner(raw: bytes) -> str:
-    try:
-        record = json.loads(raw.decode("utf-8"))
-        return f"pid {record['pid']} on {record['host']}, since {record['since']}"
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        return "owner unknown"

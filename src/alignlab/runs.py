@@ -38,12 +38,12 @@ from importlib import metadata
 from pathlib import Path
 
 from alignlab.config import config_hash, dump_yaml
+from alignlab.data.sources import source_file
 from alignlab.distributed import Distributed
 from alignlab.errors import UserError
+from alignlab.folder_lock import LOCK, FolderLock
 from alignlab.outputs import (
-    LOCK,
     MARKER,
-    FolderLock,
     check_target,
     clean_leftovers,
     is_empty_dir,
@@ -125,7 +125,7 @@ class Run:
         """
         if skipped_rows is not None:
             extra = {**(extra or {}), "skipped_rows": skipped_rows.to_manifest()}
-        data_files = [str(f).split("[")[0] for f in data_files]  # "f.jsonl[:100]" names f.jsonl
+        data_files = [source_file(f) for f in data_files]  # "f.jsonl[:100]" names f.jsonl
         root = check_target(out_dir, key="run.out_dir", protect=_inputs(config, data_files) if overwrite else (),
                             what="run")
         group = Distributed.from_env()

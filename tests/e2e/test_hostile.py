@@ -174,13 +174,14 @@ def _dead_pid() -> int:
 
 
 def test_a_killed_replacement_is_finished_on_the_next_start(work):
-    from alignlab.outputs import clean_leftovers
+    from alignlab.outputs import clean_leftovers, write_marker
 
     pid = _dead_pid()
-    old = work / f".ev.old-{pid}-abc"
+    old = work / f".ev.old-{pid}-abc_1234"  # named as mkdtemp names them, and an alignlab output
     old.mkdir()
     (old / "summary.json").write_text("{}")
-    (work / f".ev.tmp-{pid}-xyz").mkdir()
+    write_marker(old, "eval")
+    (work / f".ev.tmp-{pid}-xyz_5678").mkdir()
     clean_leftovers(work / "ev")  # the target vanished between the two renames: the old one comes back
     assert (work / "ev" / "summary.json").is_file()
     assert not [p for p in work.iterdir() if p.name.startswith(".ev.")]
@@ -254,7 +255,7 @@ def test_a_lock_whose_process_is_gone_is_taken_over_with_a_warning(work, capsys)
 
 
 def test_the_lock_is_held_while_training(work):
-    from alignlab.outputs import FolderLock
+    from alignlab.folder_lock import FolderLock
 
     lock = FolderLock(work / "rm").acquire()
     try:

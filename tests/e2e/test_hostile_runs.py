@@ -152,3 +152,46 @@ def test_a_lock_that_is_a_symbolic_link_is_refused_and_its_target_untouched(tmp_
     longer = ["steps=4" if a == "steps=3" else a for a in SFT]
     assert main([*longer, f"run.out_dir={run}", "--resume"]) == 2
     assert ".lock" in capsys.readouterr().err and victim.read_text() == "precious\n"
+
+
+def _aside(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A finished run `name` moved aside by a dead process's --overwrite, and its (empty) replacement."""
+    from alignlab.outputs import write_marker
+
+    run = tmp_path / name
+    assert main([*SFT, f"run.out_dir={run}"]) == 0
+    old = tmp_path / f".{name}.old-{2**22 + 7}-abcd1234"
+    run.rename(old)
+    (run / "checkpoints").mkdir(parents=True)
+    write_marker(run, "run")
+    return run, old
+
+
+def test_an_overwrite_that_stopped_before_a_checkpoint_gives_the_old_run_back(tmp_path):
+    from alignlab.outputs import clean_leftovers
+
+    run, old = _aside(tmp_path, "a")
+    kept = _files(old)
+    clean_leftovers(run)
+    assert _files(run) == kept and not old.exists()
+    run, old = _aside(tmp_path, "b")  # the replacement saved step 1: resumable, so the old run stays aside
+    step = next((old / "checkpoints").glob("step_*"))
+    shutil.copytree(step, run / "checkpoints" / step.name)
+    clean_leftovers(run)
+    assert old.exists() and (run / "checkpoints" / step.name).exists()
+    shutil.copytree(old / "checkpoints" / "final", run / "checkpoints" / "final")  # it finished: now it goes
+    clean_leftovers(run)
+    assert not old.exists()
+
+
+def test_brackets_in_a_path_are_part_of_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([*SFT, "run.out_dir=exp[1]"]) == 0
+    before = _files(tmp_path / "exp[1]")
+    capsys.readouterr()
+    assert main([*SFT, "model.path=exp[1]/checkpoints/final", "run.out_dir=exp[1]", "--overwrite"]) == 2
+    assert "overlaps an input" in capsys.readouterr().err and _files(tmp_path / "exp[1]") == before
+    (tmp_path / "data[v2]").mkdir()
+    (tmp_path / "data[v2]" / "sft.jsonl").write_text(json.dumps({"prompt": "p", "response": "- a"}) + "\n")
+    assert main([*SFT, "data=data[v2]/sft.jsonl[:1]", "run.out_dir=r"]) == 0
+    assert "data[v2]/sft.jsonl" in json.loads((tmp_path / "r" / "manifest.json").read_text())["data"]

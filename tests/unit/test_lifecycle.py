@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from alignlab.config import OptimConfig, PretrainConfig, RunConfig
-from alignlab.outputs import LOCK
+from alignlab.folder_lock import LOCK
 from alignlab.runtime import resolve_runtime
 from alignlab.trainers.lifecycle import RunOptions, run_training
 from alignlab.trainers.loop import TrainSpec

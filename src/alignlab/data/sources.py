@@ -100,6 +100,17 @@ def parse_rows(rows: Iterable[tuple[Where, object]], parse: Callable, bad_rows: 
     return out
 
 
+def source_file(spec: str | Path) -> str:
+    """The file a data spec names, as written: a trailing record slice ("[:100]") removed, brackets that
+    are part of the path ("data[v2]/sft.jsonl") kept. Never raises (`parse_source` checks the slice).
+
+    >>> source_file("d/f.jsonl[:100]"), source_file("data[v2]/sft.jsonl")
+    ('d/f.jsonl', 'data[v2]/sft.jsonl')
+    """
+    match = SLICE.match(str(spec).strip()) if isinstance(spec, str) else None
+    return match["path"] if match else str(spec)
+
+
 def parse_source(spec: str | Path) -> tuple[Path, slice | None]:
     """Split "data.jsonl.gz[:1354]" into (Path("data.jsonl.gz"), slice(None, 1354)).
 

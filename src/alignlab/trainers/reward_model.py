@@ -24,7 +24,7 @@ from alignlab.algorithms.common import wilson_interval
 from alignlab.config import RewardModelConfig, load_config
 from alignlab.data.batches import PreferenceCollator, ShuffledBatches, TokenizedPair
 from alignlab.data.preferences import read_preferences
-from alignlab.data.sources import BadRows
+from alignlab.data.sources import BadRows, source_file
 from alignlab.data.tokenizer_load import tokenizer_for_new_model
 from alignlab.errors import UserError
 from alignlab.model.checkpoint import atomic_dir, resolve_source
@@ -57,7 +57,7 @@ def load_pairs(cfg, pairs=None, bad_rows: BadRows | None = None):
         pairs, eval_pairs = pairs[: len(pairs) - n_eval], pairs[len(pairs) - n_eval:]
     if not pairs:
         raise UserError("no training pairs left after holding out the evaluation split", key="data")
-    files = [spec.split("[")[0] for spec in (*cfg.data, *cfg.eval_data)]
+    files = [source_file(spec) for spec in (*cfg.data, *cfg.eval_data)]
     return pairs, eval_pairs, files
 
 

@@ -26,7 +26,7 @@ from alignlab.algorithms.sft import next_token_loss
 from alignlab.config import SFTConfig
 from alignlab.data.batches import LMBatch, ShuffledBatches, right_pad
 from alignlab.data.conversations import read_conversations
-from alignlab.data.sources import BadRows
+from alignlab.data.sources import BadRows, source_file
 from alignlab.data.tokenizer import Tokenizer
 from alignlab.data.tokenizer_load import tokenizer_for_new_model
 from alignlab.errors import UserError
@@ -55,7 +55,7 @@ def load_conversations(cfg: SFTConfig, bad_rows: BadRows | None = None) -> tuple
     bad_rows = bad_rows if bad_rows is not None else BadRows(cfg.on_bad_row)
     if cfg.data:
         return ([c for spec in cfg.data for c in read_conversations(spec, bad_rows)],
-                [s.split("[")[0] for s in cfg.data])
+                [source_file(s) for s in cfg.data])
     records = synthetic_completions(train_prompts(cfg.lang), cfg.synthetic_per_prompt, cfg.compliance_rate,
                                     cfg.run.seed)
     return read_conversations([{"prompt": r["prompt"], "response": r["completion"]} for r in records]), []
