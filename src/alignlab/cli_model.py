@@ -46,11 +46,12 @@ def _check_prompts(prompts) -> None:
 
 def cmd_export(args) -> int:
     from alignlab.model.checkpoint import EXPORT_HINT, load_model, to_hf
-    from alignlab.model.lora import is_adapter_dir, merge_lora
+    from alignlab.model.lora import adapter_bases, is_adapter_dir, merge_lora
     from alignlab.outputs import check_output
 
     source = Path(args.checkpoint).expanduser()
     protect = [source, source.parent.parent] if source.parent.name == "checkpoints" else [source]
+    protect += adapter_bases(source)  # a merge written over the adapter's base would orphan the adapter
     if args.fmt == "gguf":  # checked before loading, as below
         from alignlab.model.gguf_export import check_gguf_output, check_gguf_source, export_gguf
 

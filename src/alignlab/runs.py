@@ -370,9 +370,12 @@ def _age(path: Path) -> tuple[int, bool]:
 
 def _inputs(config, data_files) -> list[str]:
     """The paths a run reads (model, reward model, tokenizer, data): `--overwrite` never deletes them."""
+    from alignlab.model.lora import adapter_bases
+
     named = [getattr(getattr(config, section, None), "path", "") for section in ("model", "tokenizer")]
     named.append(getattr(getattr(config, "reward", None), "model", ""))
-    return [p for p in (*named, *data_files) if isinstance(p, str) and p]
+    named = [p for p in named if isinstance(p, str) and p]
+    return [*named, *(base for p in named for base in adapter_bases(p)), *data_files]  # an adapter's base too
 
 
 def _write_json(path: Path, record: dict) -> None:

@@ -195,3 +195,15 @@ def test_brackets_in_a_path_are_part_of_it(tmp_path, monkeypatch, capsys):
     (tmp_path / "data[v2]" / "sft.jsonl").write_text(json.dumps({"prompt": "p", "response": "- a"}) + "\n")
     assert main([*SFT, "data=data[v2]/sft.jsonl[:1]", "run.out_dir=r"]) == 0
     assert "data[v2]/sft.jsonl" in json.loads((tmp_path / "r" / "manifest.json").read_text())["data"]
+
+
+def test_an_adapters_base_is_an_input_that_no_output_may_replace(tmp_path, policy_dir, capsys):
+    exp, lora = tmp_path / "exp", tmp_path / "lora"
+    assert main(["export", str(policy_dir), str(exp)]) == 0
+    assert main([*GRPO, f"model.path={exp}", "lora.r=4", "lora.alpha=8", f"run.out_dir={lora}"]) == 0
+    before = _files(exp)
+    capsys.readouterr()
+    assert main(["export", str(lora / "checkpoints" / "final"), str(exp), "--merge", "--overwrite"]) == 2
+    assert "overlaps an input" in capsys.readouterr().err and _files(exp) == before
+    assert main([*GRPO, f"model.path={lora / 'checkpoints' / 'final'}", f"run.out_dir={exp}", "--overwrite"]) == 2
+    assert "overlaps an input" in capsys.readouterr().err and _files(exp) == before

@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2] / "src" / "alignlab"
 LAYERS = {"config": 0, "config_io": 0, "config_yaml": 0, "config_dump": 0, "runtime": 0, "distributed": 0, "errors": 0,
-          "outputs": 0, "progress": 0,
+          "outputs": 0, "folder_lock": 0, "progress": 0,
           "data": 1, "model": 2, "generation": 3, "tasks": 4, "rewards": 4, "algorithms": 5, "trainers": 6, "runs": 6,
           "run_resume": 6, "eval": 7, "backends": 8, "cli": 9, "cli_args": 9, "cli_eval": 9, "cli_model": 9, "demo": 9,
           "demo_smollm2": 9, "sweep": 9, "__main__": 10, "__init__": 10, "assets": 0}

@@ -68,6 +68,20 @@ def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path).expanduser() / META).is_file()
 
 
+def adapter_bases(path: str | Path) -> list[str]:
+    """The base model folders an adapter checkpoint `path` depends on (its base, the base's run when the
+    base is a run's checkpoint, and so on down a chain of adapters): what an output may never replace,
+    or the adapter is orphaned. [] for anything else, or a base that cannot be found."""
+    found, directory = [], Path(path).expanduser()
+    while is_adapter_dir(directory) and len(found) < 16:
+        try:
+            directory = Path(resolve_base(_read_meta(directory)[0], directory))
+        except UserError:
+            break
+        found += [str(directory)] + ([str(directory.parent.parent)] if directory.parent.name == "checkpoints" else [])
+    return found
+
+
 def adapter_record(model: nn.Module) -> dict | None:
     """The adapter's record (what adapter.json holds: base, its hash and folder, the LoRA settings), or
     None for a plain model. It travels on the module next to the peft layers it describes, under one

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import hashlib
 import math
+import re
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from alignlab.errors import UserError
 from alignlab.rewards.base import RewardContractError, RewardFn, reward_name
@@ -80,11 +83,26 @@ def run_contained(call: Callable[[], object], timeout_s: float) -> tuple[object,
     return outcome.get("value"), outcome.get("error"), True
 
 
+def fresh_lists(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """`args` and `kwargs` with every list replaced by a shallow copy: what user code is handed, so that a
+    function that edits its `completions` (or a column) in place cannot change the lists alignlab goes on
+    using (a cleared `completions` would pass the one-value-per-completion check against itself).
+
+    >>> completions = ["a", "b"]
+    >>> (copied,), kw = fresh_lists((completions,), {"n": [1, 2], "k": 3})
+    >>> copied == completions and copied is not completions, kw
+    (True, {'n': [1, 2], 'k': 3})
+    """
+    fresh = [list(a) if isinstance(a, list) else a for a in args]
+    return tuple(fresh), {k: list(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+
+
 class UserReward:
     """A user's reward function, called contained (`run_contained`): an exception reaches `call_reward`
     as it was raised (which names the sample); sys.exit, a KeyboardInterrupt it raises and a call that
     has not returned within `timeout_s` seconds (0 = no limit) become a `RewardContractError` naming the
-    function and where it came from. The values it returns are passed on untouched."""
+    function and where it came from. It is handed copies of the lists it is called with (`fresh_lists`);
+    the values it returns are passed on untouched."""
 
     def __init__(self, fn: RewardFn, origin: str, timeout_s: float = 0.0):
         self.fn, self.origin, self.timeout_s = fn, origin, timeout_s
@@ -94,6 +112,7 @@ class UserReward:
         return f"reward function {self.__name__!r} ({self.origin})"
 
     def __call__(self, *args, **kwargs) -> list:
+        args, kwargs = fresh_lists(args, kwargs)
         value, error, finished = run_contained(functools.partial(self.fn, *args, **kwargs), self.timeout_s)
         if not finished:
             raise RewardContractError(f"{self!r} did not return within {self.timeout_s:g} s (reward.timeout_s; "
@@ -108,29 +127,46 @@ class UserReward:
 def run_user_file(path, module_name: str, timeout_s: float = 0.0) -> tuple[object, BaseException | None, bool]:
     """Run the Python file at `path` as a fresh module called `module_name`, contained (`run_contained`)
     -> (the module, what it raised or None, whether it finished within `timeout_s` seconds; 0 = no limit).
-    Nothing is added to sys.path or sys.modules; the file is compiled here, not by the import system, so
-    no __pycache__ is written beside the user's file."""
+    The module is in sys.modules under `module_name` (unique to the file) while the file runs, because
+    `dataclasses` looks a class's module up there (a @dataclass under `from __future__ import annotations`
+    fails without it), and taken out again afterwards: nothing is left in sys.path or sys.modules. The file
+    is compiled here, not by the import system, so no __pycache__ is written beside the user's file."""
     import importlib.util
 
     fresh = importlib.util.module_from_spec(importlib.util.spec_from_file_location(module_name, path))
 
     def run_file():
-        exec(compile(path.read_bytes(), str(path), "exec", dont_inherit=True), fresh.__dict__)
+        sys.modules[module_name] = fresh
+        try:
+            exec(compile(path.read_bytes(), str(path), "exec", dont_inherit=True), fresh.__dict__)
+        finally:
+            if sys.modules.get(module_name) is fresh:
+                del sys.modules[module_name]
         return fresh
 
     return run_contained(run_file, timeout_s)
 
 
+def user_module_name(kind: str, path) -> str:
+    """A module name of its own for each user file: `kind`, its stem and a digest of its resolved path.
+
+    >>> user_module_name("reward", Path("rewards/my.reward-v2.py")).rsplit("_", 1)[0]
+    'alignlab_user_reward_my_reward_v2'
+    """
+    resolved = Path(path).resolve()
+    stem = re.sub(r"[^0-9A-Za-z_]", "_", resolved.stem)
+    return f"alignlab_user_{kind}_{stem}_{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}"
+
+
 def _load_module(where: str, name: str, timeout_s: float):
     """Import the module named by a reward.function spec, contained like its calls (`run_contained`)."""
     import importlib
-    from pathlib import Path
 
     if where.endswith(".py"):
         path = Path(where).expanduser()
         if not path.is_file():
             raise UserError("no such file", file=str(path), key="reward.function")
-        module, error, finished = run_user_file(path, f"alignlab_user_reward_{path.stem}", timeout_s)
+        module, error, finished = run_user_file(path, user_module_name("reward", path), timeout_s)
         doing, place = f"loading reward function {name!r}: running the file", {"file": str(path)}
     else:
         module, error, finished = run_contained(lambda: importlib.import_module(where), timeout_s)

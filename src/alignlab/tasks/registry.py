@@ -38,7 +38,7 @@ from alignlab.tasks.study_plan import attacks as study_plan_attacks
 from alignlab.tasks.study_plan.prompts import held_out_prompts, train_prompts
 from alignlab.tasks.study_plan.references import reference_answers
 from alignlab.tasks.study_plan.rules import study_plan_verdict
-from alignlab.tasks.user_task import FORM, load_file_attribute, task_file_spec
+from alignlab.tasks.user_task import FORM, contain_task, load_file_attribute, task_file_spec
 
 
 @dataclass(frozen=True)
@@ -187,11 +187,14 @@ def task_spec(task: Task) -> str:
 
 def _file_task(where: str, attribute: str) -> Task:
     """The `Task` at `attribute` of the file `where`, registered under its name (marked with its file, which
-    runs record among their inputs); a name another task holds is refused, naming the file."""
+    runs record among their inputs); a name another task holds is refused, naming the file. Its callables
+    are contained (`contain_task`): what they raise, or a result of the wrong kind, is a UserError naming
+    the file (and the line) instead of a traceback from deep inside a command."""
     path, found = load_file_attribute(where, attribute, Task)
     if (path, attribute) not in _FILE_TASKS:
+        contained = replace(found, file=str(path), **contain_task(found, where, path, attribute))
         try:
-            _FILE_TASKS[path, attribute] = _register(replace(found, file=str(path)), path)
+            _FILE_TASKS[path, attribute] = _register(contained, path)
         except UserError as err:
             raise UserError(f"{attribute}: {err.message}", file=where, key="task") from None
     return _FILE_TASKS[path, attribute]
