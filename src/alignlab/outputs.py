@@ -128,7 +128,13 @@ def check_target(path: str | os.PathLike | None, *, key: str | None = None, prot
     """
     if path is None or not str(path).strip():
         raise UserError(f"empty {what} path: name a folder", key=key)
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:  # an undecodable byte: every record that names the folder would fail later
+        raise UserError(f"the {what} path {str(path)!a} is not UTF-8 text: name a folder in UTF-8", key=key) from None
     target = Path(path).expanduser()
+    if target.is_symlink():  # written where the link points (replacing the link would strand its folder)
+        target = target.resolve()
     if target.exists() and not target.is_dir():
         raise UserError(f"{what} path exists and is not a folder (alignlab never replaces a file in the way)",
                         file=str(path), key=key)

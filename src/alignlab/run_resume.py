@@ -110,6 +110,10 @@ def check_resume(root: Path, config, data_files: Iterable, allow_changes: bool) 
     meaning = {k: v for k, v in changes.items() if not _safe(k)}
     meaning.update(data_differences(manifest, data_files))
     meaning.update(batch_meaning_difference(saved, manifest))
+    reshaped = sorted(k for k in meaning if k.startswith("model.arch.") or k in ("lora.r", "lora.target_modules"))
+    if reshaped:  # the checkpoint's weights would not fit: refused even with --allow-config-change
+        raise UserError(f"--resume cannot change {', '.join(reshaped)}: the run's checkpoints hold weights of the "
+                        "run's own model; start a new run for another model", file=str(root))
     if meaning and not allow_changes:
         raise UserError(f"--resume with a config that changes the run: {_describe(meaning)}; resume with the "
                         "run's own settings, start a new run, or pass --allow-config-change to record the change "

@@ -133,6 +133,8 @@ class Run:
             clean_leftovers(root)  # a killed replacement's hidden siblings (outputs.py)
         group.barrier()
         record = cls._check(root, config, resume, overwrite, allow_changes, data_files)
+        if record is not None:  # a resume with no intact checkpoint fails here, before config and manifest change
+            cls(root, quiet=True).latest_checkpoint(warn=print_nothing)
         group.barrier()  # every rank has looked before rank 0 writes
         run, failure = cls(root, quiet=quiet, progress=progress), None
         if group.is_main:
@@ -305,7 +307,7 @@ class Run:
         if not self.main or not path.is_file():
             return
         kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():  # a bad byte: that line
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:

@@ -207,3 +207,65 @@ def test_an_adapters_base_is_an_input_that_no_output_may_replace(tmp_path, polic
     assert "overlaps an input" in capsys.readouterr().err and _files(exp) == before
     assert main([*GRPO, f"model.path={lora / 'checkpoints' / 'final'}", f"run.out_dir={exp}", "--overwrite"]) == 2
     assert "overlaps an input" in capsys.readouterr().err and _files(exp) == before
+
+
+def test_an_output_through_a_symbolic_link_lands_where_it_points(tmp_path, policy_dir):
+    (tmp_path / "bigdisk").mkdir()
+    link = tmp_path / "out_link"
+    link.symlink_to(tmp_path / "bigdisk" / "models")  # dangling until the export makes the folder
+    assert main(["export", str(policy_dir), str(link)]) == 0
+    assert link.is_symlink() and (tmp_path / "bigdisk" / "models" / "config.json").is_file()
+    assert main(["export", str(policy_dir), str(link), "--overwrite"]) == 0
+    assert link.is_symlink() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_run_folder_name_that_is_not_utf8_is_one_line_and_makes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([*SFT, "run.out_dir=run\udcff"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not UTF-8" in err and not list(tmp_path.iterdir())
+
+
+def test_a_resume_that_cannot_work_changes_nothing_in_the_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*SFT, f"run.out_dir={run}"]) == 0
+    capsys.readouterr()
+    wider = ["model.arch.hidden_size=64" if a == "model.arch.hidden_size=32" else a for a in SFT]
+    before = _files(run)
+    assert main([*wider, f"run.out_dir={run}", "--resume", "--allow-config-change"]) == 2
+    assert "cannot change model.arch.hidden_size" in capsys.readouterr().err and _files(run) == before
+    for checkpoint in (run / "checkpoints").iterdir():  # every checkpoint damaged: refused before any write
+        (checkpoint / "state.json").unlink()
+    before = _files(run)
+    assert main([*SFT, f"run.out_dir={run}", "--resume", "--allow-config-change", "optim.lr=0.01"]) == 2
+    assert "no intact checkpoint" in capsys.readouterr().err and _files(run) == before
+
+
+def test_compare_inside_a_run_never_takes_its_evaluations_for_trained_checkpoints(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    assert main([*SFT, f"run.out_dir={run}"]) == 0
+    for name in ("eval_a", "eval_b"):
+        assert main(["eval", str(run / "checkpoints" / "final"), "--samples", "1", "--max-new-tokens", "2",
+                     "--out", str(run / name)]) == 0
+    monkeypatch.chdir(run)
+    capsys.readouterr()
+    assert main(["compare", "eval_a", "eval_b"]) == 0
+    assert "training" not in capsys.readouterr().out  # two evaluations, not two SFT runs of 3 steps
+
+
+def test_a_checkpoint_of_another_model_or_a_bad_byte_in_metrics_is_no_traceback(tmp_path, capsys):
+    run, other = tmp_path / "run", tmp_path / "other"
+    assert main([*SFT, f"run.out_dir={run}"]) == 0
+    wider = ["model.arch.hidden_size=64" if a == "model.arch.hidden_size=32" else a for a in SFT]
+    assert main([*wider, f"run.out_dir={other}"]) == 0
+    with open(run / "metrics.jsonl", "ab") as handle:
+        handle.write(b'{"step": 2, "note": "caf\xe9"}\n')  # a hand edit in another encoding
+    longer = ["steps=4" if a == "steps=3" else a for a in SFT]
+    assert main([*longer, f"run.out_dir={run}", "--resume"]) == 0
+    shutil.copytree(other / "checkpoints" / "final", run / "checkpoints" / "step_9")
+    state = json.loads((run / "checkpoints" / "step_9" / "state.json").read_text())
+    (run / "checkpoints" / "step_9" / "state.json").write_text(json.dumps({**state, "step": 9}))  # the newest
+    capsys.readouterr()
+    assert main([*["steps=12" if a == "steps=3" else a for a in SFT], f"run.out_dir={run}", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not fit this run's model" in err, err

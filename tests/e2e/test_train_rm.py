@@ -78,3 +78,21 @@ def test_cli_train_rm_bad_data_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{data}:2" in err and "rejected" in err
     assert not (tmp_path / "rm").exists()
+
+
+def test_a_resumed_run_keeps_the_same_best_checkpoint(tmp_path):
+    """`checkpoints/best` is replaced only by a more accurate model, a resumed run included: the first
+    evaluation after a resume no longer overwrites a better best (constant lr: 3 steps then 6 = 6 steps)."""
+    def cfg(name: str, steps: int):
+        return load_config(RewardModelConfig, None, [
+            *TINY, "dummy_pairs=40", f"steps={steps}", "run.batch_size=4", "run.save_every=1", "run.eval_every=1",
+            "optim.schedule=constant", "optim.warmup_steps=0", "optim.lr=3e-3", f"run.out_dir={tmp_path / name}"])
+    straight = train_reward_model(cfg("a", 6), quiet=True)
+    train_reward_model(cfg("b", 3), quiet=True)
+    resumed = train_reward_model(cfg("b", 6), resume=True, quiet=True)
+    for name in ("final", "best"):
+        path = f"checkpoints/{name}/model.safetensors"
+        assert (resumed / path).read_bytes() == (straight / path).read_bytes(), name
+    accuracies = [json.loads(line)["eval/accuracy"] for line in (straight / "metrics.jsonl").read_text().splitlines()
+                  if "eval/accuracy" in line]
+    assert max(accuracies[:3]) >= max(accuracies[3:])  # so the old code's first post-resume eval replaced it

@@ -37,7 +37,8 @@ class TrainingInfo:
 
 def run_directory(path: Path) -> Path | None:
     """The run directory of a run path or of one of its checkpoints; None for anything else."""
-    for candidate in (path, path.parent.parent):
+    full = path.absolute()  # runs/x/checkpoints/final is in run x; runs/x/eval_before is not a run's
+    for candidate in (full, full.parent.parent) if full.parent.name == "checkpoints" else (full,):
         if (candidate / "config.yaml").is_file() and (candidate / "checkpoints").is_dir():
             return candidate
     return None

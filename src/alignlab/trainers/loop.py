@@ -6,9 +6,7 @@ A trainer builds a `TrainSpec` (the model, a `BatchSource`: next batch + a resum
 way for every trainer: AdamW, warm-up + cosine (or linear / constant) learning rate, gradient
 accumulation, clipping, autocast (+ a grad scaler for fp16), a non-finite loss check, metrics,
 progress, periodic evaluation, checkpoints with the full trainer state, and resume from the
-newest complete checkpoint.
-
-The learning rate is a pure function of the step, so there is no scheduler state to save.
+newest complete checkpoint. The learning rate is a pure function of the step (no scheduler state).
 
 Failures keep the last good checkpoint: a non-finite loss (named with its micro-batch) or
 gradient norm (named with the first parameter whose gradient is not finite) stops the run
@@ -360,11 +358,15 @@ class Loop:
             raise UserError(f"{directory} was saved by an FSDP run; resume it with run.fsdp=true (its weights "
                             "load anywhere)", key="run.fsdp")
         else:
-            if self.spec.restore_model is not None:
-                self.spec.restore_model(directory)
-            else:
-                restore_weights(self.spec.model, directory)
-            self.optimizer.load_state_dict(state["optimizer"])
+            try:  # a checkpoint of another model (copied in by hand) is one line, not a size-mismatch traceback
+                if self.spec.restore_model is not None:
+                    self.spec.restore_model(directory)
+                else:
+                    restore_weights(self.spec.model, directory)
+                self.optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, RuntimeError, KeyError) as err:
+                raise UserError(f"the checkpoint does not fit this run's model ({str(err).splitlines()[0][:200]}); "
+                                "remove it, or resume with the run's own model", file=str(directory)) from None
         self.scaler.load_state_dict(state["scaler"])
         self.spec.source.load_state_dict(state["source"])
         set_rng_state(state["rng"])

@@ -14,7 +14,9 @@ Left out: `checkpoints/best` under FSDP (use `final`). The pre-RL audit is `eval
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 from pathlib import Path
 
 import torch
@@ -140,7 +142,7 @@ def train_reward_model(cfg: RewardModelConfig, *, pairs=None, resume: bool = Fal
                          make_loss(model, cfg), lambda d: save_reward_model(model, tokenizer, d), evaluate=evaluate,
                          restore_model=(lambda d: restore_lora_reward_model(model, d)) if cfg.lora.enabled else None,
                          baseline=False,  # its evaluation keeps the best checkpoint: the untrained model never is one
-                         close=close)
+                         close=close, on_resume=evaluate.resume if evaluate else None)
 
     return run_training(cfg, runtime, options, build=build, describe=describe, data_files=files,
                         skipped_rows=bad_rows)
@@ -161,7 +163,23 @@ def make_evaluate(model, tokenizer, items: list[TokenizedPair], cfg: RewardModel
                 save_reward_model(model, tokenizer, tmp)
         return metrics
 
+    def resume(step: int) -> None:  # the best so far of a resumed run: `best` is replaced only by a better model
+        best["accuracy"] = max((r["eval/accuracy"] for r in _logged(run.root / "metrics.jsonl")
+                                if r.get("step", 0) <= step and isinstance(r.get("eval/accuracy"), float)),
+                               default=-1.0)
+
+    evaluate.resume = resume
     return evaluate
+
+
+def _logged(path) -> list[dict]:
+    """The readable records of a metrics.jsonl (a line a killed writer left half-written is skipped)."""
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else ():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            records += [record] if isinstance(record, dict) else []
+    return records
 
 
 def make_close(model, tokenizer, items: list[TokenizedPair], pairs, evaluate, cfg: RewardModelConfig, run: Run):
