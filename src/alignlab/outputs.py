@@ -196,6 +196,17 @@ def _leftovers(target: Path) -> list[tuple[Path, str, int]]:
     return [(path, role, pid) for path, role, pid in found if role == "tmp" or marker_kind(path) or is_run_dir(path)]
 
 
+def _in_use(folder: Path) -> bool:
+    """True when a live process holds `folder`'s run lock (`folder_lock.FolderLock`)."""
+    from alignlab.folder_lock import FolderLock
+
+    try:
+        FolderLock(folder).acquire(warn=lambda message: None).release()
+    except UserError:
+        return True
+    return False
+
+
 def clean_leftovers(target: Path) -> None:
     """Finish what a killed or stopped replacement of `target` left, once its process is gone: restore the
     moved-aside old folder when its replacement never arrived or is a run that saved no checkpoint (that
@@ -206,8 +217,8 @@ def clean_leftovers(target: Path) -> None:
             continue
         if role == "old" and marker_kind(target) == "run":
             saved = {p.parent.name for p in (target / "checkpoints").glob("*/state.json")}
-            if saved and "final" not in saved:
-                continue  # the new run can still be resumed: the old one stays aside until it finishes
+            if (saved and "final" not in saved) or (not saved and _in_use(target)):
+                continue  # the new run can still be resumed, or trains now: the old one stays aside
             if not saved:
                 shutil.rmtree(target)
         if role == "old" and not target.exists():

@@ -269,3 +269,25 @@ def test_a_checkpoint_of_another_model_or_a_bad_byte_in_metrics_is_no_traceback(
     assert main([*["steps=12" if a == "steps=3" else a for a in SFT], f"run.out_dir={run}", "--resume"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "does not fit this run's model" in err, err
+
+
+def test_a_replacing_run_in_progress_is_never_deleted_by_another_start(tmp_path):
+    import subprocess
+    import sys
+
+    from alignlab.outputs import clean_leftovers
+
+    run, old = _aside(tmp_path, "c")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from alignlab.folder_lock import FolderLock; FolderLock(Path(sys.argv[1])).acquire(); "
+                               "print('held', flush=True); time.sleep(60)", str(run)],
+                              stdout=subprocess.PIPE, text=True)  # a live process trains there, nothing saved yet
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        clean_leftovers(run)
+        assert run.is_dir() and old.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    clean_leftovers(run)  # once it is gone, the old run comes back
+    assert not old.exists() and (run / "checkpoints" / "final").is_dir()
